@@ -1,0 +1,64 @@
+//! The invalidation bus: the trait a pub/sub transport (NATS, Redis pub/sub)
+//! implements, and the in-process implementation used by the embedded default.
+//!
+//! # Contract
+//!
+//! A bus moves opaque payloads (encoded [`Invalidation`](crate::Invalidation)s)
+//! between every subscriber of a namespace, including the publisher itself
+//! (the engine ignores its own echo). Besides messages, a subscription reports
+//! what the engine needs to keep the local tier honest:
+//!
+//! - [`BusEvent::Disconnected`] as soon as the transport knows it is cut off;
+//! - [`BusEvent::Connected`] when it is subscribed again, with `resumed: true`
+//!   only when everything published meanwhile has been (or will be) delivered;
+//! - [`BusEvent::Heartbeat`] at least every few seconds while live, so silence
+//!   can be told apart from a quiet system;
+//! - [`BusEvent::Lost`] when the client itself dropped messages.
+//!
+//! Every implementation must pass [`conformance::bus`](crate::conformance).
+
+mod memory;
+
+pub use memory::InProcessBus;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::error::BusError;
+
+/// What a subscription yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusEvent {
+    /// A payload published on the namespace.
+    Message(Bytes),
+    /// Subscribed (again). `resumed` is true when nothing published while
+    /// disconnected is missing (a replaying transport caught up).
+    Connected {
+        /// Nothing was missed.
+        resumed: bool,
+    },
+    /// The transport lost its connection; messages may be missed until the
+    /// next `Connected`.
+    Disconnected,
+    /// The transport proved itself live without a message.
+    Heartbeat,
+    /// The client dropped this many messages (slow consumer).
+    Lost {
+        /// How many, when known (0 when unknown).
+        count: u64,
+    },
+}
+
+/// A publish/subscribe transport for invalidations.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `payload` to every subscriber of `namespace`.
+    async fn publish(&self, namespace: &str, payload: Bytes) -> Result<(), BusError>;
+
+    /// Subscribes to `namespace`. The stream ends only when the bus is shut
+    /// down; connection trouble is reported as events, not as the end.
+    async fn subscribe(&self, namespace: &str)
+    -> Result<BoxStream<'static, BusEvent>, BusError>;
+}

@@ -1,0 +1,128 @@
+//! The shared tier: the trait a shared store (Redis) implements, and the
+//! in-process implementation used by the embedded default.
+//!
+//! # Contract
+//!
+//! Keys passed in are *storage keys* built by [`KeyFormat`](crate::KeyFormat)
+//! (`namespace:key`); values are opaque bytes (the engine's envelope). An
+//! implementation keeps, per key, besides the value:
+//!
+//! - a **version** that [`invalidate`](SharedTier::invalidate) increases, so a
+//!   fill whose [`FillTicket`] was taken before an invalidation is refused by
+//!   [`commit_fill`](SharedTier::commit_fill) (the fill race, closed across
+//!   instances);
+//! - an optional exclusive **lease**, so that across instances one loads a key
+//!   while the others wait briefly or serve stale.
+//!
+//! And per namespace, **tag versions** drawn from a per-namespace clock that
+//! never goes backwards: [`invalidate_tags`](SharedTier::invalidate_tags) gives
+//! each tag a version greater than every clock value handed out before, so an
+//! entry whose recorded tag versions differ from the current ones is stale, and
+//! a load whose ticket's `tag_clock` is below a tag's version was overtaken by
+//! an invalidation of that tag. Tag invalidation is O(1) per tag: no scan.
+//!
+//! Every implementation must pass [`conformance::shared_tier`](crate::conformance).
+
+mod memory;
+
+pub use memory::InProcessSharedTier;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::error::SharedError;
+
+/// Taken by [`SharedTier::begin_fill`] before a load; presented again to
+/// [`SharedTier::commit_fill`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FillTicket {
+    /// The key's version when the load began.
+    pub version: u64,
+    /// The namespace's tag clock when the load began.
+    pub tag_clock: u64,
+    /// The lease this loader holds, if it asked for one and got it.
+    pub lease: Option<u64>,
+    /// Another holder has the lease: someone else is loading this key now.
+    pub lease_held_elsewhere: bool,
+}
+
+/// What the shared tier tells the engine about its connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SharedEvent {
+    /// The connection was lost.
+    Disconnected,
+    /// The connection came back; state written while it was down, and
+    /// invalidations sent meanwhile, may be missing.
+    Reconnected,
+    /// The server behind the connection changed (Sentinel or Cluster
+    /// failover); replication is asynchronous, so versions may have rolled
+    /// back.
+    FailedOver,
+}
+
+/// A shared store of encoded entries, with fill tickets, leases and tag
+/// versions. Redis implements it in `tiercache-redis`;
+/// [`InProcessSharedTier`] is the embedded default.
+#[async_trait]
+pub trait SharedTier: Send + Sync + 'static {
+    /// The value under `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, SharedError>;
+
+    /// The values under `keys`, in the same order.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, SharedError>;
+
+    /// Stores `value` under `key` for `ttl`, unconditionally.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), SharedError>;
+
+    /// Deletes the value under `key` (used for corrupt values). Does not
+    /// revoke fill tickets; see [`invalidate`](SharedTier::invalidate).
+    async fn delete(&self, key: &str) -> Result<(), SharedError>;
+
+    /// Starts a fill of `key` in `namespace`: returns the key's version and the
+    /// namespace's tag clock, and, when `lease_ttl` is given, tries to take the
+    /// key's exclusive lease for that long.
+    async fn begin_fill(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease_ttl: Option<Duration>,
+    ) -> Result<FillTicket, SharedError>;
+
+    /// Stores `value` under `key` for `ttl` if the key's version is still the
+    /// ticket's, and releases the ticket's lease. Returns `false` (and stores
+    /// nothing) when the key was invalidated since the ticket was taken.
+    async fn commit_fill(
+        &self,
+        key: &str,
+        ticket: &FillTicket,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, SharedError>;
+
+    /// Releases the ticket's lease without storing anything (the load failed
+    /// or its result is not to be cached).
+    async fn abort_fill(&self, key: &str, ticket: &FillTicket) -> Result<(), SharedError>;
+
+    /// Deletes `keys`, increases their versions (revoking outstanding fill
+    /// tickets) and drops their leases.
+    async fn invalidate(&self, keys: &[String]) -> Result<(), SharedError>;
+
+    /// The current versions of `tags` in `namespace` (0 for a tag never
+    /// invalidated), in the same order.
+    async fn tag_versions(&self, namespace: &str, tags: &[String])
+    -> Result<Vec<u64>, SharedError>;
+
+    /// Gives each of `tags` in `namespace` a new version, greater than any tag
+    /// clock value handed out before.
+    async fn invalidate_tags(&self, namespace: &str, tags: &[String]) -> Result<(), SharedError>;
+
+    /// Connection events, for implementations that have a connection. The
+    /// engine drops its local tier on `Reconnected` and `FailedOver`.
+    fn events(&self) -> Option<BoxStream<'static, SharedEvent>> {
+        None
+    }
+}

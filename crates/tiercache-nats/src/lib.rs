@@ -1,0 +1,1 @@
+//! tiercache-nats (work in progress).

@@ -1,0 +1,1 @@
+//! tiercache-redis (work in progress).

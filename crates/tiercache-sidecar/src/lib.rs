@@ -1,0 +1,1 @@
+//! tiercache-sidecar (work in progress).

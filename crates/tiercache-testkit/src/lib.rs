@@ -1,0 +1,1 @@
+//! tiercache-testkit (work in progress).

@@ -1,0 +1,1 @@
+//! tiercache-tower (work in progress).

@@ -1,0 +1,1 @@
+pub use tiercache_core as core;
