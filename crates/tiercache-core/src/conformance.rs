@@ -38,66 +38,132 @@ pub async fn shared_tier<S: SharedTier + ?Sized>(tier: &S) {
 
     // get / set / delete round trip, binary-safe.
     let bin = Bytes::from_static(&[0, 159, 146, 150, 255, b'\r', b'\n']);
-    assert_eq!(tier.get(&k("a")).await.unwrap(), None, "absent key reads None");
+    assert_eq!(
+        tier.get(&k("a")).await.unwrap(),
+        None,
+        "absent key reads None"
+    );
     tier.set(&k("a"), bin.clone(), long).await.unwrap();
-    assert_eq!(tier.get(&k("a")).await.unwrap(), Some(bin.clone()), "set then get returns the same bytes");
+    assert_eq!(
+        tier.get(&k("a")).await.unwrap(),
+        Some(bin.clone()),
+        "set then get returns the same bytes"
+    );
     tier.delete(&k("a")).await.unwrap();
-    assert_eq!(tier.get(&k("a")).await.unwrap(), None, "delete removes the value");
+    assert_eq!(
+        tier.get(&k("a")).await.unwrap(),
+        None,
+        "delete removes the value"
+    );
 
     // get_many keeps order and reports holes.
-    tier.set(&k("m1"), Bytes::from_static(b"one"), long).await.unwrap();
-    tier.set(&k("m3"), Bytes::from_static(b"three"), long).await.unwrap();
-    let got = tier
-        .get_many(&[k("m1"), k("m2"), k("m3")])
+    tier.set(&k("m1"), Bytes::from_static(b"one"), long)
         .await
         .unwrap();
+    tier.set(&k("m3"), Bytes::from_static(b"three"), long)
+        .await
+        .unwrap();
+    let got = tier.get_many(&[k("m1"), k("m2"), k("m3")]).await.unwrap();
     assert_eq!(
         got,
-        vec![Some(Bytes::from_static(b"one")), None, Some(Bytes::from_static(b"three"))],
+        vec![
+            Some(Bytes::from_static(b"one")),
+            None,
+            Some(Bytes::from_static(b"three"))
+        ],
         "get_many answers in order with None for missing keys"
     );
-    assert!(tier.get_many(&[]).await.unwrap().is_empty(), "get_many of nothing is empty");
+    assert!(
+        tier.get_many(&[]).await.unwrap().is_empty(),
+        "get_many of nothing is empty"
+    );
 
     // TTL is honoured.
-    tier.set(&k("ttl"), Bytes::from_static(b"x"), Duration::from_millis(150)).await.unwrap();
+    tier.set(
+        &k("ttl"),
+        Bytes::from_static(b"x"),
+        Duration::from_millis(150),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(tier.get(&k("ttl")).await.unwrap(), None, "a value expires after its TTL");
+    assert_eq!(
+        tier.get(&k("ttl")).await.unwrap(),
+        None,
+        "a value expires after its TTL"
+    );
 
     // A fill with a fresh ticket lands.
     let t = tier.begin_fill(&ns, &k("f"), None).await.unwrap();
-    assert!(t.lease.is_none() && !t.lease_held_elsewhere, "no lease unless asked");
     assert!(
-        tier.commit_fill(&k("f"), &t, Bytes::from_static(b"v1"), long).await.unwrap(),
+        t.lease.is_none() && !t.lease_held_elsewhere,
+        "no lease unless asked"
+    );
+    assert!(
+        tier.commit_fill(&k("f"), &t, Bytes::from_static(b"v1"), long)
+            .await
+            .unwrap(),
         "a fill whose key was not invalidated is stored"
     );
-    assert_eq!(tier.get(&k("f")).await.unwrap(), Some(Bytes::from_static(b"v1")));
+    assert_eq!(
+        tier.get(&k("f")).await.unwrap(),
+        Some(Bytes::from_static(b"v1"))
+    );
 
     // The fill race: an invalidation between begin and commit revokes the fill.
     let t = tier.begin_fill(&ns, &k("race"), None).await.unwrap();
     tier.invalidate(&[k("race")]).await.unwrap();
     assert!(
-        !tier.commit_fill(&k("race"), &t, Bytes::from_static(b"old"), long).await.unwrap(),
+        !tier
+            .commit_fill(&k("race"), &t, Bytes::from_static(b"old"), long)
+            .await
+            .unwrap(),
         "a fill whose ticket predates an invalidation is refused"
     );
-    assert_eq!(tier.get(&k("race")).await.unwrap(), None, "a refused fill stores nothing");
+    assert_eq!(
+        tier.get(&k("race")).await.unwrap(),
+        None,
+        "a refused fill stores nothing"
+    );
     // A ticket taken after the invalidation is good.
     let t2 = tier.begin_fill(&ns, &k("race"), None).await.unwrap();
-    assert!(tier.commit_fill(&k("race"), &t2, Bytes::from_static(b"new"), long).await.unwrap());
+    assert!(
+        tier.commit_fill(&k("race"), &t2, Bytes::from_static(b"new"), long)
+            .await
+            .unwrap()
+    );
     // Invalidation deletes the value too.
     tier.invalidate(&[k("race"), k("never-set")]).await.unwrap();
-    assert_eq!(tier.get(&k("race")).await.unwrap(), None, "invalidate deletes the value");
+    assert_eq!(
+        tier.get(&k("race")).await.unwrap(),
+        None,
+        "invalidate deletes the value"
+    );
 
     // Leases: exclusive until committed, aborted, expired or invalidated.
     let lease_ttl = Some(Duration::from_secs(5));
     let a = tier.begin_fill(&ns, &k("l"), lease_ttl).await.unwrap();
-    assert!(a.lease.is_some() && !a.lease_held_elsewhere, "first asker takes the lease");
+    assert!(
+        a.lease.is_some() && !a.lease_held_elsewhere,
+        "first asker takes the lease"
+    );
     let b = tier.begin_fill(&ns, &k("l"), lease_ttl).await.unwrap();
-    assert!(b.lease.is_none() && b.lease_held_elsewhere, "second asker sees it held");
+    assert!(
+        b.lease.is_none() && b.lease_held_elsewhere,
+        "second asker sees it held"
+    );
     // The second asker's commit must not release the first's lease.
     tier.abort_fill(&k("l"), &b).await.unwrap();
     let c = tier.begin_fill(&ns, &k("l"), lease_ttl).await.unwrap();
-    assert!(c.lease_held_elsewhere, "a non-holder cannot release the lease");
-    assert!(tier.commit_fill(&k("l"), &a, Bytes::from_static(b"v"), long).await.unwrap());
+    assert!(
+        c.lease_held_elsewhere,
+        "a non-holder cannot release the lease"
+    );
+    assert!(
+        tier.commit_fill(&k("l"), &a, Bytes::from_static(b"v"), long)
+            .await
+            .unwrap()
+    );
     let d = tier.begin_fill(&ns, &k("l"), lease_ttl).await.unwrap();
     assert!(d.lease.is_some(), "commit releases the lease");
     tier.abort_fill(&k("l"), &d).await.unwrap();
@@ -122,14 +188,24 @@ pub async fn shared_tier<S: SharedTier + ?Sized>(tier: &S) {
 
     // Tags: versions start at 0, rise past the clock, per namespace.
     let tags = vec!["t1".to_owned(), "t2".to_owned()];
-    assert_eq!(tier.tag_versions(&ns, &tags).await.unwrap(), vec![0, 0], "untouched tags are 0");
+    assert_eq!(
+        tier.tag_versions(&ns, &tags).await.unwrap(),
+        vec![0, 0],
+        "untouched tags are 0"
+    );
     let before = tier.begin_fill(&ns, &k("tagged"), None).await.unwrap();
     tier.invalidate_tags(&ns, &tags[..1]).await.unwrap();
     let v = tier.tag_versions(&ns, &tags).await.unwrap();
-    assert!(v[0] > before.tag_clock, "an invalidated tag's version exceeds earlier tag clocks");
+    assert!(
+        v[0] > before.tag_clock,
+        "an invalidated tag's version exceeds earlier tag clocks"
+    );
     assert_eq!(v[1], 0, "other tags keep their version");
     let after = tier.begin_fill(&ns, &k("tagged"), None).await.unwrap();
-    assert!(after.tag_clock >= v[0], "the tag clock covers every version handed out");
+    assert!(
+        after.tag_clock >= v[0],
+        "the tag clock covers every version handed out"
+    );
     tier.invalidate_tags(&ns, &tags[..1]).await.unwrap();
     let v2 = tier.tag_versions(&ns, &tags).await.unwrap();
     assert!(v2[0] > v[0], "tag versions only rise");
@@ -142,10 +218,7 @@ pub async fn shared_tier<S: SharedTier + ?Sized>(tier: &S) {
     assert!(tier.tag_versions(&ns, &[]).await.unwrap().is_empty());
 }
 
-async fn next_message(
-    sub: &mut BoxStream<'static, BusEvent>,
-    within: Duration,
-) -> Option<Bytes> {
+async fn next_message(sub: &mut BoxStream<'static, BusEvent>, within: Duration) -> Option<Bytes> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, sub.next()).await {
@@ -191,8 +264,16 @@ pub async fn bus_with_heartbeat<B: Bus + ?Sized>(a: &B, b: &B, heartbeat_within:
     // Binary payloads arrive intact, at every subscriber, the publisher's too.
     let payload = Bytes::from_static(&[0, 255, 10, 13, 0x80, b'T', b'C', b'I']);
     a.publish(&ns, payload.clone()).await.unwrap();
-    assert_eq!(next_message(&mut sub_b, within).await, Some(payload.clone()), "a subscriber on another handle receives the payload intact");
-    assert_eq!(next_message(&mut sub_a, within).await, Some(payload), "the publisher's own subscription hears its echo");
+    assert_eq!(
+        next_message(&mut sub_b, within).await,
+        Some(payload.clone()),
+        "a subscriber on another handle receives the payload intact"
+    );
+    assert_eq!(
+        next_message(&mut sub_a, within).await,
+        Some(payload),
+        "the publisher's own subscription hears its echo"
+    );
 
     // Order is kept for one publisher.
     for i in 0..50u8 {
@@ -207,15 +288,28 @@ pub async fn bus_with_heartbeat<B: Bus + ?Sized>(a: &B, b: &B, heartbeat_within:
     }
 
     // Namespaces are isolated.
-    b.publish(&other, Bytes::from_static(b"other")).await.unwrap();
-    assert_eq!(next_message(&mut sub_other, within).await, Some(Bytes::from_static(b"other")));
+    b.publish(&other, Bytes::from_static(b"other"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut sub_other, within).await,
+        Some(Bytes::from_static(b"other"))
+    );
     a.publish(&ns, Bytes::from_static(b"mine")).await.unwrap();
-    assert_eq!(next_message(&mut sub_b, within).await, Some(Bytes::from_static(b"mine")), "a namespace hears only its own messages");
+    assert_eq!(
+        next_message(&mut sub_b, within).await,
+        Some(Bytes::from_static(b"mine")),
+        "a namespace hears only its own messages"
+    );
 
     // A large payload (64 KiB of keys) passes.
     let big = Bytes::from(vec![7u8; 64 * 1024]);
     a.publish(&ns, big.clone()).await.unwrap();
-    assert_eq!(next_message(&mut sub_b, within).await, Some(big), "a 64 KiB payload passes");
+    assert_eq!(
+        next_message(&mut sub_b, within).await,
+        Some(big),
+        "a 64 KiB payload passes"
+    );
 
     // A quiet, live subscription proves liveness with heartbeats.
     let deadline = tokio::time::Instant::now() + heartbeat_within + Duration::from_secs(1);
@@ -226,5 +320,8 @@ pub async fn bus_with_heartbeat<B: Bus + ?Sized>(a: &B, b: &B, heartbeat_within:
             break;
         }
     }
-    assert!(beat, "a live subscription reports a heartbeat within {heartbeat_within:?}");
+    assert!(
+        beat,
+        "a live subscription reports a heartbeat within {heartbeat_within:?}"
+    );
 }

@@ -1,17 +1,86 @@
-//! tiercache-core: the engine (work in progress; traits first).
+//! The tiercache engine: a two-tier cache (moka in process, a shared tier such
+//! as Redis behind it) that keeps the origin safe from penetration, stampedes
+//! and avalanches and keeps every instance's copy honest.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tiercache_core::Cache;
+//!
+//! # #[derive(serde::Serialize, serde::Deserialize)]
+//! # struct Product { id: u64, name: String }
+//! # async fn db_find(id: u64) -> Option<Product> { Some(Product { id, name: "lamp".into() }) }
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The embedded default: a local tier plus an in-process shared tier and
+//! // bus. Give it `.shared_tier(..)` and `.bus(..)` (Redis, NATS) to share.
+//! let products: Cache<u64, Product> = Cache::builder("products")
+//!     .ttl(Duration::from_secs(300))
+//!     .ttl_jitter(0.1)
+//!     .negative_ttl(Duration::from_secs(30))
+//!     .build()?;
+//!
+//! // One origin call per key per process, however many callers miss at once.
+//! let p = products.get_or_load(&42, || db_find(42)).await?;
+//! assert_eq!(p.map(|p| p.id), Some(42));
+//!
+//! // After a write: drop it here, in the shared tier and on every instance.
+//! products.invalidate(&42).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # The read path
+//!
+//! [`Cache::fetch`] (and its shorthands [`get_or_load`](Cache::get_or_load),
+//! [`try_get_or_load`](Cache::try_get_or_load),
+//! [`get_many_or_load`](Cache::get_many_or_load)):
+//!
+//! 1. **Local tier** (moka, bounded by bytes, per-entry expiry) holding
+//!    `Arc<V>`: a hit formats and hashes the key on the stack, reads one
+//!    atomic and returns a clone of the `Arc`.
+//! 2. **Bloom guard** (opt-in, [`BloomGuardConfig`]): a definite "absent"
+//!    answers without the shared tier or the origin.
+//! 3. **Shared tier** ([`SharedTier`]): a hit is decoded and copied into the
+//!    local tier for no longer than its remaining life; undecodable bytes are
+//!    a miss, deleted and counted.
+//! 4. **Singleflight**: one load per key per process, in its own task; across
+//!    instances a lease lets one load while the others wait briefly.
+//! 5. **Fill** with a jittered TTL; `None` is cached as a negative entry with
+//!    its own TTL; errors are never cached. Refresh-ahead, grace (stale on
+//!    error) and soft/hard load timeouts are builder settings.
+//!
+//! # The write path and consistency
+//!
+//! [`Cache::invalidate`], [`Cache::invalidate_tag`]: delete in the shared
+//! tier, evict locally, publish an [`Invalidation`] on the [`Bus`]. A load
+//! that began before an invalidation of its key or tag does not fill either
+//! tier (fill tickets in the shared tier, a fence locally). A bus that drops,
+//! goes silent or skips a sequence number makes the cache flush and cap its
+//! local tier.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod bloom;
 pub mod bus;
+mod cache;
+pub mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod envelope;
 pub mod error;
 pub mod key;
 pub mod message;
 pub mod shared;
+pub mod stats;
 
+pub use bloom::BloomGuardConfig;
 pub use bus::{Bus, BusEvent, InProcessBus};
+pub use cache::{
+    Cache, CacheBuilder, Entry, Fetched, Outcome, Tier, embedded_bus, embedded_shared_tier,
+};
+pub use codec::{Codec, Postcard, RawBytes};
 pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, SharedError};
 pub use key::{KeyFormat, KeyHash, TagHash};
 pub use message::{Invalidation, MessageCodec};
 pub use shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};
+pub use stats::CacheStats;
 
 #[cfg(test)]
 mod conformance_tests {
@@ -19,9 +88,15 @@ mod conformance_tests {
     async fn in_process_shared_tier_conforms() {
         crate::conformance::shared_tier(&crate::InProcessSharedTier::default()).await;
     }
+
     #[tokio::test]
     async fn in_process_bus_conforms() {
         let bus = crate::InProcessBus::new();
-        crate::conformance::bus_with_heartbeat(&bus, &bus.clone(), std::time::Duration::from_secs(2)).await;
+        crate::conformance::bus_with_heartbeat(
+            &bus,
+            &bus.clone(),
+            std::time::Duration::from_secs(2),
+        )
+        .await;
     }
 }

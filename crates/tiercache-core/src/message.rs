@@ -123,8 +123,8 @@ impl MessageCodec {
                     return Err(DecodeError::BadSignature);
                 }
                 let end = bytes.len() - MAC_LEN;
-                let mut mac = HmacSha256::new_from_slice(key)
-                    .map_err(|_| DecodeError::BadSignature)?;
+                let mut mac =
+                    HmacSha256::new_from_slice(key).map_err(|_| DecodeError::BadSignature)?;
                 mac.update(&bytes[..end]);
                 mac.verify_slice(&bytes[end..])
                     .map_err(|_| DecodeError::BadSignature)?;

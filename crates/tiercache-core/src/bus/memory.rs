@@ -100,17 +100,16 @@ struct SubState {
 impl Bus for InProcessBus {
     async fn publish(&self, namespace: &str, payload: Bytes) -> Result<(), BusError> {
         if !*self.inner.connected.borrow() {
-            return Err(BusError::Unavailable("in-process bus is disconnected".into()));
+            return Err(BusError::Unavailable(
+                "in-process bus is disconnected".into(),
+            ));
         }
         // No subscribers is not an error: nobody needed to hear it.
         let _ = self.sender(namespace).send(payload);
         Ok(())
     }
 
-    async fn subscribe(
-        &self,
-        namespace: &str,
-    ) -> Result<BoxStream<'static, BusEvent>, BusError> {
+    async fn subscribe(&self, namespace: &str) -> Result<BoxStream<'static, BusEvent>, BusError> {
         let connected = self.inner.connected.subscribe();
         let was_connected = *connected.borrow();
         let mut tick = tokio::time::interval(self.inner.heartbeat);

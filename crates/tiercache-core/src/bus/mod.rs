@@ -59,6 +59,5 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Subscribes to `namespace`. The stream ends only when the bus is shut
     /// down; connection trouble is reported as events, not as the end.
-    async fn subscribe(&self, namespace: &str)
-    -> Result<BoxStream<'static, BusEvent>, BusError>;
+    async fn subscribe(&self, namespace: &str) -> Result<BoxStream<'static, BusEvent>, BusError>;
 }

@@ -147,7 +147,8 @@ impl SharedTier for InProcessSharedTier {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), SharedError> {
-        self.values.insert(key.to_owned(), Stored { bytes: value, ttl });
+        self.values
+            .insert(key.to_owned(), Stored { bytes: value, ttl });
         Ok(())
     }
 
@@ -203,7 +204,8 @@ impl SharedTier for InProcessSharedTier {
         }
         // Stored while holding the meta lock so an invalidation cannot slip
         // between the version check and the write.
-        self.values.insert(key.to_owned(), Stored { bytes: value, ttl });
+        self.values
+            .insert(key.to_owned(), Stored { bytes: value, ttl });
         Ok(true)
     }
 

@@ -1,0 +1,354 @@
+//! The cache builder and its validated configuration.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::bloom::BloomGuardConfig;
+use crate::bus::{Bus, InProcessBus};
+use crate::codec::{Codec, Postcard};
+use crate::error::ConfigError;
+use crate::shared::{InProcessSharedTier, SharedTier};
+
+/// Validated settings of one cache.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) namespace: String,
+    pub(crate) local_capacity: u64,
+    pub(crate) local_ttl: Option<Duration>,
+    pub(crate) ttl: Duration,
+    pub(crate) ttl_jitter: f64,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) negative_jitter: f64,
+    pub(crate) soft_ttl: Option<Duration>,
+    pub(crate) grace: Duration,
+    pub(crate) max_key_len: usize,
+    pub(crate) max_value_size: usize,
+    pub(crate) compress_at: usize,
+    pub(crate) lease_ttl: Option<Duration>,
+    pub(crate) lease_wait: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Duration,
+    pub(crate) unsynced_local_ttl: Duration,
+    pub(crate) bus_liveness: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: String::new(),
+            local_capacity: 64 * 1024 * 1024,
+            local_ttl: None,
+            ttl: Duration::from_secs(300),
+            ttl_jitter: 0.1,
+            negative_ttl: Duration::from_secs(30),
+            negative_jitter: 0.1,
+            soft_ttl: None,
+            grace: Duration::ZERO,
+            max_key_len: 250,
+            max_value_size: 1024 * 1024,
+            compress_at: 1024,
+            lease_ttl: Some(Duration::from_secs(5)),
+            lease_wait: Duration::from_millis(200),
+            soft_timeout: None,
+            hard_timeout: Duration::from_secs(30),
+            unsynced_local_ttl: Duration::from_secs(1),
+            bus_liveness: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the shared tier and bus come from.
+pub(crate) enum Tier<T: ?Sized> {
+    /// The process-wide in-process default.
+    Embedded,
+    /// None at all.
+    Off,
+    /// Given by the user.
+    Given(Arc<T>),
+}
+
+/// The process-wide embedded shared tier: every cache built without
+/// [`CacheBuilder::shared_tier`] in this process shares it.
+pub fn embedded_shared_tier() -> &'static InProcessSharedTier {
+    static TIER: OnceLock<InProcessSharedTier> = OnceLock::new();
+    TIER.get_or_init(InProcessSharedTier::default)
+}
+
+/// The process-wide embedded bus: every cache built without
+/// [`CacheBuilder::bus`] in this process shares it.
+pub fn embedded_bus() -> &'static InProcessBus {
+    static BUS: OnceLock<InProcessBus> = OnceLock::new();
+    BUS.get_or_init(InProcessBus::new)
+}
+
+/// Builds a [`Cache`](crate::Cache). Start with
+/// [`Cache::builder`](crate::Cache::builder); every setting has a default
+/// suited to a web service, and [`build`](Self::build) checks them all,
+/// naming the field at fault.
+#[must_use]
+pub struct CacheBuilder<K, V> {
+    pub(crate) config: Config,
+    pub(crate) shared: Tier<dyn SharedTier>,
+    pub(crate) bus: Tier<dyn Bus>,
+    pub(crate) codec: Option<Arc<dyn Codec<V>>>,
+    pub(crate) bloom: Option<BloomGuardConfig>,
+    pub(crate) signing_key: Option<Vec<u8>>,
+    pub(crate) _key: PhantomData<fn(K)>,
+}
+
+macro_rules! setters {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $field:ident $(= $wrap:ident)? ;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, v: $ty) -> Self {
+                self.config.$field = setters!(@wrap v $($wrap)?);
+                self
+            }
+        )*
+    };
+    (@wrap $v:ident Some) => { Some($v) };
+    (@wrap $v:ident) => { $v };
+}
+
+impl<K, V> CacheBuilder<K, V> {
+    pub(crate) fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            config: Config {
+                namespace: namespace.into(),
+                ..Config::default()
+            },
+            shared: Tier::Embedded,
+            bus: Tier::Embedded,
+            codec: None,
+            bloom: None,
+            signing_key: None,
+            _key: PhantomData,
+        }
+    }
+
+    setters! {
+        /// Bytes the local tier may hold (entries weighed by their encoded
+        /// size). 0 turns the local tier off. Default 64 MiB.
+        local_capacity: u64 => local_capacity;
+        /// The longest an entry lives in the local tier (at most its TTL).
+        /// Default: the TTL.
+        local_ttl: Duration => local_ttl = Some;
+        /// How long a value is fresh. Default 5 minutes.
+        ttl: Duration => ttl;
+        /// Spread of TTLs, as a fraction in [0, 1): each entry lives between
+        /// `ttl * (1 - jitter)` and `ttl`, so a batch filled together does not
+        /// expire together. Default 0.1.
+        ttl_jitter: f64 => ttl_jitter;
+        /// How long "the origin has no such item" is cached. Default 30 s.
+        negative_ttl: Duration => negative_ttl;
+        /// Spread of negative TTLs, as [`ttl_jitter`](Self::ttl_jitter). Default 0.1.
+        negative_jitter: f64 => negative_jitter;
+        /// Refresh-ahead: an entry older than this (and still fresh) is served
+        /// and refreshed in the background, once. Must be below the TTL.
+        soft_ttl: Duration => soft_ttl = Some;
+        /// How long past its TTL a value may be served when the origin fails
+        /// or is slow. Default 0 (never stale).
+        grace: Duration => grace;
+        /// Storage keys longer than this are hashed. Default 250 bytes.
+        max_key_len: usize => max_key_len;
+        /// Encoded values larger than this are served but not cached. Default 1 MiB.
+        max_value_size: usize => max_value_size;
+        /// Encoded values at least this large are lz4-compressed in the
+        /// shared tier. Default 1 KiB.
+        compress_at: usize => compress_at;
+        /// How long a caller waits for another instance holding a key's lease
+        /// before loading itself (or serving stale). Default 200 ms.
+        lease_wait: Duration => lease_wait;
+        /// After this long, a load with a stale value at hand (within grace)
+        /// answers with it while the load goes on. Default: off.
+        soft_timeout: Duration => soft_timeout = Some;
+        /// After this long a load is abandoned and its waiters get
+        /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s.
+        hard_timeout: Duration => hard_timeout;
+        /// Cap on local life while the bus is down. Default 1 s.
+        unsynced_local_ttl: Duration => unsynced_local_ttl;
+        /// Silence on the bus (no message, no heartbeat) longer than this makes
+        /// the cache stop trusting its local tier until the bus is live again.
+        /// Default 10 s.
+        bus_liveness: Duration => bus_liveness;
+    }
+
+    /// Cross-instance leases: one instance loads a missing key while others
+    /// wait up to [`lease_wait`](Self::lease_wait). `None` turns them off.
+    /// Default: leases of 5 s.
+    pub fn lease_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.config.lease_ttl = ttl;
+        self
+    }
+
+    /// The shared tier (Redis, from `tiercache-redis`). Default: the
+    /// process-wide in-process tier ([`embedded_shared_tier`]).
+    pub fn shared_tier<S: SharedTier>(mut self, tier: S) -> Self {
+        self.shared = Tier::Given(Arc::new(tier));
+        self
+    }
+
+    /// [`shared_tier`](Self::shared_tier) from an `Arc`, possibly shared.
+    pub fn shared_tier_arc(mut self, tier: Arc<dyn SharedTier>) -> Self {
+        self.shared = Tier::Given(tier);
+        self
+    }
+
+    /// No shared tier: local tier and origin only.
+    pub fn no_shared_tier(mut self) -> Self {
+        self.shared = Tier::Off;
+        self
+    }
+
+    /// The invalidation bus (NATS from `tiercache-nats`, Redis pub/sub from
+    /// `tiercache-redis`). Default: the process-wide in-process bus
+    /// ([`embedded_bus`]).
+    pub fn bus<B: Bus>(mut self, bus: B) -> Self {
+        self.bus = Tier::Given(Arc::new(bus));
+        self
+    }
+
+    /// [`bus`](Self::bus) from an `Arc`, possibly shared.
+    pub fn bus_arc(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Tier::Given(bus);
+        self
+    }
+
+    /// No bus: invalidations stay in this process.
+    pub fn no_bus(mut self) -> Self {
+        self.bus = Tier::Off;
+        self
+    }
+
+    /// Local tier only: no shared tier and no bus.
+    pub fn local_only(self) -> Self {
+        self.no_shared_tier().no_bus()
+    }
+
+    /// Sign bus messages with this shared key and accept only messages signed
+    /// with it.
+    pub fn signing_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.signing_key = Some(key.into());
+        self
+    }
+
+    /// A codec other than the default ([`Postcard`]).
+    pub fn codec<C: Codec<V>>(mut self, codec: C) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// Turns on the Bloom guard.
+    pub fn bloom_guard(mut self, config: BloomGuardConfig) -> Self {
+        self.bloom = Some(config);
+        self
+    }
+
+    pub(crate) fn default_codec(&mut self)
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        if self.codec.is_none() {
+            self.codec = Some(Arc::new(Postcard));
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let ns = &c.namespace;
+        if ns.is_empty() {
+            return Err(ConfigError::new("namespace", "must not be empty"));
+        }
+        if ns.len() > 64
+            || ns
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || "{}:*>".contains(ch))
+        {
+            return Err(ConfigError::new(
+                "namespace",
+                "at most 64 characters, without whitespace, control characters or any of { } : * >",
+            ));
+        }
+        if c.ttl.is_zero() {
+            return Err(ConfigError::new("ttl", "must be greater than zero"));
+        }
+        for (field, j) in [
+            ("ttl_jitter", c.ttl_jitter),
+            ("negative_jitter", c.negative_jitter),
+        ] {
+            if !(0.0..1.0).contains(&j) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be in [0, 1), got {j}"),
+                ));
+            }
+        }
+        if let Some(soft) = c.soft_ttl {
+            if soft.is_zero() || soft >= c.ttl {
+                return Err(ConfigError::new(
+                    "soft_ttl",
+                    "must be above zero and below ttl",
+                ));
+            }
+        }
+        if c.max_key_len < 48 {
+            return Err(ConfigError::new(
+                "max_key_len",
+                "must be at least 48 (a hashed key's length)",
+            ));
+        }
+        if c.max_value_size == 0 {
+            return Err(ConfigError::new(
+                "max_value_size",
+                "must be greater than zero",
+            ));
+        }
+        if c.hard_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "hard_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(soft) = c.soft_timeout {
+            if soft >= c.hard_timeout {
+                return Err(ConfigError::new(
+                    "soft_timeout",
+                    "must be below hard_timeout",
+                ));
+            }
+        }
+        if let Some(lease) = c.lease_ttl {
+            if lease.is_zero() {
+                return Err(ConfigError::new(
+                    "lease_ttl",
+                    "must be greater than zero (or None)",
+                ));
+            }
+        }
+        if c.bus_liveness.is_zero() {
+            return Err(ConfigError::new(
+                "bus_liveness",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(b) = &self.bloom {
+            if !(b.false_positive_rate > 0.0 && b.false_positive_rate < 1.0) {
+                return Err(ConfigError::new(
+                    "bloom_guard.false_positive_rate",
+                    "must be in (0, 1)",
+                ));
+            }
+            if b.rebuild_every.is_zero() {
+                return Err(ConfigError::new(
+                    "bloom_guard.rebuild_every",
+                    "must be greater than zero",
+                ));
+            }
+        }
+        if self.signing_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(ConfigError::new("signing_key", "must be at least 16 bytes"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Singleflight: one load per key per process; every other caller waits for
+//! it and gets the same result.
+//!
+//! The load runs in its own task, so a caller that gives up (is dropped) does
+//! not cancel it for the others. The task's outcome reaches waiters through a
+//! watch channel; if the task dies without an outcome (its runtime shut down,
+//! it was aborted) the sender is dropped and every waiter wakes with
+//! [`Error::LoaderCancelled`]. A panicking loader is caught in the task and
+//! reported as [`Error::LoaderPanicked`]. Nobody hangs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::key::KeyHash;
+
+/// What a load produced: the value (None: the origin has none) and when.
+pub(crate) struct Loaded<V> {
+    pub(crate) value: Option<Arc<V>>,
+    pub(crate) written_ms: u64,
+}
+
+impl<V> Clone for Loaded<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            written_ms: self.written_ms,
+        }
+    }
+}
+
+pub(crate) type Outcome<V> = Result<Loaded<V>, Error>;
+type Slot<V> = Option<Outcome<V>>;
+
+pub(crate) struct Flights<V> {
+    map: Mutex<HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+pub(crate) enum Role<V> {
+    Leader(Leader<V>, Waiter<V>),
+    Waiter(Waiter<V>),
+}
+
+/// Completes a flight. Dropped without completing: waiters get
+/// [`Error::LoaderCancelled`].
+pub(crate) struct Leader<V> {
+    flights: Arc<Flights<V>>,
+    key: KeyHash,
+    id: u64,
+    tx: watch::Sender<Slot<V>>,
+}
+
+pub(crate) struct Waiter<V> {
+    rx: watch::Receiver<Slot<V>>,
+}
+
+impl<V> Flights<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the load of `key` in flight, or becomes its leader.
+    pub(crate) fn join(self: &Arc<Self>, key: KeyHash) -> Role<V> {
+        let mut map = self.map();
+        if let Some((_, rx)) = map.get(&key) {
+            // A finished flight whose leader has not yet removed it still
+            // answers its waiters correctly: the value is in the channel.
+            return Role::Waiter(Waiter { rx: rx.clone() });
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(key, (id, rx.clone()));
+        Role::Leader(
+            Leader {
+                flights: Arc::clone(self),
+                key,
+                id,
+                tx,
+            },
+            Waiter { rx },
+        )
+    }
+}
+
+impl<V> Leader<V> {
+    /// Publishes the outcome to every waiter and ends the flight.
+    pub(crate) fn complete(self, outcome: Outcome<V>) {
+        // Remove first: a caller arriving after this starts a new load rather
+        // than reading a result that is about to be superseded.
+        self.remove();
+        self.tx.send_replace(Some(outcome));
+    }
+
+    fn remove(&self) {
+        let mut map = self.flights.map();
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl<V> Drop for Leader<V> {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+impl<V> Waiter<V> {
+    /// Waits for the flight's outcome.
+    pub(crate) async fn wait(mut self) -> Outcome<V> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(slot) => match &*slot {
+                Some(Ok(l)) => Ok(l.clone()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(Error::LoaderCancelled),
+            },
+            Err(_) => Err(Error::LoaderCancelled),
+        }
+    }
+}

@@ -1,0 +1,1338 @@
+//! The cache: read path, fills, write path.
+
+mod config;
+mod fence;
+mod flight;
+mod local;
+mod sync;
+
+pub use config::{CacheBuilder, embedded_bus, embedded_shared_tier};
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use rand::Rng;
+use tracing::Instrument;
+
+use crate::bloom::BloomGuard;
+use crate::bus::Bus;
+use crate::codec::Codec;
+use crate::envelope::{self, Times};
+use crate::error::{ConfigError, DecodeError, Error, SharedError};
+use crate::key::{KeyFormat, KeyHash, TagHash};
+use crate::message::{Invalidation, MessageCodec};
+use crate::shared::{FillTicket, SharedTier};
+use crate::stats::{CacheStats, Stats};
+
+use config::{Config, Tier as TierChoice};
+use fence::{Fence, FenceMark};
+use flight::{Flights, Leader, Loaded, Role};
+use local::{LocalData, LocalExpiry, LocalTier};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A value to cache, with the tags it carries and, optionally, its own TTL.
+///
+/// Tags work like a CDN's surrogate keys: one
+/// [`invalidate_tag`](Cache::invalidate_tag) drops every entry carrying it.
+#[derive(Clone, Debug)]
+pub struct Entry<V> {
+    /// The value.
+    pub value: V,
+    /// Tags of the entry.
+    pub tags: Vec<String>,
+    /// A TTL for this entry instead of the cache's (still jittered).
+    pub ttl: Option<Duration>,
+}
+
+impl<V> Entry<V> {
+    /// An untagged entry with the cache's TTL.
+    pub fn new(value: V) -> Self {
+        Self {
+            value,
+            tags: Vec::new(),
+            ttl: None,
+        }
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Adds tags.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets this entry's TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+impl<V> From<V> for Entry<V> {
+    fn from(value: V) -> Self {
+        Entry::new(value)
+    }
+}
+
+/// Which tier answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// The in-process tier.
+    Local,
+    /// The shared tier (Redis).
+    Shared,
+}
+
+/// How a lookup was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// A fresh entry in a tier.
+    Hit(Tier),
+    /// This caller's load (or another instance's, after a lease wait).
+    Loaded,
+    /// Another caller's load in this process, waited for.
+    Collapsed,
+    /// A stale value (past its TTL, within grace) because the origin failed
+    /// or was slow.
+    Stale,
+    /// The Bloom guard knew the key cannot exist.
+    Rejected,
+}
+
+impl Outcome {
+    /// Whether the answer came from the cache without waiting for the origin.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Outcome::Hit(_) | Outcome::Rejected)
+    }
+}
+
+/// The answer to [`Cache::fetch`]: the value and how it was found.
+#[derive(Debug)]
+pub struct Fetched<V> {
+    /// The value; `None` when the origin has no such item.
+    pub value: Option<Arc<V>>,
+    /// How the lookup was answered.
+    pub outcome: Outcome,
+    /// When the value was loaded from the origin, in ms since the Unix epoch.
+    pub written_ms: u64,
+}
+
+impl<V> Clone for Fetched<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            outcome: self.outcome,
+            written_ms: self.written_ms,
+        }
+    }
+}
+
+impl<V> Fetched<V> {
+    /// How long ago the value was loaded from the origin.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.written_ms))
+    }
+}
+
+/// Whether the local tier may be trusted (hot path reads one atomic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum LocalMode {
+    /// The bus is live: the local tier is read and filled normally.
+    Trusted = 0,
+    /// The bus is down: reads go on, fills live at most `unsynced_local_ttl`.
+    Capped = 1,
+    /// The bus went silent: the local tier is not read at all.
+    Bypass = 2,
+}
+
+/// A two-tier cache in front of an origin. Cheap to clone (an `Arc`).
+///
+/// See the [crate docs](crate) for the read and write paths.
+pub struct Cache<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.config.namespace)
+            .field("instance", &self.inner.instance)
+            .finish()
+    }
+}
+
+pub(crate) struct Inner<K, V> {
+    pub(crate) config: Config,
+    pub(crate) keys: KeyFormat,
+    pub(crate) local: Option<LocalTier<V>>,
+    pub(crate) shared: Option<Arc<dyn SharedTier>>,
+    pub(crate) bus: Option<Arc<dyn Bus>>,
+    codec: Arc<dyn Codec<V>>,
+    flights: Arc<Flights<V>>,
+    pub(crate) fence: Fence,
+    pub(crate) bloom: Option<BloomGuard>,
+    pub(crate) stats: Arc<Stats>,
+    mode: AtomicU8,
+    pub(crate) instance: u64,
+    seq: AtomicU64,
+    pub(crate) messages: MessageCodec,
+    last_shared_log_ms: AtomicU64,
+    _key: PhantomData<fn(K)>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn jittered(base: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return base;
+    }
+    let f = 1.0 - jitter * rand::rng().random::<f64>();
+    base.mul_f64(f).max(Duration::from_millis(1))
+}
+
+/// What the shared tier had for a key.
+enum SharedFind<V> {
+    Fresh(Decoded<V>),
+    Stale(Decoded<V>),
+    Miss,
+}
+
+struct Decoded<V> {
+    value: Option<Arc<V>>,
+    times: Times,
+    tags: Box<[TagHash]>,
+    weight: usize,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Display + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// A builder for a cache in `namespace` (a short name shared by every
+    /// instance caching the same data, e.g. `"products"`).
+    pub fn builder(namespace: impl Into<String>) -> CacheBuilder<K, V> {
+        CacheBuilder::new(namespace)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
+    /// This instance's id on the bus.
+    pub fn instance_id(&self) -> u64 {
+        self.inner.instance
+    }
+
+    /// The key format (how keys become storage keys).
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.inner.keys
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Whether the local tier is currently trusted (the bus is live).
+    pub fn local_trusted(&self) -> bool {
+        self.inner.mode() == LocalMode::Trusted
+    }
+
+    /// Entries in the local tier (approximate, as moka counts).
+    pub fn local_entry_count(&self) -> u64 {
+        self.inner.local.as_ref().map_or(0, |l| l.entry_count())
+    }
+
+    /// Whether the Bloom guard (if any) has finished its first build.
+    pub fn bloom_ready(&self) -> bool {
+        self.inner.bloom.as_ref().is_some_and(BloomGuard::is_ready)
+    }
+
+    /// Drops every local entry (the shared tier is untouched).
+    pub fn flush_local(&self) {
+        self.inner.flush_local();
+    }
+
+    /// The fresh value under `key`, from either tier; never calls the origin.
+    /// `None` when absent, expired, or cached as "no such item".
+    pub async fn get(&self, key: &K) -> Option<Arc<V>> {
+        let h = self.inner.keys.hash(key);
+        if let Some(local) = self.inner.local_for_read() {
+            if let Some(e) = local.get(&h).await {
+                if !e.needs_clock || Instant::now() < e.fresh {
+                    self.inner.stats.local_hits(1);
+                    return e.value.clone();
+                }
+            }
+        }
+        let sk = self.inner.keys.storage_key(key);
+        let mark = self.inner.fence.mark();
+        match self.inner.shared_find(&sk).await {
+            SharedFind::Fresh(d) => {
+                self.inner.stats.shared_hits(1);
+                let value = d.value.clone();
+                self.inner.fill_local_decoded(h, mark, d).await;
+                value
+            }
+            _ => {
+                self.inner.stats.misses(1);
+                None
+            }
+        }
+    }
+
+    /// The value under `key`, loading it with `loader` on a miss. The loader
+    /// returns `None` when the origin has no such item (cached as a negative
+    /// entry). Errors only when the load panicked, was cancelled or timed out.
+    pub async fn get_or_load<F, Fut>(&self, key: &K, loader: F) -> Result<Option<Arc<V>>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        self.fetch(key, move || {
+            let fut = loader();
+            async move { Ok::<_, std::convert::Infallible>(fut.await.map(Entry::new)) }
+        })
+        .await
+        .map(|f| f.value)
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with a fallible loader. Loader
+    /// errors are never cached; waiters of the same load all get the error
+    /// (or a stale value, within grace).
+    pub async fn try_get_or_load<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.fetch(key, move || {
+            let fut = loader();
+            async move { fut.await.map(|o| o.map(Entry::new)) }
+        })
+        .await
+        .map(|f| f.value)
+    }
+
+    /// The general lookup: the loader returns an [`Entry`] (value, tags,
+    /// TTL), and the answer says how it was found ([`Fetched`]).
+    pub async fn fetch<F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let inner = &self.inner;
+        let h = inner.keys.hash(key);
+        let mut stale = None;
+        if let Some(local) = inner.local_for_read() {
+            if let Some(e) = local.get(&h).await {
+                let (fresh, refresh) = if e.needs_clock {
+                    let now = Instant::now();
+                    let fresh = now < e.fresh;
+                    let refresh = fresh
+                        && e.soft.is_some_and(|s| now >= s)
+                        && !e.refreshing.swap(true, Ordering::AcqRel);
+                    (fresh, refresh)
+                } else {
+                    (true, false)
+                };
+                if fresh {
+                    inner.stats.local_hits(1);
+                    if e.value.is_none() {
+                        inner.stats.negative_hits(1);
+                    }
+                    if refresh {
+                        self.refresh(key, h, loader);
+                    }
+                    return Ok(Fetched {
+                        value: e.value.clone(),
+                        outcome: Outcome::Hit(Tier::Local),
+                        written_ms: e.written_ms,
+                    });
+                }
+                if e.value.is_some() {
+                    stale = Some(Fetched {
+                        value: e.value.clone(),
+                        outcome: Outcome::Stale,
+                        written_ms: e.written_ms,
+                    });
+                }
+            }
+        }
+        self.fetch_slow(key, h, stale, loader)
+            .instrument(
+                tracing::debug_span!("tiercache.fetch", ns = %inner.config.namespace, key = %key),
+            )
+            .await
+    }
+
+    async fn fetch_slow<F, Fut, E>(
+        &self,
+        key: &K,
+        h: KeyHash,
+        mut stale: Option<Fetched<V>>,
+        loader: F,
+    ) -> Result<Fetched<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let inner = &self.inner;
+        if let Some(b) = &inner.bloom {
+            if !b.may_contain(h) {
+                inner.stats.bloom_rejections(1);
+                return Ok(Fetched {
+                    value: None,
+                    outcome: Outcome::Rejected,
+                    written_ms: now_ms(),
+                });
+            }
+        }
+        let sk = inner.keys.storage_key(key);
+        let mark = inner.fence.mark();
+        match inner.shared_find(&sk).await {
+            SharedFind::Fresh(d) => {
+                inner.stats.shared_hits(1);
+                if d.value.is_none() {
+                    inner.stats.negative_hits(1);
+                }
+                let out = Fetched {
+                    value: d.value.clone(),
+                    outcome: Outcome::Hit(Tier::Shared),
+                    written_ms: d.times.written_ms,
+                };
+                let refresh = d.times.soft_ms < d.times.fresh_ms && now_ms() >= d.times.soft_ms;
+                inner.fill_local_decoded(h, mark, d).await;
+                if refresh {
+                    self.refresh_at(sk, h, loader);
+                }
+                return Ok(out);
+            }
+            SharedFind::Stale(d) => {
+                if stale.is_none() && d.value.is_some() {
+                    stale = Some(Fetched {
+                        value: d.value,
+                        outcome: Outcome::Stale,
+                        written_ms: d.times.written_ms,
+                    });
+                }
+            }
+            SharedFind::Miss => {}
+        }
+        inner.stats.misses(1);
+        let (waiter, outcome) = match inner.flights.join(h) {
+            Role::Waiter(w) => {
+                inner.stats.collapsed(1);
+                (w, Outcome::Collapsed)
+            }
+            Role::Leader(leader, w) => {
+                self.spawn_load(leader, sk, h, loader());
+                (w, Outcome::Loaded)
+            }
+        };
+        let result = match (&stale, inner.config.soft_timeout) {
+            (Some(st), Some(soft)) => match tokio::time::timeout(soft, waiter.wait()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    inner.stats.stale_served(1);
+                    return Ok(st.clone());
+                }
+            },
+            _ => waiter.wait().await,
+        };
+        match result {
+            Ok(l) => Ok(Fetched {
+                value: l.value,
+                outcome,
+                written_ms: l.written_ms,
+            }),
+            Err(e) => match stale {
+                Some(st) => {
+                    inner.stats.stale_served(1);
+                    tracing::debug!(error = %e, "origin failed; serving stale");
+                    Ok(st)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn refresh<F, Fut, E>(&self, key: &K, h: KeyHash, loader: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.refresh_at(self.inner.keys.storage_key(key), h, loader);
+    }
+
+    fn refresh_at<F, Fut, E>(&self, sk: String, h: KeyHash, loader: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        if let Role::Leader(leader, _) = self.inner.flights.join(h) {
+            self.inner.stats.refreshes(1);
+            self.spawn_load(leader, sk, h, loader());
+        }
+    }
+
+    fn spawn_load<Fut, E>(&self, leader: Leader<V>, sk: String, h: KeyHash, fut: Fut)
+    where
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let span = tracing::debug_span!("tiercache.load", ns = %inner.config.namespace, key = %sk);
+        tokio::spawn(
+            async move {
+                let hard = inner.config.hard_timeout;
+                let run = AssertUnwindSafe(Arc::clone(&inner).run_load(sk, h, fut)).catch_unwind();
+                let outcome = match tokio::time::timeout(hard, run).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => {
+                        inner.stats.load_errors(1);
+                        tracing::warn!("loader panicked");
+                        Err(Error::LoaderPanicked)
+                    }
+                    Err(_) => {
+                        inner.stats.load_errors(1);
+                        inner.stats.load_timeouts(1);
+                        Err(Error::Timeout(hard))
+                    }
+                };
+                leader.complete(outcome);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Loads the missing ones of `keys` with one call of `loader`, which gets
+    /// every key no tier had (and no other caller is already loading) and
+    /// returns the values it found; keys it leaves out are cached as absent.
+    /// The answer is in the order of `keys`.
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Option<Arc<V>>>, Error>
+    where
+        K: Clone + Eq + Hash,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let inner = &self.inner;
+        let mut out: Vec<Option<Arc<V>>> = vec![None; keys.len()];
+        let mut pending = Vec::new();
+        let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
+        for (i, h) in hashes.iter().enumerate() {
+            if let Some(local) = inner.local_for_read() {
+                if let Some(e) = local.get(h).await {
+                    if !e.needs_clock || Instant::now() < e.fresh {
+                        inner.stats.local_hits(1);
+                        out[i] = e.value.clone();
+                        continue;
+                    }
+                }
+            }
+            if inner.bloom.as_ref().is_some_and(|b| !b.may_contain(*h)) {
+                inner.stats.bloom_rejections(1);
+                continue;
+            }
+            pending.push(i);
+        }
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        let sks: Vec<String> = pending
+            .iter()
+            .map(|&i| inner.keys.storage_key(&keys[i]))
+            .collect();
+        let mark = inner.fence.mark();
+        let found = match inner.shared_for_read() {
+            Some(s) => match s.get_many(&sks).await {
+                Ok(v) if v.len() == sks.len() => v,
+                Ok(_) => {
+                    inner.shared_error(&SharedError::Server(
+                        "get_many answered the wrong count".into(),
+                    ));
+                    vec![None; sks.len()]
+                }
+                Err(e) => {
+                    inner.shared_error(&e);
+                    vec![None; sks.len()]
+                }
+            },
+            None => vec![None; sks.len()],
+        };
+        let mut missing = Vec::new();
+        for ((&i, sk), bytes) in pending.iter().zip(sks).zip(found) {
+            if let Some(bytes) = bytes {
+                if let SharedFind::Fresh(d) = inner.accept_shared(&sk, &bytes).await {
+                    inner.stats.shared_hits(1);
+                    out[i] = d.value.clone();
+                    inner.fill_local_decoded(hashes[i], mark, d).await;
+                    continue;
+                }
+            }
+            inner.stats.misses(1);
+            missing.push((i, sk));
+        }
+        let mut waits = Vec::new();
+        let mut leads = Vec::new();
+        for (i, sk) in missing {
+            match inner.flights.join(hashes[i]) {
+                Role::Waiter(w) => {
+                    inner.stats.collapsed(1);
+                    waits.push((i, w));
+                }
+                Role::Leader(l, w) => {
+                    leads.push((keys[i].clone(), sk, hashes[i], l));
+                    waits.push((i, w));
+                }
+            }
+        }
+        if !leads.is_empty() {
+            let fut = loader(leads.iter().map(|(k, ..)| k.clone()).collect());
+            let inner = Arc::clone(&self.inner);
+            tokio::spawn(
+                async move { inner.run_batch(leads, fut).await }
+                    .instrument(tracing::debug_span!("tiercache.load_many")),
+            );
+        }
+        for (i, w) in waits {
+            out[i] = w.wait().await?.value;
+        }
+        Ok(out)
+    }
+
+    /// Stores `value` under `key` in both tiers, as a fresh load would, and
+    /// tells other instances to drop their copies.
+    pub async fn insert(&self, key: &K, value: V) {
+        self.insert_entry(key, Entry::new(value)).await
+    }
+
+    /// [`insert`](Self::insert) with tags and TTL.
+    pub async fn insert_entry(&self, key: &K, entry: Entry<V>) {
+        let inner = &self.inner;
+        let (sk, h) = inner.keys.both(key);
+        // Revoke loads in flight (here and elsewhere) that would put back an
+        // older value, then fill with a fresh ticket.
+        inner.fence.invalidate_key(h);
+        let ticket = match &inner.shared {
+            Some(s) => {
+                let keys = [sk.clone()];
+                match s.invalidate(&keys).await {
+                    Ok(()) => match s.begin_fill(&inner.config.namespace, &sk, None).await {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            inner.shared_error(&e);
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        inner.shared_error(&e);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mark = inner.fence.mark();
+        if let Some(b) = &inner.bloom {
+            b.add(h);
+        }
+        let value = Arc::new(entry.value);
+        inner
+            .fill(&sk, h, mark, ticket, Some(value), entry.tags, entry.ttl)
+            .await;
+        inner.publish(vec![key.to_string()], Vec::new(), true).await;
+    }
+
+    /// Drops `key` everywhere: the shared tier, this instance's local tier,
+    /// and (over the bus) every other instance's. Loads of it in flight
+    /// anywhere will not fill.
+    pub async fn invalidate(&self, key: &K) {
+        self.invalidate_many(std::slice::from_ref(key), &[]).await
+    }
+
+    /// Drops every entry tagged `tag`, everywhere, in O(1).
+    pub async fn invalidate_tag(&self, tag: &str) {
+        self.invalidate_many(&[], &[tag]).await
+    }
+
+    /// Drops `keys` and every entry tagged with one of `tags`, everywhere, as
+    /// one bus message.
+    pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) {
+        let inner = &self.inner;
+        let rendered: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        let sks: Vec<String> = keys.iter().map(|k| inner.keys.storage_key(k)).collect();
+        inner.apply_local(&sks, &tags).await;
+        if let Some(s) = &inner.shared {
+            if !sks.is_empty() {
+                if let Err(e) = s.invalidate(&sks).await {
+                    inner.shared_error(&e);
+                }
+            }
+            if !tags.is_empty() {
+                if let Err(e) = s.invalidate_tags(&inner.config.namespace, &tags).await {
+                    inner.shared_error(&e);
+                }
+            }
+        }
+        inner.publish(rendered, tags, false).await;
+    }
+
+    /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
+    /// exists at the origin, and drops any negative entry for it.
+    pub async fn created(&self, key: &K) {
+        let inner = &self.inner;
+        let (sk, h) = inner.keys.both(key);
+        if let Some(b) = &inner.bloom {
+            b.add(h);
+        }
+        inner.apply_local(std::slice::from_ref(&sk), &[]).await;
+        if let Some(s) = &inner.shared {
+            if let Err(e) = s.invalidate(std::slice::from_ref(&sk)).await {
+                inner.shared_error(&e);
+            }
+        }
+        inner.publish(vec![key.to_string()], Vec::new(), true).await;
+    }
+
+    /// Rebuilds the Bloom guard from its universe loader now (it also
+    /// rebuilds on its own schedule). Returns how many keys it holds.
+    pub async fn rebuild_bloom(&self) -> Result<usize, BoxError> {
+        match &self.inner.bloom {
+            Some(b) => {
+                let keys = self.inner.keys.clone();
+                b.rebuild(|k| keys.hash(k)).await
+            }
+            None => Ok(0),
+        }
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    #[inline]
+    fn mode(&self) -> LocalMode {
+        match self.mode.load(Ordering::Relaxed) {
+            0 => LocalMode::Trusted,
+            1 => LocalMode::Capped,
+            _ => LocalMode::Bypass,
+        }
+    }
+
+    pub(crate) fn set_mode(&self, mode: LocalMode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn local_for_read(&self) -> Option<&LocalTier<V>> {
+        match self.mode() {
+            LocalMode::Bypass => None,
+            _ => self.local.as_ref(),
+        }
+    }
+
+    fn shared_for_read(&self) -> Option<&Arc<dyn SharedTier>> {
+        self.shared.as_ref()
+    }
+
+    pub(crate) fn flush_local(&self) {
+        self.fence.invalidate_all();
+        if let Some(l) = &self.local {
+            l.invalidate_all();
+        }
+        self.stats.local_flushes(1);
+    }
+
+    pub(crate) fn shared_error(&self, e: &SharedError) {
+        self.stats.shared_errors(1);
+        let now = now_ms();
+        let last = self.last_shared_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .last_shared_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                ns = %self.config.namespace,
+                error = %e,
+                total_errors = self.stats.snapshot().shared_errors,
+                "shared tier failing; serving from the local tier and the origin"
+            );
+        }
+    }
+
+    async fn shared_find(&self, sk: &str) -> SharedFind<V> {
+        let Some(shared) = self.shared_for_read() else {
+            return SharedFind::Miss;
+        };
+        match shared.get(sk).await {
+            Ok(Some(bytes)) => self.accept_shared(sk, &bytes).await,
+            Ok(None) => SharedFind::Miss,
+            Err(e) => {
+                self.shared_error(&e);
+                SharedFind::Miss
+            }
+        }
+    }
+
+    /// Decodes and checks a shared-tier value: corrupt ones are deleted and
+    /// counted, newer formats left alone, tag-invalidated ones ignored.
+    async fn accept_shared(&self, sk: &str, bytes: &[u8]) -> SharedFind<V> {
+        let env = match envelope::decode(bytes) {
+            Ok(e) => e,
+            Err(DecodeError::FutureVersion(v)) => {
+                self.stats.foreign_versions(1);
+                tracing::debug!(
+                    key = sk,
+                    version = v,
+                    "shared value of a newer format; miss"
+                );
+                return SharedFind::Miss;
+            }
+            Err(e) => return self.corrupt(sk, &e).await,
+        };
+        let now = now_ms();
+        if now >= env.times.stale_ms {
+            return SharedFind::Miss;
+        }
+        if !env.tags.is_empty() {
+            let names: Vec<String> = env.tags.iter().map(|(t, _)| t.clone()).collect();
+            match self.shared.as_ref() {
+                Some(s) => match s.tag_versions(&self.config.namespace, &names).await {
+                    Ok(current) => {
+                        let recorded = env.tags.iter().map(|(_, v)| *v);
+                        if current.len() != names.len() || !current.iter().copied().eq(recorded) {
+                            return SharedFind::Miss;
+                        }
+                    }
+                    Err(e) => {
+                        self.shared_error(&e);
+                        return SharedFind::Miss;
+                    }
+                },
+                None => return SharedFind::Miss,
+            }
+        }
+        let value = if env.negative {
+            None
+        } else {
+            match self.codec.decode(&env.payload) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => return self.corrupt(sk, &e).await,
+            }
+        };
+        let d = Decoded {
+            value,
+            times: env.times,
+            tags: env.tags.iter().map(|(t, _)| TagHash::of(t)).collect(),
+            weight: bytes.len(),
+        };
+        if now < env.times.fresh_ms {
+            SharedFind::Fresh(d)
+        } else {
+            SharedFind::Stale(d)
+        }
+    }
+
+    async fn corrupt(&self, sk: &str, e: &DecodeError) -> SharedFind<V> {
+        self.stats.corrupt_values(1);
+        tracing::warn!(key = sk, error = %e, "undecodable value in the shared tier; deleted");
+        if let Some(s) = &self.shared {
+            if let Err(e) = s.delete(sk).await {
+                self.shared_error(&e);
+            }
+        }
+        SharedFind::Miss
+    }
+
+    fn local_cap(&self) -> Duration {
+        let cap = self.config.local_ttl.unwrap_or(Duration::MAX);
+        match self.mode() {
+            LocalMode::Trusted => cap,
+            _ => cap.min(self.config.unsynced_local_ttl),
+        }
+    }
+
+    async fn fill_local_decoded(&self, h: KeyHash, mark: FenceMark, d: Decoded<V>) {
+        self.fill_local(
+            h,
+            mark,
+            LocalData::new(
+                d.value,
+                d.times,
+                now_ms(),
+                self.local_cap(),
+                d.tags,
+                d.weight,
+            ),
+        )
+        .await
+    }
+
+    async fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
+        let Some(local) = &self.local else { return };
+        let tags = data.tags.clone();
+        local.insert(h, Arc::new(data)).await;
+        // Checked after inserting: an invalidation racing this fill either
+        // sees the entry (and evicts it) or is seen here.
+        if self.fence.revoked(mark, h, &tags) {
+            local.invalidate(&h).await;
+            self.stats.fills_revoked(1);
+        }
+    }
+
+    async fn run_load<Fut, E>(
+        self: Arc<Self>,
+        sk: String,
+        h: KeyHash,
+        fut: Fut,
+    ) -> flight::Outcome<V>
+    where
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let mark = self.fence.mark();
+        let ticket = self.begin_fill(&sk, self.config.lease_ttl).await;
+        if ticket.as_ref().is_some_and(|t| t.lease_held_elsewhere) {
+            self.stats.lease_waits(1);
+            if let Some(found) = self.wait_for_lease_holder(&sk, h).await {
+                self.stats.lease_wait_hits(1);
+                return Ok(found);
+            }
+        }
+        self.stats.loads(1);
+        let started = Instant::now();
+        let result = fut.await;
+        self.stats
+            .load_seconds
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Err(e) => {
+                self.stats.load_errors(1);
+                self.abort_fill(&sk, ticket).await;
+                Err(Error::Load(Arc::from(e.into())))
+            }
+            Ok(None) => {
+                let written_ms = self
+                    .fill(&sk, h, mark, ticket, None, Vec::new(), None)
+                    .await;
+                Ok(Loaded {
+                    value: None,
+                    written_ms,
+                })
+            }
+            Ok(Some(entry)) => {
+                let value = Arc::new(entry.value);
+                if let Some(b) = &self.bloom {
+                    b.add(h);
+                }
+                let written_ms = self
+                    .fill(
+                        &sk,
+                        h,
+                        mark,
+                        ticket,
+                        Some(Arc::clone(&value)),
+                        entry.tags,
+                        entry.ttl,
+                    )
+                    .await;
+                Ok(Loaded {
+                    value: Some(value),
+                    written_ms,
+                })
+            }
+        }
+    }
+
+    async fn run_batch<Fut, E>(
+        self: Arc<Self>,
+        leads: Vec<(K, String, KeyHash, Leader<V>)>,
+        fut: Fut,
+    ) where
+        K: Eq + Hash,
+        Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let mark = self.fence.mark();
+        let tickets =
+            futures::future::join_all(leads.iter().map(|(_, sk, ..)| self.begin_fill(sk, None)))
+                .await;
+        self.stats.loads(1);
+        let started = Instant::now();
+        let hard = self.config.hard_timeout;
+        let result = tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await;
+        self.stats
+            .load_seconds
+            .record(started.elapsed().as_secs_f64());
+        let mut found = match result {
+            Ok(Ok(Ok(map))) => map,
+            other => {
+                self.stats.load_errors(1);
+                let err = match other {
+                    Ok(Ok(Err(e))) => Error::Load(Arc::from(e.into())),
+                    Ok(Err(_)) => Error::LoaderPanicked,
+                    _ => {
+                        self.stats.load_timeouts(1);
+                        Error::Timeout(hard)
+                    }
+                };
+                for ((_, sk, _, leader), ticket) in leads.into_iter().zip(tickets) {
+                    self.abort_fill(&sk, ticket).await;
+                    leader.complete(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        for ((key, sk, h, leader), ticket) in leads.into_iter().zip(tickets) {
+            let value = found.remove(&key).map(Arc::new);
+            if value.is_some() {
+                if let Some(b) = &self.bloom {
+                    b.add(h);
+                }
+            }
+            let written_ms = self
+                .fill(&sk, h, mark, ticket, value.clone(), Vec::new(), None)
+                .await;
+            leader.complete(Ok(Loaded { value, written_ms }));
+        }
+    }
+
+    async fn begin_fill(&self, sk: &str, lease: Option<Duration>) -> Option<FillTicket> {
+        let s = self.shared.as_ref()?;
+        match s.begin_fill(&self.config.namespace, sk, lease).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.shared_error(&e);
+                None
+            }
+        }
+    }
+
+    async fn abort_fill(&self, sk: &str, ticket: Option<FillTicket>) {
+        if let (Some(s), Some(t)) = (&self.shared, ticket) {
+            if t.lease.is_some() {
+                if let Err(e) = s.abort_fill(sk, &t).await {
+                    self.shared_error(&e);
+                }
+            }
+        }
+    }
+
+    /// Another instance holds the lease: poll the shared tier for its fill,
+    /// up to `lease_wait`.
+    async fn wait_for_lease_holder(&self, sk: &str, h: KeyHash) -> Option<Loaded<V>> {
+        let deadline = Instant::now() + self.config.lease_wait;
+        let mut pause = Duration::from_millis(2);
+        while Instant::now() < deadline {
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+            let mark = self.fence.mark();
+            if let SharedFind::Fresh(d) = self.shared_find(sk).await {
+                let loaded = Loaded {
+                    value: d.value.clone(),
+                    written_ms: d.times.written_ms,
+                };
+                self.fill_local_decoded(h, mark, d).await;
+                return Some(loaded);
+            }
+        }
+        None
+    }
+
+    /// Writes a loaded value (or a negative) to both tiers, unless an
+    /// invalidation overtook the load. Returns its written time.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        &self,
+        sk: &str,
+        h: KeyHash,
+        mark: FenceMark,
+        ticket: Option<FillTicket>,
+        value: Option<Arc<V>>,
+        tags: Vec<String>,
+        ttl: Option<Duration>,
+    ) -> u64 {
+        let c = &self.config;
+        let now = now_ms();
+        let negative = value.is_none();
+        let base = if negative {
+            c.negative_ttl
+        } else {
+            ttl.unwrap_or(c.ttl)
+        };
+        if base.is_zero() {
+            self.abort_fill(sk, ticket).await;
+            return now;
+        }
+        let life = jittered(
+            base,
+            if negative {
+                c.negative_jitter
+            } else {
+                c.ttl_jitter
+            },
+        );
+        let life_ms = life.as_millis() as u64;
+        let fresh_ms = now + life_ms;
+        let soft_ms = match c.soft_ttl {
+            Some(s) if !negative => now + (s.as_millis() as u64).min(life_ms),
+            _ => fresh_ms,
+        };
+        let stale_ms = if negative {
+            fresh_ms
+        } else {
+            fresh_ms + c.grace.as_millis() as u64
+        };
+        let times = Times {
+            written_ms: now,
+            soft_ms,
+            fresh_ms,
+            stale_ms,
+        };
+        let mut payload = Vec::new();
+        if let Some(v) = &value {
+            if let Err(e) = self.codec.encode(v, &mut payload) {
+                tracing::warn!(key = sk, error = %e, "value could not be encoded; not cached");
+                self.abort_fill(sk, ticket).await;
+                return now;
+            }
+        }
+        let mut versions = vec![0u64; tags.len()];
+        let mut ticket = ticket;
+        if let (Some(s), Some(t)) = (&self.shared, &ticket) {
+            if !tags.is_empty() {
+                match s.tag_versions(&c.namespace, &tags).await {
+                    Ok(v) if v.len() == tags.len() => {
+                        if v.iter().any(|&x| x > t.tag_clock) {
+                            // A tag of this entry was invalidated while loading.
+                            self.stats.fills_revoked(1);
+                            self.abort_fill(sk, ticket).await;
+                            return now;
+                        }
+                        versions = v;
+                    }
+                    Ok(_) | Err(_) => {
+                        self.shared_error(&SharedError::Server("tag versions unavailable".into()));
+                        self.abort_fill(sk, ticket.take()).await;
+                    }
+                }
+            }
+        }
+        let tagged: Vec<(String, u64)> = tags.iter().cloned().zip(versions).collect();
+        let bytes = envelope::encode(negative, times, &tagged, &payload, c.compress_at);
+        if bytes.len() > c.max_value_size {
+            self.stats.oversized(1);
+            self.abort_fill(sk, ticket).await;
+            return now;
+        }
+        let weight = bytes.len();
+        if let (Some(s), Some(t)) = (&self.shared, &ticket) {
+            match s
+                .commit_fill(
+                    sk,
+                    t,
+                    Bytes::from(bytes),
+                    Duration::from_millis(stale_ms - now),
+                )
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stats.fills_revoked(1);
+                    return now;
+                }
+                Err(e) => self.shared_error(&e),
+            }
+        }
+        let tag_hashes: Box<[TagHash]> = tags.iter().map(|t| TagHash::of(t)).collect();
+        self.fill_local(
+            h,
+            mark,
+            LocalData::new(value, times, now, self.local_cap(), tag_hashes, weight),
+        )
+        .await;
+        now
+    }
+
+    /// Evicts storage keys and tags locally, revoking local fills in flight.
+    pub(crate) async fn apply_local(&self, sks: &[String], tags: &[String]) {
+        for sk in sks {
+            let h = KeyFormat::hash_storage_key(sk);
+            self.fence.invalidate_key(h);
+            if let Some(l) = &self.local {
+                l.invalidate(&h).await;
+            }
+        }
+        for tag in tags {
+            let t = TagHash::of(tag);
+            self.fence.invalidate_tag(t);
+            if let Some(l) = &self.local {
+                if l.invalidate_entries_if(move |_, e| e.tags.contains(&t))
+                    .is_err()
+                {
+                    l.invalidate_all();
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, keys: Vec<String>, tags: Vec<String>, created: bool) {
+        let Some(bus) = &self.bus else { return };
+        let msg = Invalidation {
+            origin: self.instance,
+            namespace: self.config.namespace.clone(),
+            keys,
+            tags,
+            created,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            source_time_ms: now_ms(),
+        };
+        let payload = Bytes::from(self.messages.encode(&msg));
+        match bus.publish(&self.config.namespace, payload).await {
+            Ok(()) => self.stats.invalidations_sent(1),
+            Err(e) => {
+                self.stats.invalidations_unsent(1);
+                tracing::warn!(ns = %self.config.namespace, error = %e, "invalidation not published; other instances may serve stale until their local TTL");
+            }
+        }
+    }
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: Display + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// Builds the cache with the default codec ([`Postcard`](crate::Postcard))
+    /// unless one was given. Must be called inside a tokio runtime (the cache
+    /// runs its bus listener and Bloom rebuilds as tasks).
+    pub fn build(mut self) -> Result<Cache<K, V>, ConfigError>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.default_codec();
+        self.build_with_codec()
+    }
+
+    /// Builds the cache with the codec given to [`codec`](Self::codec), for
+    /// values that are not serde types.
+    pub fn build_with_codec(self) -> Result<Cache<K, V>, ConfigError> {
+        self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ConfigError::new("runtime", "build the cache inside a tokio runtime"))?;
+        let codec = self.codec.ok_or_else(|| {
+            ConfigError::new("codec", "no codec given; call .codec(..) or use build()")
+        })?;
+        let config = self.config;
+        let stats = Arc::new(Stats::new(&config.namespace));
+        let local = (config.local_capacity > 0).then(|| {
+            let evictions = Arc::clone(&stats);
+            moka::future::Cache::builder()
+                .max_capacity(config.local_capacity)
+                .weigher(|_: &KeyHash, e: &Arc<LocalData<V>>| e.weight)
+                .expire_after(LocalExpiry)
+                .support_invalidation_closures()
+                .eviction_listener(move |_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        evictions.evictions(1);
+                    }
+                })
+                .build()
+        });
+        let shared: Option<Arc<dyn SharedTier>> = match self.shared {
+            TierChoice::Embedded => Some(Arc::new(embedded_shared_tier().clone())),
+            TierChoice::Off => None,
+            TierChoice::Given(s) => Some(s),
+        };
+        let bus: Option<Arc<dyn Bus>> = match self.bus {
+            TierChoice::Embedded => Some(Arc::new(embedded_bus().clone())),
+            TierChoice::Off => None,
+            TierChoice::Given(b) => Some(b),
+        };
+        let messages = match &self.signing_key {
+            Some(k) => MessageCodec::signed(k),
+            None => MessageCodec::unsigned(),
+        };
+        let retention = config.hard_timeout + Duration::from_secs(5);
+        let inner = Arc::new(Inner {
+            keys: KeyFormat::new(config.namespace.as_str(), config.max_key_len),
+            local,
+            shared,
+            // Until the bus reports itself live, fills are capped.
+            mode: AtomicU8::new(if bus.is_some() {
+                LocalMode::Capped
+            } else {
+                LocalMode::Trusted
+            } as u8),
+            bus,
+            codec,
+            flights: Arc::new(Flights::new()),
+            fence: Fence::new(retention),
+            bloom: self.bloom.map(BloomGuard::new),
+            stats,
+            instance: rand::random(),
+            seq: AtomicU64::new(0),
+            messages,
+            last_shared_log_ms: AtomicU64::new(0),
+            config,
+            _key: PhantomData,
+        });
+        sync::start(&inner, &runtime);
+        Ok(Cache { inner })
+    }
+}
