@@ -1,0 +1,225 @@
+//! A standalone `redis-server` (also the building block of the Sentinel set
+//! and the cluster).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use crate::binaries;
+use crate::error::Result;
+use crate::port::free_port;
+use crate::process::{Outcome, Proc, READY_TIMEOUT, START_ATTEMPTS, STOP_TIMEOUT};
+use crate::resp::ping_ok;
+
+/// What kind of redis-server process to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A data node (standalone, replica or cluster node).
+    Server,
+    /// `redis-server sentinel.conf --sentinel`.
+    Sentinel,
+}
+
+/// How to configure a redis-server; the port (and cluster bus port) are chosen
+/// per start attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub(crate) mode: Mode,
+    /// Extra lines for the config file.
+    pub(crate) conf: Vec<String>,
+    /// Extra command-line arguments.
+    pub(crate) args: Vec<String>,
+    /// Allocate a free port for `cluster-port` as well.
+    pub(crate) cluster_bus: bool,
+}
+
+impl Spec {
+    pub(crate) fn server() -> Self {
+        Spec {
+            mode: Mode::Server,
+            conf: Vec::new(),
+            args: Vec::new(),
+            cluster_bus: false,
+        }
+    }
+}
+
+/// A `redis-server` on `127.0.0.1` and a free port, in its own temp dir
+/// (config file, data and `redis.log`), with persistence off
+/// (`save ""`, `appendonly no`).
+///
+/// Dropping it kills the process (SIGKILL), waits for it and removes the
+/// temp dir.
+#[derive(Debug)]
+pub struct RedisServer {
+    // Field order matters: the process is killed before the dir is removed.
+    proc: Proc,
+    port: u16,
+    bus_port: Option<u16>,
+    mode: Mode,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a standalone redis-server and waits until it answers `PING`.
+    pub fn start() -> Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a standalone redis-server with extra command-line arguments,
+    /// e.g. `&["--requirepass", "secret"]`, and waits until it answers `PING`
+    /// (`-NOAUTH` counts as an answer).
+    pub fn start_with_args(extra: &[&str]) -> Result<Self> {
+        let mut spec = Spec::server();
+        spec.args = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::launch(spec)
+    }
+
+    pub(crate) fn launch(spec: Spec) -> Result<Self> {
+        let binary = binaries::redis_server()?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("tiercache-redis-")
+                .tempdir()?;
+            let port = free_port()?;
+            let bus_port = if spec.cluster_bus {
+                Some(free_port()?)
+            } else {
+                None
+            };
+            let conf_path = write_config(&spec, dir.path(), port, bus_port)?;
+            let mut args: Vec<OsString> = vec![conf_path.into_os_string()];
+            if spec.mode == Mode::Sentinel {
+                args.push("--sentinel".into());
+            }
+            args.extend(spec.args.iter().map(OsString::from));
+            let kind = match spec.mode {
+                Mode::Server => "redis-server",
+                Mode::Sentinel => "redis-sentinel",
+            };
+            let mut proc = Proc::new(
+                format!("{kind} on 127.0.0.1:{port}"),
+                &binary,
+                args,
+                dir.path(),
+                dir.path().join("redis.log"),
+            );
+            match proc.start_and_wait(marker(spec.mode), &mut || ping_ok(port), READY_TIMEOUT) {
+                Outcome::Ready => {
+                    return Ok(RedisServer {
+                        proc,
+                        port,
+                        bus_port,
+                        mode: spec.mode,
+                        dir,
+                    });
+                }
+                Outcome::Retry(e) => last_error = Some(e),
+                Outcome::Failed(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            crate::error::TestkitError::Command("redis-server: no start attempt made".to_owned())
+        }))
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster bus port (`cluster-port`), for cluster nodes.
+    pub fn cluster_bus_port(&self) -> Option<u16> {
+        self.bus_port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it to exit
+    /// (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        self.proc.terminate("TERM", STOP_TIMEOUT);
+    }
+
+    /// Kills the server (SIGKILL) and waits for it: a crash.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the server again on the same port with the same dir and
+    /// config (stopping it first if it still runs), retrying while the port
+    /// is briefly taken, and waits until it answers `PING`.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.proc.started() {
+            self.stop();
+        }
+        let port = self.port;
+        self.proc
+            .restart_and_wait(marker(self.mode), &mut || ping_ok(port), READY_TIMEOUT)
+    }
+
+    /// Whether the process is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// The OS process id, while started.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// The server's log file (stdout and stderr of every run, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.proc.log_path().to_path_buf()
+    }
+
+    /// The server's temp dir (config file, data, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether we started it and did not stop or kill it since.
+    pub(crate) fn started(&self) -> bool {
+        self.proc.started()
+    }
+}
+
+/// The log line a ready server prints.
+fn marker(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Server => "Ready to accept connections",
+        Mode::Sentinel => "Sentinel ID is",
+    }
+}
+
+fn write_config(spec: &Spec, dir: &Path, port: u16, bus_port: Option<u16>) -> Result<PathBuf> {
+    let mut lines = vec![
+        format!("port {port}"),
+        "bind 127.0.0.1".to_owned(),
+        format!("dir \"{}\"", dir.display()),
+        "daemonize no".to_owned(),
+        "logfile \"\"".to_owned(),
+    ];
+    let name = match spec.mode {
+        Mode::Server => {
+            lines.push("save \"\"".to_owned());
+            lines.push("appendonly no".to_owned());
+            "redis.conf"
+        }
+        Mode::Sentinel => "sentinel.conf",
+    };
+    if let Some(bus_port) = bus_port {
+        lines.push(format!("cluster-port {bus_port}"));
+    }
+    lines.extend(spec.conf.iter().cloned());
+    let path = dir.join(name);
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
