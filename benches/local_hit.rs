@@ -1,1 +1,153 @@
-fn main() {}
+//! `Cache::get` on a local hit against raw `moka::future::Cache::get` on the
+//! same keys, in the same run; and 10,000 concurrent `get_or_load` calls on one
+//! cold key (exactly one loader call, checked on every iteration).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tiercache::core::{Cache, InProcessBus, InProcessSharedTier};
+
+const KEYS: u64 = 1024;
+
+fn local_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let value = Arc::new("v".repeat(256));
+
+    let raw: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder().max_capacity(100_000).build();
+    let cache: Cache<u64, String> = rt.block_on(async {
+        let cache = Cache::builder("bench")
+            .shared_tier(InProcessSharedTier::default())
+            .bus(InProcessBus::new())
+            .ttl(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for k in 0..KEYS {
+            raw.insert(k, value.clone()).await;
+            let v = (*value).clone();
+            cache.get_or_load(&k, move || async move { Some(v) }).await.unwrap();
+        }
+        cache
+    });
+
+    struct PerEntry;
+    impl moka::Expiry<u64, Arc<String>> for PerEntry {
+        fn expire_after_create(&self, _: &u64, _: &Arc<String>, _: std::time::Instant) -> Option<Duration> {
+            Some(Duration::from_secs(3600))
+        }
+    }
+    let per_entry: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder()
+        .max_capacity(100_000_000)
+        .weigher(|_, v: &Arc<String>| v.len() as u32)
+        .expire_after(PerEntry)
+        .build();
+    let ttl_only: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder()
+        .max_capacity(100_000_000)
+        .weigher(|_, v: &Arc<String>| v.len() as u32)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    rt.block_on(async {
+        for k in 0..KEYS {
+            per_entry.insert(k, value.clone()).await;
+            ttl_only.insert(k, value.clone()).await;
+        }
+    });
+    let mut g = c.benchmark_group("local_hit");
+    g.bench_function(BenchmarkId::new("moka_weigher_per_entry_expiry", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let m = &per_entry;
+            async move { std::hint::black_box(m.get(&k).await) }
+        })
+    });
+    g.bench_function(BenchmarkId::new("moka_weigher_ttl", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let m = &ttl_only;
+            async move { std::hint::black_box(m.get(&k).await) }
+        })
+    });
+    let kf = cache.key_format().clone();
+    g.bench_function("key_hash_only", |b| {
+        let mut k = 0u64;
+        b.iter(|| {
+            k = (k + 1) % KEYS;
+            std::hint::black_box(kf.hash(&k))
+        })
+    });
+    g.bench_function(BenchmarkId::new("raw_moka_get", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let raw = &raw;
+            async move { std::hint::black_box(raw.get(&k).await) }
+        })
+    });
+    g.bench_function(BenchmarkId::new("tiercache_get", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let cache = &cache;
+            async move { std::hint::black_box(cache.get(&k).await) }
+        })
+    });
+    g.bench_function(BenchmarkId::new("tiercache_get_or_load", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let cache = &cache;
+            async move { std::hint::black_box(cache.get_or_load(&k, || async { None }).await.unwrap()) }
+        })
+    });
+    g.finish();
+}
+
+fn cold_stampede(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cache: Cache<u64, String> = rt.block_on(async {
+        Cache::builder("stampede")
+            .shared_tier(InProcessSharedTier::default())
+            .bus(InProcessBus::new())
+            .build()
+            .unwrap()
+    });
+    let mut g = c.benchmark_group("cold_key_stampede");
+    g.sample_size(10);
+    let mut key = 0u64;
+    g.bench_function("10000_concurrent_get_or_load", |b| {
+        b.to_async(&rt).iter(|| {
+            key += 1;
+            let cache = cache.clone();
+            async move {
+                let calls = Arc::new(AtomicUsize::new(0));
+                let mut tasks = Vec::with_capacity(10_000);
+                for _ in 0..10_000 {
+                    let cache = cache.clone();
+                    let calls = calls.clone();
+                    tasks.push(tokio::spawn(async move {
+                        cache
+                            .get_or_load(&key, move || async move {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                Some("loaded".to_string())
+                            })
+                            .await
+                    }));
+                }
+                for t in tasks {
+                    assert!(t.await.unwrap().unwrap().is_some());
+                }
+                assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one loader call");
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, local_hit, cold_stampede);
+criterion_main!(benches);

@@ -216,7 +216,8 @@ mod tests {
         assert!(enc.len() < 1000, "repetitive payload compresses");
         assert_eq!(&*decode(&enc).expect("decode").payload, &big[..]);
 
-        let neg = decode(&encode(true, times(), &[], b"", 0)).expect("decode");
+        let neg_bytes = encode(true, times(), &[], b"", 0);
+        let neg = decode(&neg_bytes).expect("decode");
         assert!(neg.negative && neg.payload.is_empty());
     }
 
@@ -241,7 +242,7 @@ mod tests {
             let mut junk = good.clone();
             for b in junk.iter_mut().skip(4) {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                if x % 7 == 0 {
+                if x.is_multiple_of(7) {
                     *b = (x >> 16) as u8;
                 }
             }

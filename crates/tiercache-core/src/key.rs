@@ -7,18 +7,146 @@
 //! Redis tier, the sidecar) derives storage keys through [`KeyFormat`], never a
 //! copy of these rules.
 //!
-//! The local tier is keyed by [`KeyHash`], the xxh3-128 of the storage key. It
+//! The local tier is keyed by [`KeyHash`]: the xxh3-128 of the rendered key,
+//! seeded with the namespace (for a hashed long key, of its storage key). It
 //! is computed by formatting the key into a stack buffer: a local hit formats
 //! and hashes, and allocates nothing.
 
-use std::fmt::{self, Display, Write as _};
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_128};
+use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_128, xxh3_128_with_seed};
 
-/// The identity of an entry in the local tier: the xxh3-128 of its storage key.
+/// The identity of an entry in the local tier (see the module docs).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyHash(pub u128);
+
+/// A type that can be a cache key: it writes its text form, which is what
+/// the shared tier stores and what travels on the bus.
+///
+/// Implemented for integers, `char`, `bool` and string types without going
+/// through `fmt` (a local hit renders the key on every lookup). For another
+/// type whose `Display` is its key, use [`display_cache_key!`](crate::display_cache_key).
+pub trait CacheKey {
+    /// Writes the key's text form into `out`.
+    fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result;
+
+    /// The key's text form as a `String`.
+    fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_key(&mut s);
+        s
+    }
+}
+
+macro_rules! int_keys {
+    ($($t:ty)*) => {$(
+        impl CacheKey for $t {
+            #[inline]
+            fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+                out.write_str(itoa::Buffer::new().format(*self))
+            }
+        }
+    )*};
+}
+int_keys!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
+
+macro_rules! str_keys {
+    ($($t:ty)*) => {$(
+        impl CacheKey for $t {
+            #[inline]
+            fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+                out.write_str(self)
+            }
+        }
+    )*};
+}
+str_keys!(str String Box<str> Arc<str> Cow<'_, str>);
+
+impl CacheKey for char {
+    fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+        out.write_char(*self)
+    }
+}
+
+impl CacheKey for bool {
+    fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+        out.write_str(if *self { "true" } else { "false" })
+    }
+}
+
+impl<T: CacheKey + ?Sized> CacheKey for &T {
+    #[inline]
+    fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+        (**self).write_key(out)
+    }
+}
+
+/// Implements [`CacheKey`] for types whose `Display` output is their key.
+///
+/// ```
+/// struct Sku(String);
+/// impl std::fmt::Display for Sku {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "sku-{}", self.0) }
+/// }
+/// tiercache_core::display_cache_key!(Sku);
+/// # use tiercache_core::CacheKey;
+/// assert_eq!(Sku("42".into()).render(), "sku-42");
+/// ```
+#[macro_export]
+macro_rules! display_cache_key {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::CacheKey for $t {
+            fn write_key<W: ::std::fmt::Write + ?Sized>(&self, out: &mut W) -> ::std::fmt::Result {
+                ::std::write!(out, "{}", self)
+            }
+        }
+    )*};
+}
+
+/// Shows a [`CacheKey`] with `Display` (for logs and spans).
+pub struct ShowKey<'a, K: ?Sized>(pub &'a K);
+
+impl<K: CacheKey + ?Sized> fmt::Display for ShowKey<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_key(f)
+    }
+}
+
+/// A hasher for [`KeyHash`]: the key is already a 128-bit hash, so hashing it
+/// again (moka's default SipHash) is wasted work on every local hit. Folds the
+/// two halves instead.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHashBuilder;
+
+/// The hasher [`KeyHashBuilder`] builds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHashHasher(u64);
+
+impl std::hash::Hasher for KeyHashHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by KeyHash; a correct (if slower) fallback for anything else.
+        self.0 = xxh3_64(bytes) ^ self.0.rotate_left(5);
+    }
+}
+
+impl std::hash::BuildHasher for KeyHashBuilder {
+    type Hasher = KeyHashHasher;
+    #[inline]
+    fn build_hasher(&self) -> KeyHashHasher {
+        KeyHashHasher(0)
+    }
+}
 
 /// The identity of a tag: the xxh3-64 of the tag's text.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,10 +164,11 @@ impl TagHash {
 pub struct KeyFormat {
     namespace: Arc<str>,
     max_key_len: usize,
+    seed: u64,
 }
 
 /// Stack space used to format a key before hashing it; longer keys stream.
-const STACK_KEY: usize = 192;
+const STACK_KEY: usize = 128;
 
 /// Formats into a stack buffer, spilling into a streaming hasher past it.
 struct KeyWriter {
@@ -47,22 +176,24 @@ struct KeyWriter {
     len: usize,
     total: usize,
     stream: Option<Box<Xxh3>>,
+    seed: u64,
 }
 
 impl KeyWriter {
-    fn new() -> Self {
+    fn new(seed: u64) -> Self {
         Self {
             buf: [0; STACK_KEY],
             len: 0,
             total: 0,
             stream: None,
+            seed,
         }
     }
 
     fn digest(&self) -> u128 {
         match &self.stream {
             Some(s) => s.digest128(),
-            None => xxh3_128(&self.buf[..self.len]),
+            None => xxh3_128_with_seed(&self.buf[..self.len], self.seed),
         }
     }
 }
@@ -77,7 +208,7 @@ impl fmt::Write for KeyWriter {
             self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
             self.len += bytes.len();
         } else {
-            let mut stream = Box::new(Xxh3::new());
+            let mut stream = Box::new(Xxh3::with_seed(self.seed));
             stream.update(&self.buf[..self.len]);
             stream.update(bytes);
             self.stream = Some(stream);
@@ -90,8 +221,10 @@ impl KeyFormat {
     /// A key format for `namespace`, hashing storage keys longer than
     /// `max_key_len` bytes.
     pub fn new(namespace: impl Into<Arc<str>>, max_key_len: usize) -> Self {
+        let namespace = namespace.into();
         Self {
-            namespace: namespace.into(),
+            seed: xxh3_64(namespace.as_bytes()),
+            namespace,
             max_key_len,
         }
     }
@@ -106,51 +239,47 @@ impl KeyFormat {
         self.max_key_len
     }
 
-    fn write<K: Display + ?Sized>(&self, key: &K) -> KeyWriter {
-        let mut w = KeyWriter::new();
-        // Writing into KeyWriter never fails; a Display impl that reports an
-        // error leaves a shorter key, which still hashes consistently.
-        let _ = write!(w, "{}:{}", self.namespace, key);
+    #[inline]
+    fn write<K: CacheKey + ?Sized>(&self, key: &K) -> KeyWriter {
+        let mut w = KeyWriter::new(self.seed);
+        // Writing into KeyWriter never fails; a key that reports an error
+        // leaves a shorter key, which still hashes consistently.
+        let _ = key.write_key(&mut w);
         w
+    }
+
+    fn fits(&self, rendered_len: usize) -> bool {
+        self.namespace.len() + 1 + rendered_len <= self.max_key_len
     }
 
     /// The local-tier identity of `key`. Allocates nothing for keys that fit
     /// the stack buffer and are within the maximum length.
-    pub fn hash<K: Display + ?Sized>(&self, key: &K) -> KeyHash {
+    #[inline]
+    pub fn hash<K: CacheKey + ?Sized>(&self, key: &K) -> KeyHash {
         let w = self.write(key);
-        if w.total <= self.max_key_len {
+        if self.fits(w.total) {
             KeyHash(w.digest())
         } else {
-            KeyHash(xxh3_128(self.long_key(w.digest()).as_bytes()))
+            KeyHash(xxh3_128(self.storage_key(key).as_bytes()))
         }
     }
 
     /// The storage key of `key`: `ns:key`, or `ns:#<hash>` when too long.
-    pub fn storage_key<K: Display + ?Sized>(&self, key: &K) -> String {
-        let w = self.write(key);
-        if w.total <= self.max_key_len {
-            let mut s = String::with_capacity(w.total);
-            let _ = write!(s, "{}:{}", self.namespace, key);
+    pub fn storage_key<K: CacheKey + ?Sized>(&self, key: &K) -> String {
+        let mut s = String::with_capacity(self.namespace.len() + 24);
+        s.push_str(&self.namespace);
+        s.push(':');
+        let _ = key.write_key(&mut s);
+        if s.len() <= self.max_key_len {
             s
         } else {
-            self.long_key(w.digest())
+            format!("{}:#{:032x}", self.namespace, xxh3_128(s.as_bytes()))
         }
     }
 
     /// Both the storage key and the hash of `key`.
-    pub fn both<K: Display + ?Sized>(&self, key: &K) -> (String, KeyHash) {
-        let s = self.storage_key(key);
-        let h = KeyHash(xxh3_128(s.as_bytes()));
-        (s, h)
-    }
-
-    fn long_key(&self, digest: u128) -> String {
-        format!("{}:#{:032x}", self.namespace, digest)
-    }
-
-    /// The hash of an already-built storage key.
-    pub fn hash_storage_key(storage_key: &str) -> KeyHash {
-        KeyHash(xxh3_128(storage_key.as_bytes()))
+    pub fn both<K: CacheKey + ?Sized>(&self, key: &K) -> (String, KeyHash) {
+        (self.storage_key(key), self.hash(key))
     }
 }
 
@@ -162,8 +291,16 @@ mod tests {
     fn short_keys_are_prefixed() {
         let f = KeyFormat::new("products", 64);
         assert_eq!(f.storage_key(&42u64), "products:42");
-        assert_eq!(f.hash(&42u64), KeyFormat::hash_storage_key("products:42"));
-        assert_eq!(f.hash("42"), f.hash(&42u64));
+        assert_eq!(
+            f.hash("42"),
+            f.hash(&42u64),
+            "a key and its rendering hash alike"
+        );
+        assert_ne!(
+            f.hash(&42u64),
+            KeyFormat::new("other", 64).hash(&42u64),
+            "namespaces differ"
+        );
     }
 
     #[test]
@@ -173,7 +310,7 @@ mod tests {
         let sk = f.storage_key(&long);
         assert!(sk.starts_with("ns:#"));
         assert_eq!(sk.len(), "ns:#".len() + 32);
-        assert_eq!(f.hash(&long), KeyFormat::hash_storage_key(&sk));
+        assert_eq!(f.hash(&long), f.hash(long.as_str()));
         // Different long keys stay distinct.
         let other = format!("{}y", "x".repeat(999));
         assert_ne!(f.storage_key(&other), sk);

@@ -77,7 +77,7 @@ pub use cache::{
 };
 pub use codec::{Codec, Postcard, RawBytes};
 pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, SharedError};
-pub use key::{KeyFormat, KeyHash, TagHash};
+pub use key::{CacheKey, KeyFormat, KeyHash, KeyHashBuilder, ShowKey, TagHash};
 pub use message::{Invalidation, MessageCodec};
 pub use shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};
 pub use stats::CacheStats;

@@ -284,13 +284,13 @@ impl<K, V> CacheBuilder<K, V> {
                 ));
             }
         }
-        if let Some(soft) = c.soft_ttl {
-            if soft.is_zero() || soft >= c.ttl {
-                return Err(ConfigError::new(
-                    "soft_ttl",
-                    "must be above zero and below ttl",
-                ));
-            }
+        if let Some(soft) = c.soft_ttl
+            && (soft.is_zero() || soft >= c.ttl)
+        {
+            return Err(ConfigError::new(
+                "soft_ttl",
+                "must be above zero and below ttl",
+            ));
         }
         if c.max_key_len < 48 {
             return Err(ConfigError::new(
@@ -310,21 +310,21 @@ impl<K, V> CacheBuilder<K, V> {
                 "must be greater than zero",
             ));
         }
-        if let Some(soft) = c.soft_timeout {
-            if soft >= c.hard_timeout {
-                return Err(ConfigError::new(
-                    "soft_timeout",
-                    "must be below hard_timeout",
-                ));
-            }
+        if let Some(soft) = c.soft_timeout
+            && soft >= c.hard_timeout
+        {
+            return Err(ConfigError::new(
+                "soft_timeout",
+                "must be below hard_timeout",
+            ));
         }
-        if let Some(lease) = c.lease_ttl {
-            if lease.is_zero() {
-                return Err(ConfigError::new(
-                    "lease_ttl",
-                    "must be greater than zero (or None)",
-                ));
-            }
+        if let Some(lease) = c.lease_ttl
+            && lease.is_zero()
+        {
+            return Err(ConfigError::new(
+                "lease_ttl",
+                "must be greater than zero (or None)",
+            ));
         }
         if c.bus_liveness.is_zero() {
             return Err(ConfigError::new(

@@ -33,9 +33,10 @@ impl<V> Clone for Loaded<V> {
 
 pub(crate) type Outcome<V> = Result<Loaded<V>, Error>;
 type Slot<V> = Option<Outcome<V>>;
+type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>;
 
 pub(crate) struct Flights<V> {
-    map: Mutex<HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>>,
+    map: Mutex<FlightMap<V>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -65,7 +66,7 @@ impl<V> Flights<V> {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, FlightMap<V>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -1,16 +1,22 @@
-//! The local tier's entries and their expiry.
+//! The local tier's entries. Each carries its own deadlines, read on a hit
+//! from a TSC clock (quanta); moka's single TTL only bounds how long an
+//! expired entry lingers before it is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
+use quanta::Instant;
 
 use crate::envelope::Times;
-use crate::key::{KeyHash, TagHash};
+use crate::key::{KeyHash, KeyHashBuilder, TagHash};
 
 /// One local entry: the decoded value behind an `Arc`, so a hit copies a
 /// pointer and decodes nothing.
+///
+/// Stored by value in moka, which clones it on every hit: every field is
+/// `Copy` or an `Arc`, and untagged entries without refresh-ahead carry no
+/// `Arc` but the value's, so a hit costs one reference-count increment.
 pub(crate) struct LocalData<V> {
     pub(crate) value: Option<Arc<V>>,
     pub(crate) written_ms: u64,
@@ -20,38 +26,29 @@ pub(crate) struct LocalData<V> {
     pub(crate) fresh: Instant,
     /// Kept (for stale serving) until here; equal to `fresh` without grace.
     pub(crate) stale: Instant,
-    /// Whether a hit must read the clock (soft or grace in play); without
-    /// either, moka's own expiry at `fresh` is the whole check.
-    pub(crate) needs_clock: bool,
-    pub(crate) tags: Box<[TagHash]>,
+    pub(crate) tags: Option<Arc<[TagHash]>>,
     pub(crate) weight: u32,
-    pub(crate) refreshing: AtomicBool,
+    /// Set once a refresh-ahead has been started (only with a soft TTL).
+    pub(crate) refreshing: Option<Arc<AtomicBool>>,
 }
 
-pub(crate) type LocalEntry<V> = Arc<LocalData<V>>;
-pub(crate) type LocalTier<V> = moka::future::Cache<KeyHash, LocalEntry<V>>;
+pub(crate) type LocalEntry<V> = LocalData<V>;
 
-pub(crate) struct LocalExpiry;
-
-impl<V> Expiry<KeyHash, LocalEntry<V>> for LocalExpiry {
-    fn expire_after_create(
-        &self,
-        _: &KeyHash,
-        v: &LocalEntry<V>,
-        now: Instant,
-    ) -> Option<Duration> {
-        Some(v.stale.saturating_duration_since(now))
-    }
-    fn expire_after_update(
-        &self,
-        _: &KeyHash,
-        v: &LocalEntry<V>,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.stale.saturating_duration_since(now))
+impl<V> Clone for LocalData<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            written_ms: self.written_ms,
+            soft: self.soft,
+            fresh: self.fresh,
+            stale: self.stale,
+            tags: self.tags.clone(),
+            weight: self.weight,
+            refreshing: self.refreshing.clone(),
+        }
     }
 }
+pub(crate) type LocalTier<V> = moka::future::Cache<KeyHash, LocalEntry<V>, KeyHashBuilder>;
 
 impl<V> LocalData<V> {
     /// A local entry for shared-tier `times`, living no longer than `cap`
@@ -78,10 +75,9 @@ impl<V> LocalData<V> {
             soft,
             fresh,
             stale,
-            needs_clock: soft.is_some() || stale > fresh,
-            tags,
+            tags: (!tags.is_empty()).then(|| Arc::from(tags)),
             weight: u32::try_from(weight.saturating_add(96)).unwrap_or(u32::MAX),
-            refreshing: AtomicBool::new(false),
+            refreshing: soft.map(|_| Arc::new(AtomicBool::new(false))),
         }
     }
 }

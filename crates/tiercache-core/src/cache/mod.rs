@@ -9,7 +9,6 @@ mod sync;
 pub use config::{CacheBuilder, embedded_bus, embedded_shared_tier};
 
 use std::collections::HashMap;
-use std::fmt::Display;
 use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -28,7 +27,7 @@ use crate::bus::Bus;
 use crate::codec::Codec;
 use crate::envelope::{self, Times};
 use crate::error::{ConfigError, DecodeError, Error, SharedError};
-use crate::key::{KeyFormat, KeyHash, TagHash};
+use crate::key::{CacheKey, KeyFormat, KeyHash, ShowKey, TagHash};
 use crate::message::{Invalidation, MessageCodec};
 use crate::shared::{FillTicket, SharedTier};
 use crate::stats::{CacheStats, Stats};
@@ -36,7 +35,7 @@ use crate::stats::{CacheStats, Stats};
 use config::{Config, Tier as TierChoice};
 use fence::{Fence, FenceMark};
 use flight::{Flights, Leader, Loaded, Role};
-use local::{LocalData, LocalExpiry, LocalTier};
+use local::{LocalData, LocalTier};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -206,6 +205,7 @@ pub(crate) struct Inner<K, V> {
     seq: AtomicU64,
     pub(crate) messages: MessageCodec,
     last_shared_log_ms: AtomicU64,
+    tag_index: std::sync::Mutex<HashMap<TagHash, Vec<KeyHash>>>,
     _key: PhantomData<fn(K)>,
 }
 
@@ -240,7 +240,7 @@ struct Decoded<V> {
 
 impl<K, V> Cache<K, V>
 where
-    K: Display + Send + Sync + 'static,
+    K: CacheKey + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
     /// A builder for a cache in `namespace` (a short name shared by every
@@ -293,13 +293,12 @@ where
     /// `None` when absent, expired, or cached as "no such item".
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
         let h = self.inner.keys.hash(key);
-        if let Some(local) = self.inner.local_for_read() {
-            if let Some(e) = local.get(&h).await {
-                if !e.needs_clock || Instant::now() < e.fresh {
-                    self.inner.stats.local_hits(1);
-                    return e.value.clone();
-                }
-            }
+        if let Some(local) = self.inner.local_for_read()
+            && let Some(e) = local.get(&h).await
+            && quanta::Instant::now() < e.fresh
+        {
+            self.inner.stats.local_hits(1);
+            return e.value;
         }
         let sk = self.inner.keys.storage_key(key);
         let mark = self.inner.fence.mark();
@@ -365,44 +364,41 @@ where
         let inner = &self.inner;
         let h = inner.keys.hash(key);
         let mut stale = None;
-        if let Some(local) = inner.local_for_read() {
-            if let Some(e) = local.get(&h).await {
-                let (fresh, refresh) = if e.needs_clock {
-                    let now = Instant::now();
-                    let fresh = now < e.fresh;
-                    let refresh = fresh
-                        && e.soft.is_some_and(|s| now >= s)
-                        && !e.refreshing.swap(true, Ordering::AcqRel);
-                    (fresh, refresh)
-                } else {
-                    (true, false)
-                };
-                if fresh {
-                    inner.stats.local_hits(1);
-                    if e.value.is_none() {
-                        inner.stats.negative_hits(1);
-                    }
-                    if refresh {
-                        self.refresh(key, h, loader);
-                    }
-                    return Ok(Fetched {
-                        value: e.value.clone(),
-                        outcome: Outcome::Hit(Tier::Local),
-                        written_ms: e.written_ms,
-                    });
+        if let Some(local) = inner.local_for_read()
+            && let Some(e) = local.get(&h).await
+        {
+            let now = quanta::Instant::now();
+            let fresh = now < e.fresh;
+            let refresh = fresh
+                && e.soft.is_some_and(|s| now >= s)
+                && e.refreshing
+                    .as_ref()
+                    .is_some_and(|r| !r.swap(true, Ordering::AcqRel));
+            if fresh {
+                inner.stats.local_hits(1);
+                if e.value.is_none() {
+                    inner.stats.negative_hits(1);
                 }
-                if e.value.is_some() {
-                    stale = Some(Fetched {
-                        value: e.value.clone(),
-                        outcome: Outcome::Stale,
-                        written_ms: e.written_ms,
-                    });
+                if refresh {
+                    self.refresh(key, h, loader);
                 }
+                return Ok(Fetched {
+                    value: e.value,
+                    outcome: Outcome::Hit(Tier::Local),
+                    written_ms: e.written_ms,
+                });
+            }
+            if e.value.is_some() && now < e.stale {
+                stale = Some(Fetched {
+                    value: e.value.clone(),
+                    outcome: Outcome::Stale,
+                    written_ms: e.written_ms,
+                });
             }
         }
         self.fetch_slow(key, h, stale, loader)
             .instrument(
-                tracing::debug_span!("tiercache.fetch", ns = %inner.config.namespace, key = %key),
+                tracing::debug_span!("tiercache.fetch", ns = %inner.config.namespace, key = %ShowKey(key)),
             )
             .await
     }
@@ -420,15 +416,15 @@ where
         E: Into<BoxError> + Send + 'static,
     {
         let inner = &self.inner;
-        if let Some(b) = &inner.bloom {
-            if !b.may_contain(h) {
-                inner.stats.bloom_rejections(1);
-                return Ok(Fetched {
-                    value: None,
-                    outcome: Outcome::Rejected,
-                    written_ms: now_ms(),
-                });
-            }
+        if let Some(b) = &inner.bloom
+            && !b.may_contain(h)
+        {
+            inner.stats.bloom_rejections(1);
+            return Ok(Fetched {
+                value: None,
+                outcome: Outcome::Rejected,
+                written_ms: now_ms(),
+            });
         }
         let sk = inner.keys.storage_key(key);
         let mark = inner.fence.mark();
@@ -570,14 +566,13 @@ where
         let mut pending = Vec::new();
         let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
         for (i, h) in hashes.iter().enumerate() {
-            if let Some(local) = inner.local_for_read() {
-                if let Some(e) = local.get(h).await {
-                    if !e.needs_clock || Instant::now() < e.fresh {
-                        inner.stats.local_hits(1);
-                        out[i] = e.value.clone();
-                        continue;
-                    }
-                }
+            if let Some(local) = inner.local_for_read()
+                && let Some(e) = local.get(h).await
+                && quanta::Instant::now() < e.fresh
+            {
+                inner.stats.local_hits(1);
+                out[i] = e.value.clone();
+                continue;
             }
             if inner.bloom.as_ref().is_some_and(|b| !b.may_contain(*h)) {
                 inner.stats.bloom_rejections(1);
@@ -611,13 +606,13 @@ where
         };
         let mut missing = Vec::new();
         for ((&i, sk), bytes) in pending.iter().zip(sks).zip(found) {
-            if let Some(bytes) = bytes {
-                if let SharedFind::Fresh(d) = inner.accept_shared(&sk, &bytes).await {
-                    inner.stats.shared_hits(1);
-                    out[i] = d.value.clone();
-                    inner.fill_local_decoded(hashes[i], mark, d).await;
-                    continue;
-                }
+            if let Some(bytes) = bytes
+                && let SharedFind::Fresh(d) = inner.accept_shared(&sk, &bytes).await
+            {
+                inner.stats.shared_hits(1);
+                out[i] = d.value.clone();
+                inner.fill_local_decoded(hashes[i], mark, d).await;
+                continue;
             }
             inner.stats.misses(1);
             missing.push((i, sk));
@@ -690,7 +685,7 @@ where
         inner
             .fill(&sk, h, mark, ticket, Some(value), entry.tags, entry.ttl)
             .await;
-        inner.publish(vec![key.to_string()], Vec::new(), true).await;
+        inner.publish(vec![key.render()], Vec::new(), true).await;
     }
 
     /// Drops `key` everywhere: the shared tier, this instance's local tier,
@@ -709,20 +704,21 @@ where
     /// one bus message.
     pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) {
         let inner = &self.inner;
-        let rendered: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let rendered: Vec<String> = keys.iter().map(|k| k.render()).collect();
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         let sks: Vec<String> = keys.iter().map(|k| inner.keys.storage_key(k)).collect();
-        inner.apply_local(&sks, &tags).await;
+        let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
+        inner.apply_local(&hashes, &tags).await;
         if let Some(s) = &inner.shared {
-            if !sks.is_empty() {
-                if let Err(e) = s.invalidate(&sks).await {
-                    inner.shared_error(&e);
-                }
+            if !sks.is_empty()
+                && let Err(e) = s.invalidate(&sks).await
+            {
+                inner.shared_error(&e);
             }
-            if !tags.is_empty() {
-                if let Err(e) = s.invalidate_tags(&inner.config.namespace, &tags).await {
-                    inner.shared_error(&e);
-                }
+            if !tags.is_empty()
+                && let Err(e) = s.invalidate_tags(&inner.config.namespace, &tags).await
+            {
+                inner.shared_error(&e);
             }
         }
         inner.publish(rendered, tags, false).await;
@@ -736,13 +732,13 @@ where
         if let Some(b) = &inner.bloom {
             b.add(h);
         }
-        inner.apply_local(std::slice::from_ref(&sk), &[]).await;
-        if let Some(s) = &inner.shared {
-            if let Err(e) = s.invalidate(std::slice::from_ref(&sk)).await {
-                inner.shared_error(&e);
-            }
+        inner.apply_local(&[h], &[]).await;
+        if let Some(s) = &inner.shared
+            && let Err(e) = s.invalidate(std::slice::from_ref(&sk)).await
+        {
+            inner.shared_error(&e);
         }
-        inner.publish(vec![key.to_string()], Vec::new(), true).await;
+        inner.publish(vec![key.render()], Vec::new(), true).await;
     }
 
     /// Rebuilds the Bloom guard from its universe loader now (it also
@@ -891,10 +887,10 @@ where
     async fn corrupt(&self, sk: &str, e: &DecodeError) -> SharedFind<V> {
         self.stats.corrupt_values(1);
         tracing::warn!(key = sk, error = %e, "undecodable value in the shared tier; deleted");
-        if let Some(s) = &self.shared {
-            if let Err(e) = s.delete(sk).await {
-                self.shared_error(&e);
-            }
+        if let Some(s) = &self.shared
+            && let Err(e) = s.delete(sk).await
+        {
+            self.shared_error(&e);
         }
         SharedFind::Miss
     }
@@ -925,8 +921,11 @@ where
 
     async fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
         let Some(local) = &self.local else { return };
-        let tags = data.tags.clone();
-        local.insert(h, Arc::new(data)).await;
+        let tags = data.tags.clone().unwrap_or_default();
+        if !tags.is_empty() {
+            self.index_tags(h, &tags);
+        }
+        local.insert(h, data).await;
         // Checked after inserting: an invalidation racing this fill either
         // sees the entry (and evicts it) or is seen here.
         if self.fence.revoked(mark, h, &tags) {
@@ -1040,10 +1039,10 @@ where
         };
         for ((key, sk, h, leader), ticket) in leads.into_iter().zip(tickets) {
             let value = found.remove(&key).map(Arc::new);
-            if value.is_some() {
-                if let Some(b) = &self.bloom {
-                    b.add(h);
-                }
+            if value.is_some()
+                && let Some(b) = &self.bloom
+            {
+                b.add(h);
             }
             let written_ms = self
                 .fill(&sk, h, mark, ticket, value.clone(), Vec::new(), None)
@@ -1064,12 +1063,11 @@ where
     }
 
     async fn abort_fill(&self, sk: &str, ticket: Option<FillTicket>) {
-        if let (Some(s), Some(t)) = (&self.shared, ticket) {
-            if t.lease.is_some() {
-                if let Err(e) = s.abort_fill(sk, &t).await {
-                    self.shared_error(&e);
-                }
-            }
+        if let (Some(s), Some(t)) = (&self.shared, ticket)
+            && t.lease.is_some()
+            && let Err(e) = s.abort_fill(sk, &t).await
+        {
+            self.shared_error(&e);
         }
     }
 
@@ -1145,31 +1143,31 @@ where
             stale_ms,
         };
         let mut payload = Vec::new();
-        if let Some(v) = &value {
-            if let Err(e) = self.codec.encode(v, &mut payload) {
-                tracing::warn!(key = sk, error = %e, "value could not be encoded; not cached");
-                self.abort_fill(sk, ticket).await;
-                return now;
-            }
+        if let Some(v) = &value
+            && let Err(e) = self.codec.encode(v, &mut payload)
+        {
+            tracing::warn!(key = sk, error = %e, "value could not be encoded; not cached");
+            self.abort_fill(sk, ticket).await;
+            return now;
         }
         let mut versions = vec![0u64; tags.len()];
         let mut ticket = ticket;
-        if let (Some(s), Some(t)) = (&self.shared, &ticket) {
-            if !tags.is_empty() {
-                match s.tag_versions(&c.namespace, &tags).await {
-                    Ok(v) if v.len() == tags.len() => {
-                        if v.iter().any(|&x| x > t.tag_clock) {
-                            // A tag of this entry was invalidated while loading.
-                            self.stats.fills_revoked(1);
-                            self.abort_fill(sk, ticket).await;
-                            return now;
-                        }
-                        versions = v;
+        if let (Some(s), Some(t)) = (&self.shared, &ticket)
+            && !tags.is_empty()
+        {
+            match s.tag_versions(&c.namespace, &tags).await {
+                Ok(v) if v.len() == tags.len() => {
+                    if v.iter().any(|&x| x > t.tag_clock) {
+                        // A tag of this entry was invalidated while loading.
+                        self.stats.fills_revoked(1);
+                        self.abort_fill(sk, ticket).await;
+                        return now;
                     }
-                    Ok(_) | Err(_) => {
-                        self.shared_error(&SharedError::Server("tag versions unavailable".into()));
-                        self.abort_fill(sk, ticket.take()).await;
-                    }
+                    versions = v;
+                }
+                Ok(_) | Err(_) => {
+                    self.shared_error(&SharedError::Server("tag versions unavailable".into()));
+                    self.abort_fill(sk, ticket.take()).await;
                 }
             }
         }
@@ -1209,10 +1207,9 @@ where
         now
     }
 
-    /// Evicts storage keys and tags locally, revoking local fills in flight.
-    pub(crate) async fn apply_local(&self, sks: &[String], tags: &[String]) {
-        for sk in sks {
-            let h = KeyFormat::hash_storage_key(sk);
+    /// Evicts keys and tags locally, revoking local fills in flight.
+    pub(crate) async fn apply_local(&self, keys: &[KeyHash], tags: &[String]) {
+        for &h in keys {
             self.fence.invalidate_key(h);
             if let Some(l) = &self.local {
                 l.invalidate(&h).await;
@@ -1221,13 +1218,36 @@ where
         for tag in tags {
             let t = TagHash::of(tag);
             self.fence.invalidate_tag(t);
+            let tagged = self.tag_index().remove(&t).unwrap_or_default();
             if let Some(l) = &self.local {
-                if l.invalidate_entries_if(move |_, e| e.tags.contains(&t))
-                    .is_err()
-                {
-                    l.invalidate_all();
+                for h in tagged {
+                    l.invalidate(&h).await;
                 }
             }
+        }
+    }
+
+    fn tag_index(&self) -> std::sync::MutexGuard<'_, HashMap<TagHash, Vec<KeyHash>>> {
+        self.tag_index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers which local entries carry which tags, so a tag invalidation
+    /// evicts exactly those (entries evicted meanwhile are pruned lazily).
+    fn index_tags(&self, h: KeyHash, tags: &[TagHash]) {
+        let Some(local) = &self.local else { return };
+        let mut index = self.tag_index();
+        for t in tags {
+            let keys = index.entry(*t).or_default();
+            if keys.len() >= 1024 && keys.len().is_power_of_two() {
+                keys.retain(|k| local.contains_key(k));
+            }
+            keys.push(h);
+        }
+        if index.len() > 100_000 {
+            index.retain(|_, keys| {
+                keys.retain(|k| local.contains_key(k));
+                !keys.is_empty()
+            });
         }
     }
 
@@ -1255,7 +1275,7 @@ where
 
 impl<K, V> CacheBuilder<K, V>
 where
-    K: Display + Send + Sync + 'static,
+    K: CacheKey + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
     /// Builds the cache with the default codec ([`Postcard`](crate::Postcard))
@@ -1284,15 +1304,16 @@ where
             let evictions = Arc::clone(&stats);
             moka::future::Cache::builder()
                 .max_capacity(config.local_capacity)
-                .weigher(|_: &KeyHash, e: &Arc<LocalData<V>>| e.weight)
-                .expire_after(LocalExpiry)
-                .support_invalidation_closures()
+                .weigher(|_: &KeyHash, e: &LocalData<V>| e.weight)
+                // Entries carry their own deadlines (checked on every hit);
+                // moka's one TTL bounds how long an expired one lingers.
+                .time_to_live(config.ttl.max(config.negative_ttl) + config.grace)
                 .eviction_listener(move |_, _, cause| {
                     if cause == moka::notification::RemovalCause::Size {
                         evictions.evictions(1);
                     }
                 })
-                .build()
+                .build_with_hasher(crate::key::KeyHashBuilder)
         });
         let shared: Option<Arc<dyn SharedTier>> = match self.shared {
             TierChoice::Embedded => Some(Arc::new(embedded_shared_tier().clone())),
@@ -1329,6 +1350,7 @@ where
             seq: AtomicU64::new(0),
             messages,
             last_shared_log_ms: AtomicU64::new(0),
+            tag_index: std::sync::Mutex::new(HashMap::new()),
             config,
             _key: PhantomData,
         });

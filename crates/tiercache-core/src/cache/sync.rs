@@ -21,7 +21,6 @@ use futures::stream::BoxStream;
 
 use super::{Inner, LocalMode, now_ms};
 use crate::bus::BusEvent;
-use crate::key::KeyFormat;
 use crate::shared::SharedEvent;
 
 pub(super) fn start<K, V>(inner: &Arc<Inner<K, V>>, rt: &tokio::runtime::Handle)
@@ -146,17 +145,17 @@ where
                     inner.flush_local();
                 }
                 *last = (*last).max(msg.seq);
-                let sks: Vec<String> = msg
+                let hashes: Vec<_> = msg
                     .keys
                     .iter()
-                    .map(|k| inner.keys.storage_key(k.as_str()))
+                    .map(|k| inner.keys.hash(k.as_str()))
                     .collect();
-                inner.apply_local(&sks, &msg.tags).await;
-                if msg.created {
-                    if let Some(b) = &inner.bloom {
-                        for sk in &sks {
-                            b.add(KeyFormat::hash_storage_key(sk));
-                        }
+                inner.apply_local(&hashes, &msg.tags).await;
+                if msg.created
+                    && let Some(b) = &inner.bloom
+                {
+                    for h in &hashes {
+                        b.add(*h);
                     }
                 }
                 inner.stats.invalidations_received(1);

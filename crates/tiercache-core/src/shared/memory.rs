@@ -257,9 +257,9 @@ impl SharedTier for InProcessSharedTier {
 }
 
 fn release(m: &mut Meta, key: &str, ticket: &FillTicket) {
-    if let Some(token) = ticket.lease {
-        if m.leases.get(key).is_some_and(|(t, _)| *t == token) {
-            m.leases.remove(key);
-        }
+    if let Some(token) = ticket.lease
+        && m.leases.get(key).is_some_and(|(t, _)| *t == token)
+    {
+        m.leases.remove(key);
     }
 }

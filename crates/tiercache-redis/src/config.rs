@@ -1,0 +1,347 @@
+//! The builder of [`RedisSharedTier`](crate::RedisSharedTier).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::cluster::ClusterClient;
+use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+
+use crate::breaker::Breaker;
+use crate::conn::{self, Connector, Link, Target};
+use crate::error::RedisError;
+use crate::report::Reporter;
+use crate::tier::{Inner, RedisSharedTier, Settings};
+
+#[derive(Clone, Debug)]
+enum Topology {
+    Url(String),
+    Sentinel {
+        urls: Vec<String>,
+        master_name: String,
+    },
+    Cluster(Vec<String>),
+}
+
+/// Builds a [`RedisSharedTier`]: choose exactly one of [`url`](Self::url),
+/// [`sentinel`](Self::sentinel) or [`cluster`](Self::cluster), then tune.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RedisSharedTierBuilder {
+    topologies: Vec<(&'static str, Topology)>,
+    username: Option<String>,
+    password: Option<String>,
+    tls: bool,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    health_interval: Duration,
+    reconnect_backoff: (Duration, Duration),
+    version_retention: Duration,
+    log_interval: Duration,
+    lazy: bool,
+}
+
+impl Default for RedisSharedTierBuilder {
+    fn default() -> Self {
+        Self {
+            topologies: Vec::new(),
+            username: None,
+            password: None,
+            tls: false,
+            call_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            health_interval: Duration::from_secs(1),
+            reconnect_backoff: (Duration::from_millis(50), Duration::from_millis(500)),
+            version_retention: Duration::from_secs(600),
+            log_interval: Duration::from_secs(10),
+            lazy: false,
+        }
+    }
+}
+
+impl RedisSharedTierBuilder {
+    /// A standalone server: `redis://[user:password@]host:port[/db]`
+    /// (`rediss://` with the `tls` feature).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.topologies.push(("url", Topology::Url(url.into())));
+        self
+    }
+
+    /// A master found through Sentinels (`redis://host:port` each, credentials
+    /// for the Sentinels themselves in their URLs). The master is re-resolved
+    /// on every reconnect and checked with `ROLE`.
+    pub fn sentinel<I, S>(mut self, sentinel_urls: I, master_name: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topologies.push((
+            "sentinel",
+            Topology::Sentinel {
+                urls: sentinel_urls.into_iter().map(Into::into).collect(),
+                master_name: master_name.into(),
+            },
+        ));
+        self
+    }
+
+    /// A Redis Cluster, from one or more of its nodes' URLs.
+    pub fn cluster<I, S>(mut self, node_urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topologies.push((
+            "cluster",
+            Topology::Cluster(node_urls.into_iter().map(Into::into).collect()),
+        ));
+        self
+    }
+
+    /// The ACL user name for the data nodes (overrides one in the URL).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password for the data nodes (overrides one in the URL).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Use TLS to Sentinel-discovered masters and Cluster nodes (needs the
+    /// `tls` feature; for a standalone server use a `rediss://` URL).
+    pub fn tls(mut self, enabled: bool) -> Self {
+        self.tls = enabled;
+        self
+    }
+
+    /// The time budget of one call (default 50 ms). A call that takes longer
+    /// fails with `SharedError::Timeout` and counts towards the breaker.
+    pub fn call_timeout(mut self, budget: Duration) -> Self {
+        self.call_timeout = budget;
+        self
+    }
+
+    /// The time budget for establishing a connection, and for the periodic
+    /// health check (default 1 s).
+    pub fn connect_timeout(mut self, budget: Duration) -> Self {
+        self.connect_timeout = budget;
+        self
+    }
+
+    /// The breaker opens after `threshold` consecutive failed calls (default
+    /// 5); while open, calls fail at once with `SharedError::BreakerOpen`;
+    /// after `cooldown` (default 1 s) one probe call is let through, and its
+    /// success closes it. A reconnect closes it too.
+    pub fn breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// How often the connection is health-checked (default 1 s): `PING`, or
+    /// `ROLE` on a Sentinel-resolved master.
+    pub fn health_interval(mut self, interval: Duration) -> Self {
+        self.health_interval = interval;
+        self
+    }
+
+    /// The reconnect backoff: starts at `min`, doubles up to `max` (default
+    /// 50 ms to 500 ms). Reconnection never gives up.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = (min, max);
+        self
+    }
+
+    /// How long a key's version is kept after an invalidation (default 10
+    /// minutes). A fill ticket older than this is refused or (if taken before
+    /// the key was ever invalidated) may land: keep it above the longest load.
+    pub fn version_retention(mut self, retention: Duration) -> Self {
+        self.version_retention = retention;
+        self
+    }
+
+    /// Errors are counted always but logged at most once per this interval
+    /// (default 10 s).
+    pub fn log_interval(mut self, interval: Duration) -> Self {
+        self.log_interval = interval;
+        self
+    }
+
+    /// Do not fail [`build`](Self::build) when Redis cannot be reached: start
+    /// disconnected (calls fail fast) and keep connecting in the background.
+    pub fn connect_lazily(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    fn redis_settings(&self, base: &RedisConnectionInfo) -> RedisConnectionInfo {
+        let mut r = base.clone();
+        if let Some(u) = &self.username {
+            r = r.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            r = r.set_password(p);
+        }
+        r
+    }
+
+    fn parse(field: &'static str, url: &str) -> Result<ConnectionInfo, RedisError> {
+        url.into_connection_info()
+            .map_err(|e| RedisError::config(field, format!("`{url}`: {e}")))
+    }
+
+    fn validate(&self) -> Result<Target, RedisError> {
+        let (field, topology) = match self.topologies.as_slice() {
+            [] => {
+                return Err(RedisError::config(
+                    "url",
+                    "set one of `url`, `sentinel` or `cluster`",
+                ));
+            }
+            [one] => one.clone(),
+            [_, (field, _), ..] => {
+                return Err(RedisError::config(
+                    field,
+                    "only one of `url`, `sentinel` or `cluster` may be set",
+                ));
+            }
+        };
+        if self.call_timeout.is_zero() {
+            return Err(RedisError::config("call_timeout", "must be more than zero"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(RedisError::config(
+                "connect_timeout",
+                "must be more than zero",
+            ));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(RedisError::config(
+                "breaker",
+                "threshold must be at least 1",
+            ));
+        }
+        if self.health_interval.is_zero() {
+            return Err(RedisError::config(
+                "health_interval",
+                "must be more than zero",
+            ));
+        }
+        let (min, max) = self.reconnect_backoff;
+        if min.is_zero() || max < min {
+            return Err(RedisError::config(
+                "reconnect_backoff",
+                "min must be more than zero and max at least min",
+            ));
+        }
+        if self.version_retention < Duration::from_secs(1) {
+            return Err(RedisError::config(
+                "version_retention",
+                "must be at least 1 s",
+            ));
+        }
+        if self.tls && !cfg!(feature = "tls") {
+            return Err(RedisError::config(
+                "tls",
+                "this build of tiercache-redis lacks the `tls` feature",
+            ));
+        }
+        match topology {
+            Topology::Url(url) => {
+                let info = Self::parse(field, &url)?;
+                let redis = self.redis_settings(info.redis_settings());
+                Ok(Target::Standalone(info.set_redis_settings(redis)))
+            }
+            Topology::Sentinel { urls, master_name } => {
+                if urls.is_empty() {
+                    return Err(RedisError::config(field, "needs at least one sentinel URL"));
+                }
+                if master_name.is_empty() {
+                    return Err(RedisError::config(field, "the master name is empty"));
+                }
+                let sentinels = urls
+                    .iter()
+                    .map(|u| Self::parse(field, u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Target::Sentinel {
+                    sentinels,
+                    master_name,
+                    redis: self.redis_settings(&RedisConnectionInfo::default()),
+                    tls: self.tls,
+                })
+            }
+            Topology::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(RedisError::config(field, "needs at least one node URL"));
+                }
+                let nodes = urls
+                    .iter()
+                    .map(|u| Self::parse(field, u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut b = ClusterClient::builder(nodes)
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.connect_timeout.max(Duration::from_secs(1)))
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200);
+                if let Some(u) = &self.username {
+                    b = b.username(u);
+                }
+                if let Some(p) = &self.password {
+                    b = b.password(p);
+                }
+                #[cfg(feature = "tls")]
+                if self.tls {
+                    b = b.tls(redis::cluster::TlsMode::Secure);
+                }
+                let client = b
+                    .build()
+                    .map_err(|e| RedisError::config(field, e.to_string()))?;
+                Ok(Target::Cluster(Box::new(client)))
+            }
+        }
+    }
+
+    /// Checks the configuration, connects (unless
+    /// [`connect_lazily`](Self::connect_lazily)) and starts the background
+    /// task that keeps the connection. Must be called within a Tokio runtime.
+    pub async fn build(self) -> Result<RedisSharedTier, RedisError> {
+        let target = self.validate()?;
+        let cluster = matches!(target, Target::Cluster(_));
+        let connector = Connector {
+            target,
+            connect_timeout: self.connect_timeout,
+            health_interval: self.health_interval,
+            min_backoff: self.reconnect_backoff.0,
+            max_backoff: self.reconnect_backoff.1,
+        };
+        let first = match connector.connect().await {
+            Ok(c) => Some(c),
+            Err(e) if self.lazy => {
+                tracing::warn!("redis shared tier starts disconnected: {e}");
+                None
+            }
+            Err(e) => return Err(RedisError::Connect(e.to_string())),
+        };
+        let inner = Arc::new(Inner {
+            link: Link::new(
+                Breaker::new(self.breaker_threshold, self.breaker_cooldown),
+                Reporter::new("shared", self.log_interval),
+                cluster,
+            ),
+            settings: Settings {
+                call_timeout: self.call_timeout,
+                version_retention: self.version_retention,
+                cluster,
+            },
+        });
+        conn::start(&inner, connector, first);
+        Ok(RedisSharedTier { inner })
+    }
+}

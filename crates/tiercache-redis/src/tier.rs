@@ -1,0 +1,429 @@
+//! [`RedisSharedTier`]: the core's `SharedTier` on Redis.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use redis::{ErrorKind, RedisResult, ServerErrorKind, Value};
+use tiercache_core::{FillTicket, SharedError, SharedEvent, SharedTier};
+use tokio::sync::broadcast;
+
+use crate::config::RedisSharedTierBuilder;
+use crate::conn::{Conn, HasLink, Link};
+use crate::keys::{EntryKeys, tag_clock_key, tag_key, value_key};
+use crate::scripts::{ABORT_FILL, BEGIN_FILL, COMMIT_FILL, INVALIDATE, INVALIDATE_TAGS};
+
+/// Fixed settings of one tier.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) call_timeout: Duration,
+    pub(crate) version_retention: Duration,
+    pub(crate) cluster: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) link: Link,
+    pub(crate) settings: Settings,
+}
+
+impl HasLink for Inner {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+}
+
+/// The shared tier on Redis: standalone, Sentinel or Cluster. Build it with
+/// [`RedisSharedTier::builder`]. Clones share one connection, breaker and
+/// background task; the task ends when the last clone is dropped.
+///
+/// See the [crate docs](crate) for the key layout, the scripts and the
+/// failure behaviour.
+#[derive(Clone)]
+pub struct RedisSharedTier {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisSharedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSharedTier")
+            .field("cluster", &self.inner.settings.cluster)
+            .field("connected", &self.is_connected())
+            .field("breaker_open", &self.breaker_open())
+            .finish()
+    }
+}
+
+/// Milliseconds for `PX`, at least 1 (Redis refuses 0).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn parse_u64(what: &str, s: &str) -> Result<u64, SharedError> {
+    s.parse::<u64>()
+        .map_err(|_| SharedError::Server(format!("{what} is not a number: {s:?}")))
+}
+
+/// Whether `e` means the server could not be used (as opposed to a server
+/// that answered with an error).
+fn is_unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::BusyLoading
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
+}
+
+impl RedisSharedTier {
+    /// A builder; choose one of `url`, `sentinel` or `cluster`.
+    pub fn builder() -> RedisSharedTierBuilder {
+        RedisSharedTierBuilder::default()
+    }
+
+    /// Whether a connection is up right now (always true on Cluster once
+    /// connected: redis-rs reconnects to nodes by itself).
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.current().is_some()
+    }
+
+    /// Whether the circuit breaker is refusing calls (open or half-open).
+    pub fn breaker_open(&self) -> bool {
+        self.inner.link.breaker.is_open()
+    }
+
+    /// Runs one Redis interaction under the breaker and the time budget,
+    /// counting and (rate-limited) logging its failure.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, SharedError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, SharedError>>,
+    {
+        let link = &self.inner.link;
+        let Some(permit) = link.breaker.admit() else {
+            link.reporter
+                .error(op, "breaker_open", &"breaker open; call refused");
+            return Err(SharedError::BreakerOpen);
+        };
+        let Some((generation, conn)) = link.current() else {
+            permit.failure();
+            link.reporter.error(op, "unavailable", &"not connected");
+            return Err(SharedError::Unavailable("not connected to redis".into()));
+        };
+        match tokio::time::timeout(self.inner.settings.call_timeout, f(conn)).await {
+            Ok(Ok(v)) => {
+                permit.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                match &e {
+                    SharedError::Unavailable(_) | SharedError::Timeout => {
+                        permit.failure();
+                        link.broken(generation);
+                        link.reporter.error(op, "unavailable", &e);
+                    }
+                    _ => {
+                        // The server answered: it is alive.
+                        permit.success();
+                        link.reporter.error(op, "server", &e);
+                    }
+                }
+                Err(e)
+            }
+            Err(_) => {
+                permit.failure();
+                link.reporter
+                    .error(op, "timeout", &"call exceeded its time budget");
+                Err(SharedError::Timeout)
+            }
+        }
+    }
+}
+
+/// Maps a redis-rs error into the core's.
+fn map_err(e: redis::RedisError) -> SharedError {
+    if is_unavailable(&e) {
+        SharedError::Unavailable(e.to_string())
+    } else {
+        SharedError::Server(e.to_string())
+    }
+}
+
+trait Mapped<T> {
+    fn mapped(self) -> Result<T, SharedError>;
+}
+
+impl<T> Mapped<T> for RedisResult<T> {
+    fn mapped(self) -> Result<T, SharedError> {
+        self.map_err(map_err)
+    }
+}
+
+/// Reads a script's `{version, got, held}` reply.
+fn begin_reply(v: Value) -> Result<(u64, bool, bool), SharedError> {
+    let (version, got, held): (String, i64, i64) = redis::from_redis_value(v)
+        .map_err(|e| SharedError::Server(format!("unexpected begin_fill reply: {e}")))?;
+    Ok((parse_u64("key version", &version)?, got == 1, held == 1))
+}
+
+#[async_trait]
+impl SharedTier for RedisSharedTier {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, SharedError> {
+        let k = value_key(key);
+        self.call("get", |mut c| async move {
+            redis::cmd("GET")
+                .arg(&k)
+                .query_async::<Option<Bytes>>(&mut c)
+                .await
+                .mapped()
+        })
+        .await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, SharedError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<String> = keys.iter().map(|k| value_key(k)).collect();
+        let n = ks.len();
+        let got = self
+            .call("get_many", |mut c| async move {
+                // MGET: on Cluster, redis-rs splits it by slot and reassembles.
+                redis::cmd("MGET")
+                    .arg(&ks)
+                    .query_async::<Vec<Option<Bytes>>>(&mut c)
+                    .await
+                    .mapped()
+            })
+            .await?;
+        if got.len() != n {
+            return Err(SharedError::Server(format!(
+                "MGET answered {} values for {n} keys",
+                got.len()
+            )));
+        }
+        Ok(got)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), SharedError> {
+        let k = value_key(key);
+        let ms = millis(ttl);
+        self.call("set", |mut c| async move {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ms)
+                .query_async::<Value>(&mut c)
+                .await
+                .mapped()
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), SharedError> {
+        let k = value_key(key);
+        self.call("delete", |mut c| async move {
+            redis::cmd("DEL")
+                .arg(&k)
+                .query_async::<Value>(&mut c)
+                .await
+                .mapped()
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn begin_fill(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease_ttl: Option<Duration>,
+    ) -> Result<FillTicket, SharedError> {
+        let keys = EntryKeys::of(key);
+        let clock_key = tag_clock_key(namespace);
+        let token = rand::random::<u64>();
+        let lease_ms = lease_ttl.map(|d| millis(d).to_string()).unwrap_or_default();
+        self.call("begin_fill", |c| async move {
+            let mut c2 = c.clone();
+            let mut c1 = c;
+            // The clock lives in another slot than the key, so two calls
+            // (sent together). Both complete before the load starts.
+            let clock = async {
+                redis::cmd("GET")
+                    .arg(&clock_key)
+                    .query_async::<Option<String>>(&mut c1)
+                    .await
+                    .mapped()
+            };
+            let entry = async {
+                let mut inv = BEGIN_FILL.prepare_invoke();
+                inv.key(&keys.version)
+                    .key(&keys.lease)
+                    .arg(token)
+                    .arg(&lease_ms);
+                inv.invoke_async::<Value>(&mut c2).await.mapped()
+            };
+            let (clock, entry) = futures::try_join!(clock, entry)?;
+            let tag_clock = match clock {
+                Some(s) => parse_u64("tag clock", &s)?,
+                None => 0,
+            };
+            let (version, got, held) = begin_reply(entry)?;
+            Ok(FillTicket {
+                version,
+                tag_clock,
+                lease: got.then_some(token),
+                lease_held_elsewhere: held,
+            })
+        })
+        .await
+    }
+
+    async fn commit_fill(
+        &self,
+        key: &str,
+        ticket: &FillTicket,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, SharedError> {
+        let keys = EntryKeys::of(key);
+        let version = ticket.version.to_string();
+        let token = ticket.lease.map(|t| t.to_string()).unwrap_or_default();
+        let ms = millis(ttl);
+        self.call("commit_fill", |mut c| async move {
+            let mut inv = COMMIT_FILL.prepare_invoke();
+            inv.key(&keys.value)
+                .key(&keys.version)
+                .key(&keys.lease)
+                .arg(&version)
+                .arg(value.as_ref())
+                .arg(ms)
+                .arg(&token);
+            inv.invoke_async::<i64>(&mut c)
+                .await
+                .mapped()
+                .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn abort_fill(&self, key: &str, ticket: &FillTicket) -> Result<(), SharedError> {
+        let Some(token) = ticket.lease else {
+            return Ok(());
+        };
+        let lease = EntryKeys::of(key).lease;
+        self.call("abort_fill", |mut c| async move {
+            let mut inv = ABORT_FILL.prepare_invoke();
+            inv.key(&lease).arg(token);
+            inv.invoke_async::<Value>(&mut c).await.mapped().map(drop)
+        })
+        .await
+    }
+
+    async fn invalidate(&self, keys: &[String]) -> Result<(), SharedError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<EntryKeys> = keys.iter().map(|k| EntryKeys::of(k)).collect();
+        let retention = millis(self.inner.settings.version_retention);
+        let cluster = self.inner.settings.cluster;
+        self.call("invalidate", |c| async move {
+            let run = |batch: &[EntryKeys], mut c: Conn| {
+                let mut inv = INVALIDATE.prepare_invoke();
+                for e in batch {
+                    inv.key(&e.value).key(&e.version).key(&e.lease);
+                }
+                inv.arg(retention);
+                async move { inv.invoke_async::<Value>(&mut c).await.mapped().map(drop) }
+            };
+            if cluster {
+                // Keys of different slots cannot share a script: one per key,
+                // all in flight together.
+                futures::future::try_join_all(entries.chunks(1).map(|b| run(b, c.clone())))
+                    .await
+                    .map(drop)
+            } else {
+                run(&entries, c).await
+            }
+        })
+        .await
+    }
+
+    async fn tag_versions(
+        &self,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<Vec<u64>, SharedError> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<String> = tags.iter().map(|t| tag_key(namespace, t)).collect();
+        let n = ks.len();
+        let got = self
+            .call("tag_versions", |mut c| async move {
+                redis::cmd("MGET")
+                    .arg(&ks)
+                    .query_async::<Vec<Option<String>>>(&mut c)
+                    .await
+                    .mapped()
+            })
+            .await?;
+        if got.len() != n {
+            return Err(SharedError::Server(format!(
+                "MGET answered {} tag versions for {n} tags",
+                got.len()
+            )));
+        }
+        got.into_iter()
+            .map(|v| v.map_or(Ok(0), |s| parse_u64("tag version", &s)))
+            .collect()
+    }
+
+    async fn invalidate_tags(&self, namespace: &str, tags: &[String]) -> Result<(), SharedError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let clock = tag_clock_key(namespace);
+        let ks: Vec<String> = tags.iter().map(|t| tag_key(namespace, t)).collect();
+        self.call("invalidate_tags", |mut c| async move {
+            let mut inv = INVALIDATE_TAGS.prepare_invoke();
+            inv.key(&clock);
+            for k in &ks {
+                inv.key(k);
+            }
+            inv.invoke_async::<Value>(&mut c).await.mapped().map(drop)
+        })
+        .await
+    }
+
+    fn events(&self) -> Option<BoxStream<'static, SharedEvent>> {
+        let rx = self.inner.link.events.subscribe();
+        Some(
+            futures::stream::unfold(rx, |mut rx| async move {
+                match rx.recv().await {
+                    Ok(ev) => Some((ev, rx)),
+                    // Missed events: a flush is what each would cause anyway.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Some((SharedEvent::Reconnected, rx))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => None,
+                }
+            })
+            .boxed(),
+        )
+    }
+}
