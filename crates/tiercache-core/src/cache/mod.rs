@@ -153,6 +153,35 @@ impl<V> Fetched<V> {
     }
 }
 
+/// Why the whole local tier was dropped (the `reason` label of
+/// `tiercache_local_flush_reasons_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlushReason {
+    Requested,
+    SharedFailover,
+    BusEnded,
+    BusHeardAgain,
+    SequenceGap,
+    BusReconnected,
+    BusDisconnected,
+    MessagesDropped,
+}
+
+impl FlushReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Requested => "requested",
+            FlushReason::SharedFailover => "shared_tier_reconnected_or_failed_over",
+            FlushReason::BusEnded => "bus_subscription_ended",
+            FlushReason::BusHeardAgain => "bus_heard_after_silence",
+            FlushReason::SequenceGap => "sequence_gap",
+            FlushReason::BusReconnected => "bus_reconnected",
+            FlushReason::BusDisconnected => "bus_disconnected",
+            FlushReason::MessagesDropped => "messages_dropped",
+        }
+    }
+}
+
 /// Whether the local tier may be trusted (hot path reads one atomic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -286,7 +315,7 @@ where
 
     /// Drops every local entry (the shared tier is untouched).
     pub fn flush_local(&self) {
-        self.inner.flush_local();
+        self.inner.flush_local_because(FlushReason::Requested);
     }
 
     /// The fresh value under `key`, from either tier; never calls the origin.
@@ -784,12 +813,19 @@ where
         self.shared.as_ref()
     }
 
-    pub(crate) fn flush_local(&self) {
+    pub(crate) fn flush_local_because(&self, reason: FlushReason) {
         self.fence.invalidate_all();
         if let Some(l) = &self.local {
             l.invalidate_all();
         }
         self.stats.local_flushes(1);
+        metrics::counter!(
+            "tiercache_local_flush_reasons_total",
+            "namespace" => self.config.namespace.clone(),
+            "reason" => reason.as_str()
+        )
+        .increment(1);
+        tracing::debug!(ns = %self.config.namespace, reason = reason.as_str(), "local tier flushed");
     }
 
     pub(crate) fn shared_error(&self, e: &SharedError) {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::{Inner, LocalMode, now_ms};
+use super::{FlushReason, Inner, LocalMode, now_ms};
 use crate::bus::BusEvent;
 use crate::shared::SharedEvent;
 
@@ -73,7 +73,7 @@ where
         match ev {
             SharedEvent::Reconnected | SharedEvent::FailedOver => {
                 tracing::info!(ns = %inner.config.namespace, event = ?ev, "shared tier changed; flushing the local tier");
-                inner.flush_local();
+                inner.flush_local_because(FlushReason::SharedFailover);
             }
             SharedEvent::Disconnected => {}
         }
@@ -107,7 +107,7 @@ where
             }
             Ok(None) => {
                 tracing::warn!(ns = %inner.config.namespace, "bus subscription ended; local tier capped");
-                inner.flush_local();
+                inner.flush_local_because(FlushReason::BusEnded);
                 inner.set_mode(LocalMode::Capped);
                 return;
             }
@@ -115,7 +115,7 @@ where
         };
         if silent {
             silent = false;
-            inner.flush_local();
+            inner.flush_local_because(FlushReason::BusHeardAgain);
             inner.set_mode(if connected {
                 LocalMode::Trusted
             } else {
@@ -142,7 +142,7 @@ where
                     let lost = msg.seq - *last - 1;
                     inner.stats.messages_lost(lost);
                     tracing::warn!(ns = %inner.config.namespace, origin = msg.origin, lost, "gap in bus sequence; flushing the local tier");
-                    inner.flush_local();
+                    inner.flush_local_because(FlushReason::SequenceGap);
                 }
                 *last = (*last).max(msg.seq);
                 let hashes: Vec<_> = msg
@@ -166,7 +166,7 @@ where
             }
             BusEvent::Connected { resumed } => {
                 if !resumed {
-                    inner.flush_local();
+                    inner.flush_local_because(FlushReason::BusReconnected);
                     last_seq.clear();
                 }
                 connected = true;
@@ -177,13 +177,13 @@ where
                     inner.stats.bus_disconnects(1);
                 }
                 connected = false;
-                inner.flush_local();
+                inner.flush_local_because(FlushReason::BusDisconnected);
                 inner.set_mode(LocalMode::Capped);
             }
             BusEvent::Heartbeat => {}
             BusEvent::Lost { count } => {
                 inner.stats.messages_lost(count.max(1));
-                inner.flush_local();
+                inner.flush_local_because(FlushReason::MessagesDropped);
             }
         }
     }
