@@ -1,0 +1,28 @@
+//! Errors of building and connecting a [`NatsBus`](crate::NatsBus).
+
+use tiercache_core::ConfigError;
+
+/// Why [`NatsBusBuilder::connect`](crate::NatsBusBuilder::connect) failed.
+///
+/// Errors at runtime (publishing while disconnected, a timed-out publish) are
+/// [`tiercache_core::BusError`]s; this type is only about getting started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsBusError {
+    /// A builder field has a bad value; the error names the field.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The first connection to the server failed (unreachable, refused,
+    /// authentication or TLS failure).
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[source] async_nats::ConnectError),
+    /// The JetStream stream could not be created or looked up (JetStream not
+    /// enabled on the server, permissions, a conflicting stream).
+    #[error("JetStream stream `{stream}`: {reason}")]
+    JetStream {
+        /// The stream name given to [`jetstream`](crate::NatsBusBuilder::jetstream).
+        stream: String,
+        /// What went wrong.
+        reason: String,
+    },
+}

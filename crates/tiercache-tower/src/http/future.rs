@@ -1,0 +1,80 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::{HeaderName, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use super::body::CacheBody;
+
+pin_project! {
+    /// The response future of [`HttpCache`](super::HttpCache).
+    pub struct ResponseFuture<F, B, E>
+    where
+        B: Body,
+    {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E>
+    where
+        B: Body,
+    {
+        // Not cacheable (method, authorization): the inner future, with the
+        // tags header stripped from its response.
+        Bypass { #[pin] fut: F, tags_header: HeaderName },
+        // A cache lookup (and maybe a load).
+        Cached { fut: BoxFuture<'static, Result<Response<CacheBody<B>>, E>> },
+    }
+}
+
+impl<F, B: Body, E> ResponseFuture<F, B, E> {
+    pub(super) fn bypass(fut: F, tags_header: HeaderName) -> Self {
+        Self {
+            kind: Kind::Bypass { fut, tags_header },
+        }
+    }
+
+    pub(super) fn cached(fut: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>) -> Self {
+        Self {
+            kind: Kind::Cached { fut },
+        }
+    }
+}
+
+impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Bypass { .. } => "bypass",
+            Kind::Cached { .. } => "cached",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Bypass { fut, tags_header } => fut.poll(cx).map_ok(|mut resp| {
+                resp.headers_mut().remove(&*tags_header);
+                resp.map(CacheBody::inner)
+            }),
+            KindProj::Cached { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}

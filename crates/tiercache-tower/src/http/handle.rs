@@ -1,0 +1,110 @@
+//! [`CacheHandle`]: invalidation from handlers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Request, Uri};
+use tiercache_core::Cache;
+
+use super::key::request_key;
+use super::layer::Config;
+use super::response::CachedResponse;
+
+/// A handle on an [`HttpCacheLayer`](super::HttpCacheLayer)'s cache, for
+/// write handlers: invalidate tags (the common case) or keys.
+///
+/// The layer puts it in the extensions of every request it forwards to the
+/// inner service, so with the `axum` feature a handler behind the layer takes
+/// it as an extractor:
+///
+/// ```
+/// use tiercache_tower::CacheHandle;
+///
+/// async fn update_product(cache: CacheHandle) -> &'static str {
+///     // ... write to the database, then:
+///     cache.invalidate_tag("products").await;
+///     "updated"
+/// }
+/// ```
+///
+/// A handler not behind the layer (e.g. with `route_layer` on the `GET`
+/// routes only) gets it from `.layer(axum::Extension(layer.handle()))`.
+#[derive(Clone)]
+pub struct CacheHandle {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("cache", &self.config.cache)
+            .finish()
+    }
+}
+
+impl CacheHandle {
+    pub(crate) fn new(config: Arc<Config>) -> Self {
+        Self { config }
+    }
+
+    /// Drops every response tagged `tag`, on every instance. Returns the bus
+    /// sequence number of the invalidation sent, if one was (as the engine's
+    /// [`invalidate_tag`](tiercache_core::Cache::invalidate_tag)); the same
+    /// holds for the other methods.
+    pub async fn invalidate_tag(&self, tag: &str) -> Option<u64> {
+        self.config.cache.invalidate_tag(tag).await
+    }
+
+    /// Drops every response tagged with one of `tags`, on every instance, as
+    /// one bus message.
+    pub async fn invalidate_tags(&self, tags: &[&str]) -> Option<u64> {
+        self.config.cache.invalidate_many(&[], tags).await
+    }
+
+    /// Drops the response under `key` (as [`key_for`](Self::key_for) gives).
+    pub async fn invalidate_key(&self, key: &str) -> Option<u64> {
+        self.config.cache.invalidate(&key.to_owned()).await
+    }
+
+    /// Drops the `GET` and `HEAD` responses of `uri` (path and query) as
+    /// requested without any vary header. With vary headers configured the
+    /// keys also hold those headers' values: invalidate by tag instead.
+    pub async fn invalidate_uri(&self, uri: &Uri) -> Option<u64> {
+        let empty = HeaderMap::new();
+        let keys = [Method::GET, Method::HEAD]
+            .map(|m| request_key(&m, uri, &empty, &self.config.vary, self.config.sort_query));
+        self.config.cache.invalidate_many(&keys, &[]).await
+    }
+
+    /// The cache key of a request, as the layer computes it.
+    pub fn key_for<B>(&self, req: &Request<B>) -> String {
+        request_key(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            &self.config.vary,
+            self.config.sort_query,
+        )
+    }
+
+    /// The underlying cache.
+    pub fn cache(&self) -> &Cache<String, CachedResponse> {
+        &self.config.cache
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for CacheHandle {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<CacheHandle>().cloned().ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "CacheHandle missing: put the handler behind HttpCacheLayer or add \
+             .layer(Extension(layer.handle()))",
+        ))
+    }
+}

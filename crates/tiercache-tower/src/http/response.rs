@@ -1,0 +1,287 @@
+//! The cached form of an HTTP response and its compact encoding.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use tiercache_core::{Codec, DecodeError, EncodeError};
+
+/// A response as the cache holds it: status, headers (without hop-by-hop
+/// headers, `set-cookie` and the tags header), the body as shared [`Bytes`]
+/// and a strong ETag computed once when it was filled.
+///
+/// Serving it clones the header map and the `Bytes` handle: the body is never
+/// copied on a hit.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CachedResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    etag: HeaderValue,
+}
+
+impl fmt::Debug for CachedResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("etag", &self.etag)
+            .finish()
+    }
+}
+
+impl CachedResponse {
+    /// A cached response. `etag`: the origin's, or `None` for a strong one
+    /// computed from the body (`"` + xxh3-128 hex + `"`).
+    pub fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        etag: Option<HeaderValue>,
+    ) -> Self {
+        let etag = etag.unwrap_or_else(|| strong_etag(&body));
+        // The served map is complete up front: a hit clones it and overwrites
+        // `age` (and `x-cache` unless a hit) in place, with no insertion.
+        headers.insert(header::ETAG, etag.clone());
+        headers.insert(
+            HeaderName::from_static("x-cache"),
+            HeaderValue::from_static("hit"),
+        );
+        headers.insert(header::AGE, HeaderValue::from_static("0"));
+        Self {
+            status,
+            headers,
+            body,
+            etag,
+        }
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The headers served: the stored ones plus `etag`, and `x-cache` and
+    /// `age` (placeholders, set per response).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The entity tag.
+    pub fn etag(&self) -> &HeaderValue {
+        &self.etag
+    }
+
+    /// The compact encoding ([`ResponseCodec`]'s).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(FORMAT);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        put_bytes(out, self.etag.as_bytes());
+        put_len(out, self.headers.len());
+        for (name, value) in &self.headers {
+            put_bytes(out, name.as_str().as_bytes());
+            put_bytes(out, value.as_bytes());
+        }
+        put_bytes(out, &self.body);
+    }
+
+    /// Decodes [`encode`](Self::encode)'s output; any other bytes are an
+    /// error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        let format = r.take(1)?[0];
+        if format != FORMAT {
+            return Err(DecodeError::Corrupt(format!(
+                "cached response format {format}, expected {FORMAT}"
+            )));
+        }
+        let status = r.take(2)?;
+        let status = StatusCode::from_u16(u16::from_be_bytes([status[0], status[1]]))
+            .map_err(|e| corrupt(&e))?;
+        let etag = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
+        let count = r.len()?;
+        if count > r.0.len() {
+            return Err(DecodeError::Corrupt("header count past the end".into()));
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let name = HeaderName::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
+            let value = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
+            headers.append(name, value);
+        }
+        let body = Bytes::copy_from_slice(r.bytes()?);
+        if !r.0.is_empty() {
+            return Err(DecodeError::Corrupt("trailing bytes after response".into()));
+        }
+        Ok(Self {
+            status,
+            headers,
+            body,
+            etag,
+        })
+    }
+}
+
+/// `"` + the xxh3-128 of `body` in hex + `"`.
+pub(crate) fn strong_etag(body: &[u8]) -> HeaderValue {
+    let h = xxhash_rust::xxh3::xxh3_128(body);
+    let s = format!("\"{h:032x}\"");
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+const FORMAT: u8 = 1;
+
+fn corrupt(e: &dyn fmt::Display) -> DecodeError {
+    DecodeError::Corrupt(e.to_string())
+}
+
+fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_len(out, b.len());
+    out.extend_from_slice(b);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.0.len() {
+            return Err(DecodeError::Corrupt("cached response truncated".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let mut n: usize = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            n |= usize::from(b & 0x7f)
+                .checked_shl(shift)
+                .ok_or_else(|| DecodeError::Corrupt("length overflows".into()))?;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(DecodeError::Corrupt("length too long".into()))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.len()?;
+        self.take(n)
+    }
+}
+
+/// The [`Codec`] of [`CachedResponse`]: a compact binary form (status,
+/// ETag, headers as name/value byte strings, body), no serde in between.
+/// Use it with `.codec(ResponseCodec).build_with_codec()`; `.build()` works
+/// too (serde, through the same encoding).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResponseCodec;
+
+impl Codec<CachedResponse> for ResponseCodec {
+    fn encode(&self, value: &CachedResponse, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        value.encode(out);
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<CachedResponse, DecodeError> {
+        CachedResponse::decode(bytes)
+    }
+}
+
+impl serde::Serialize for CachedResponse {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(self.body.len() + 64);
+        self.encode(&mut out);
+        serializer.serialize_bytes(&out)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CachedResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = CachedResponse;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an encoded cached response")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<CachedResponse, E> {
+                CachedResponse::decode(v).map_err(E::custom)
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<CachedResponse, E> {
+                self.visit_bytes(&v)
+            }
+        }
+        deserializer.deserialize_bytes(Visit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CachedResponse {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        CachedResponse::new(StatusCode::OK, h, Bytes::from_static(b"{\"id\":1}"), None)
+    }
+
+    #[test]
+    fn codec_round_trips_and_rejects_garbage() {
+        let r = sample();
+        let mut out = Vec::new();
+        ResponseCodec.encode(&r, &mut out).expect("encode");
+        assert_eq!(ResponseCodec.decode(&out).expect("decode"), r);
+        for cut in 0..out.len() {
+            assert!(ResponseCodec.decode(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(ResponseCodec.decode(&[0xff; 40]).is_err());
+        let mut longer = out.clone();
+        longer.push(0);
+        assert!(ResponseCodec.decode(&longer).is_err());
+    }
+
+    #[test]
+    fn serde_round_trips() {
+        let r = sample();
+        let mut out = Vec::new();
+        tiercache_core::Postcard
+            .encode(&r, &mut out)
+            .expect("encode");
+        let back: CachedResponse = tiercache_core::Postcard.decode(&out).expect("decode");
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn etag_is_strong_and_stable() {
+        let a = strong_etag(b"hello");
+        assert_eq!(a, strong_etag(b"hello"));
+        assert_ne!(a, strong_etag(b"hello!"));
+        let s = a.to_str().expect("ascii");
+        assert!(
+            s.starts_with('"') && s.ends_with('"') && s.len() == 34,
+            "{s}"
+        );
+    }
+}
