@@ -1,0 +1,476 @@
+//! The sinks: the shared tier (delete keys, bump tags) and the bus (publish
+//! an [`Invalidation`]). Each call is retried with exponential backoff until it
+//! succeeds or the sidecar shuts down; a source advances its position only
+//! after [`Sinks::apply`] returned `Ok`.
+//!
+//! Order per message: shared-tier key invalidation, then tag invalidation,
+//! then the bus publish, so an instance that evicts on the message and
+//! reloads cannot read the old value back from the shared tier.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tiercache_core::{Bus, Invalidation, KeyFormat, MessageCodec, SharedTier};
+use tokio::sync::Mutex;
+
+use crate::Shutdown;
+use crate::config::{BusKind, Config, RetryConfig};
+use crate::rules::Planned;
+
+/// Most keys plus tags carried by one bus message; a larger batch for a
+/// namespace is split.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 500;
+
+/// The sidecar stopped before a batch was fully applied; the source must not
+/// advance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped before the batch was applied")]
+pub struct Stopped;
+
+/// Why a sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The Redis shared tier or bus could not be set up.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The NATS bus could not be set up.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// One message to send: a merge of [`Planned`]s of a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The namespace.
+    pub namespace: String,
+    /// Its maximum storage key length.
+    pub max_key_len: usize,
+    /// Keys (without namespace).
+    pub keys: Vec<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Whether the keys were created.
+    pub created: bool,
+    /// The earliest source time of the merged changes (µs since the epoch).
+    pub source_time_us: Option<i64>,
+    /// The source times of the merged changes, for the lag histogram.
+    pub lag_samples: Vec<i64>,
+}
+
+/// The invalidations of a batch of changes, merged per namespace (and
+/// `created` flag) in first-seen order.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    messages: Vec<Outgoing>,
+    open: HashMap<(String, bool), usize>,
+    changes: usize,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a planned invalidation.
+    pub fn push(&mut self, p: Planned) {
+        self.changes += 1;
+        let slot = (p.namespace.clone(), p.created);
+        let idx = match self.open.get(&slot) {
+            Some(&i)
+                if self.messages[i].keys.len()
+                    + self.messages[i].tags.len()
+                    + p.keys.len()
+                    + p.tags.len()
+                    <= MAX_ITEMS_PER_MESSAGE =>
+            {
+                i
+            }
+            _ => {
+                self.messages.push(Outgoing {
+                    namespace: p.namespace.clone(),
+                    max_key_len: p.max_key_len,
+                    keys: Vec::new(),
+                    tags: Vec::new(),
+                    created: p.created,
+                    source_time_us: None,
+                    lag_samples: Vec::new(),
+                });
+                let i = self.messages.len() - 1;
+                self.open.insert(slot, i);
+                i
+            }
+        };
+        let m = &mut self.messages[idx];
+        for k in p.keys {
+            if !m.keys.contains(&k) {
+                m.keys.push(k);
+            }
+        }
+        for t in p.tags {
+            if !m.tags.contains(&t) {
+                m.tags.push(t);
+            }
+        }
+        if let Some(t) = p.source_time_us {
+            m.source_time_us = Some(m.source_time_us.map_or(t, |x| x.min(t)));
+            m.lag_samples.push(t);
+        }
+    }
+
+    /// The merged messages.
+    pub fn messages(&self) -> &[Outgoing] {
+        &self.messages
+    }
+
+    /// Whether nothing is to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// How many planned invalidations were pushed.
+    pub fn changes(&self) -> usize {
+        self.changes
+    }
+}
+
+/// The shared tier and bus the sidecar writes to.
+pub struct Sinks {
+    shared: Option<Arc<dyn SharedTier>>,
+    bus: Option<Arc<dyn Bus>>,
+    codec: MessageCodec,
+    origin: u64,
+    seqs: Mutex<HashMap<String, u64>>,
+    retry: RetryConfig,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks")
+            .field("shared", &self.shared.is_some())
+            .field("bus", &self.bus.is_some())
+            .field("codec", &self.codec)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl Sinks {
+    /// Sinks over the given shared tier and bus (either may be absent), with
+    /// a random origin id, signing with `codec`.
+    pub fn new(
+        shared: Option<Arc<dyn SharedTier>>,
+        bus: Option<Arc<dyn Bus>>,
+        codec: MessageCodec,
+        retry: RetryConfig,
+    ) -> Self {
+        Self {
+            shared,
+            bus,
+            codec,
+            origin: rand::random::<u64>() | 1,
+            seqs: Mutex::new(HashMap::new()),
+            retry,
+        }
+    }
+
+    /// Builds the sinks the config names: `RedisSharedTier` for `[redis]`,
+    /// `NatsBus` / `RedisBus` for `[bus]`. With `lazy`, servers that are down
+    /// do not fail the start (the sinks retry); without it (`check`), they do.
+    pub async fn from_config(config: &Config, lazy: bool) -> Result<Self, SinkError> {
+        let shared: Option<Arc<dyn SharedTier>> = match &config.redis {
+            None => None,
+            Some(r) => {
+                let mut b = tiercache_redis::RedisSharedTier::builder()
+                    .call_timeout(Duration::from_millis(r.call_timeout_ms))
+                    .reconnect_backoff(config.retry.initial(), config.retry.max())
+                    .connect_lazily(lazy);
+                if let Some(u) = &r.url {
+                    b = b.url(u.clone());
+                }
+                if !r.sentinels.is_empty()
+                    && let Some(m) = &r.master
+                {
+                    b = b.sentinel(r.sentinels.clone(), m.clone());
+                }
+                if !r.cluster.is_empty() {
+                    b = b.cluster(r.cluster.clone());
+                }
+                if let Some(u) = &r.username {
+                    b = b.username(u.clone());
+                }
+                if let Some(p) = &r.password {
+                    b = b.password(p.clone());
+                }
+                let tier = b
+                    .build()
+                    .await
+                    .map_err(|e| SinkError::Redis(e.to_string()))?;
+                Some(Arc::new(tier))
+            }
+        };
+        let url = config.bus_url().unwrap_or_default().to_owned();
+        let bus: Option<Arc<dyn Bus>> = match config.bus.kind {
+            BusKind::None => None,
+            BusKind::Nats => {
+                let mut b = tiercache_nats::NatsBus::builder()
+                    .url(url)
+                    .name("tiercache-sidecar")
+                    .retry_on_initial_connect(lazy);
+                if let Some(p) = &config.bus.subject_prefix {
+                    b = b.subject_prefix(p.clone());
+                }
+                if let Some(stream) = &config.bus.jetstream {
+                    b = b.jetstream(stream.clone());
+                }
+                let bus = b
+                    .connect()
+                    .await
+                    .map_err(|e| SinkError::Nats(e.to_string()))?;
+                Some(Arc::new(bus))
+            }
+            BusKind::Redis => {
+                let mut b = tiercache_redis::RedisBus::builder()
+                    .url(url)
+                    .reconnect_backoff(config.retry.initial(), config.retry.max());
+                if let Some(p) = &config.bus.subject_prefix {
+                    b = b.channel_prefix(p.clone());
+                }
+                if let Some(r) = &config.redis {
+                    if let Some(u) = &r.username {
+                        b = b.username(u.clone());
+                    }
+                    if let Some(p) = &r.password {
+                        b = b.password(p.clone());
+                    }
+                }
+                let bus = b
+                    .build()
+                    .await
+                    .map_err(|e| SinkError::Redis(e.to_string()))?;
+                Some(Arc::new(bus))
+            }
+        };
+        let codec = match &config.bus.signing_key {
+            Some(k) => MessageCodec::signed(k.as_bytes()),
+            None => MessageCodec::unsigned(),
+        };
+        Ok(Self::new(shared, bus, codec, config.retry.clone()))
+    }
+
+    /// This process's origin id in published messages.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// The shared tier, if any.
+    pub fn shared(&self) -> Option<&Arc<dyn SharedTier>> {
+        self.shared.as_ref()
+    }
+
+    /// The bus, if any.
+    pub fn bus(&self) -> Option<&Arc<dyn Bus>> {
+        self.bus.as_ref()
+    }
+
+    /// Applies every message of `batch`: shared-tier deletes, then the bus
+    /// publish, each retried until it succeeds. Returns `Err(Stopped)` when
+    /// `shutdown` fires while a call is failing: the batch is then only
+    /// partly applied and the source must not advance past it.
+    pub async fn apply(&self, batch: &Batch, shutdown: &Shutdown) -> Result<(), Stopped> {
+        for m in batch.messages() {
+            self.apply_one(m, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(&self, m: &Outgoing, shutdown: &Shutdown) -> Result<(), Stopped> {
+        if let Some(shared) = &self.shared {
+            if !m.keys.is_empty() {
+                let fmt = KeyFormat::new(m.namespace.as_str(), m.max_key_len);
+                let storage: Vec<String> = m.keys.iter().map(|k| fmt.storage_key(k)).collect();
+                self.retry("shared_invalidate", shutdown, || {
+                    shared.invalidate(&storage)
+                })
+                .await?;
+            }
+            if !m.tags.is_empty() {
+                self.retry("shared_invalidate_tags", shutdown, || {
+                    shared.invalidate_tags(&m.namespace, &m.tags)
+                })
+                .await?;
+            }
+        }
+        if let Some(bus) = &self.bus {
+            let seq = {
+                let mut seqs = self.seqs.lock().await;
+                let s = seqs.entry(m.namespace.clone()).or_insert(0);
+                *s += 1;
+                *s
+            };
+            let msg = Invalidation {
+                origin: self.origin,
+                namespace: m.namespace.clone(),
+                keys: m.keys.clone(),
+                tags: m.tags.clone(),
+                created: m.created,
+                seq,
+                source_time_ms: m
+                    .source_time_us
+                    .map_or_else(|| now_us() / 1000, |t| t / 1000)
+                    .max(0) as u64,
+            };
+            let payload = Bytes::from(self.codec.encode(&msg));
+            self.retry("bus_publish", shutdown, || {
+                bus.publish(&m.namespace, payload.clone())
+            })
+            .await?;
+        }
+        let now = now_us();
+        for t in &m.lag_samples {
+            metrics::histogram!("tiercache_sidecar_lag_seconds")
+                .record(((now - t).max(0) as f64) / 1e6);
+        }
+        metrics::counter!("tiercache_sidecar_invalidations_sent_total", "namespace" => m.namespace.clone())
+            .increment(1);
+        metrics::counter!("tiercache_sidecar_keys_invalidated_total", "namespace" => m.namespace.clone())
+            .increment(m.keys.len() as u64);
+        metrics::counter!("tiercache_sidecar_tags_invalidated_total", "namespace" => m.namespace.clone())
+            .increment(m.tags.len() as u64);
+        tracing::debug!(
+            namespace = %m.namespace,
+            keys = m.keys.len(),
+            tags = m.tags.len(),
+            created = m.created,
+            "invalidation applied"
+        );
+        Ok(())
+    }
+
+    async fn retry<F, Fut, E>(
+        &self,
+        op: &'static str,
+        shutdown: &Shutdown,
+        mut f: F,
+    ) -> Result<(), Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut delay = self.retry.initial();
+        let mut attempt = 0u32;
+        loop {
+            match f().await {
+                Ok(()) => {
+                    if attempt > 0 {
+                        tracing::info!(op, attempts = attempt + 1, "succeeded after retries");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    metrics::counter!("tiercache_sidecar_errors_total", "op" => op).increment(1);
+                    if shutdown.is_triggered() {
+                        tracing::warn!(op, "failed during shutdown, batch not applied: {e}");
+                        return Err(Stopped);
+                    }
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(op, attempt, "failed, retrying in {delay:?}: {e}");
+                    }
+                    metrics::counter!("tiercache_sidecar_retries_total", "op" => op).increment(1);
+                    if !shutdown.sleep(delay).await {
+                        return Err(Stopped);
+                    }
+                    delay = (delay * 2).min(self.retry.max());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(ns: &str, keys: &[&str], tags: &[&str], created: bool, t: i64) -> Planned {
+        Planned {
+            namespace: ns.into(),
+            max_key_len: 250,
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            created,
+            source_time_us: Some(t),
+        }
+    }
+
+    #[test]
+    fn batch_merges_per_namespace_and_created() {
+        let mut b = Batch::new();
+        b.push(planned("p", &["1"], &["a"], false, 10));
+        b.push(planned("p", &["1", "2"], &["b"], false, 5));
+        b.push(planned("p", &["3"], &[], true, 7));
+        b.push(planned("q", &["1"], &[], false, 8));
+        let m = b.messages();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].keys, vec!["1", "2"]);
+        assert_eq!(m[0].tags, vec!["a", "b"]);
+        assert_eq!(m[0].source_time_us, Some(5));
+        assert!(m[1].created);
+        assert_eq!(m[2].namespace, "q");
+        assert_eq!(b.changes(), 4);
+    }
+
+    #[test]
+    fn batch_splits_large_messages() {
+        let mut b = Batch::new();
+        for i in 0..(MAX_ITEMS_PER_MESSAGE + 10) {
+            b.push(planned("p", &[&i.to_string()], &[], false, 1));
+        }
+        assert_eq!(b.messages().len(), 2);
+        assert_eq!(b.messages()[0].keys.len(), MAX_ITEMS_PER_MESSAGE);
+    }
+
+    #[tokio::test]
+    async fn applies_to_shared_tier_and_bus() {
+        use futures::StreamExt;
+        use tiercache_core::{BusEvent, InProcessBus, InProcessSharedTier};
+        let shared = Arc::new(InProcessSharedTier::default());
+        let bus = InProcessBus::new();
+        let mut sub = bus.subscribe("p").await.unwrap();
+        shared
+            .set("p:1", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let sinks = Sinks::new(
+            Some(shared.clone()),
+            Some(Arc::new(bus.clone())),
+            MessageCodec::signed(b"k"),
+            RetryConfig::default(),
+        );
+        let mut b = Batch::new();
+        b.push(planned("p", &["1"], &["t"], false, now_us()));
+        let (_trigger, shutdown) = Shutdown::new();
+        sinks.apply(&b, &shutdown).await.unwrap();
+        assert!(shared.get("p:1").await.unwrap().is_none());
+        assert!(shared.tag_versions("p", &["t".into()]).await.unwrap()[0] > 0);
+        let msg = loop {
+            match sub.next().await.unwrap() {
+                BusEvent::Message(m) => break MessageCodec::signed(b"k").decode(&m).unwrap(),
+                _ => continue,
+            }
+        };
+        assert_eq!(msg.keys, vec!["1"]);
+        assert_eq!(msg.seq, 1);
+        assert_eq!(msg.origin, sinks.origin());
+    }
+}
