@@ -73,7 +73,7 @@ pub mod stats;
 pub use bloom::BloomGuardConfig;
 pub use bus::{Bus, BusEvent, InProcessBus};
 pub use cache::{
-    Cache, CacheBuilder, Entry, Fetched, Outcome, Tier, embedded_bus, embedded_shared_tier,
+    Applied, Cache, CacheBuilder, Entry, Fetched, Outcome, Tier, embedded_bus, embedded_shared_tier,
 };
 pub use codec::{Codec, Postcard, RawBytes};
 pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, SharedError};

@@ -355,6 +355,49 @@ async fn fill_race_tag_invalidation_during_load_drops_the_fill() {
     );
 }
 
+/// A caller arriving after an invalidation must not join a load that began
+/// before it: it would be handed the pre-write value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
+    let (c, _, _) = cache(&ns());
+    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let early = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.get_or_load(&6, move || async move {
+                loaded_tx.send(()).unwrap();
+                release_rx.await.unwrap();
+                Some("old".to_string())
+            })
+            .await
+        })
+    };
+    loaded_rx.await.unwrap();
+    c.invalidate(&6).await;
+    let late = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.get_or_load(&6, || async { Some("new".to_string()) })
+                .await
+        })
+    };
+    let late = late.await.unwrap().unwrap();
+    assert_eq!(
+        late.as_deref().map(String::as_str),
+        Some("new"),
+        "the late caller loads afresh"
+    );
+    release_tx.send(()).unwrap();
+    let early = early.await.unwrap().unwrap();
+    assert_eq!(
+        early.as_deref().map(String::as_str),
+        Some("old"),
+        "the early caller gets its own load's answer"
+    );
+    assert_eq!(c.get(&6).await.as_deref().map(String::as_str), Some("new"));
+}
+
 /// Another instance's invalidation arriving over the bus mid-load also
 /// revokes this instance's fill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,22 @@ impl<V> Flights<V> {
     }
 }
 
+impl<V> Flights<V> {
+    /// Detaches the load of `key` in flight, if any: its waiters still get
+    /// its outcome, but callers arriving from now on start a new load. Called
+    /// when `key` is invalidated, so no caller whose lookup began after an
+    /// invalidation is handed a value loaded before it.
+    pub(crate) fn detach(&self, key: KeyHash) {
+        self.map().remove(&key);
+    }
+
+    /// Detaches every load in flight (a tag invalidation or a flush: which
+    /// loads it concerns is not known until they finish).
+    pub(crate) fn detach_all(&self) {
+        self.map().clear();
+    }
+}
+
 impl<V> Leader<V> {
     /// Publishes the outcome to every waiter and ends the flight.
     pub(crate) fn complete(self, outcome: Outcome<V>) {

@@ -235,7 +235,23 @@ pub(crate) struct Inner<K, V> {
     pub(crate) messages: MessageCodec,
     last_shared_log_ms: AtomicU64,
     tag_index: std::sync::Mutex<HashMap<TagHash, Vec<KeyHash>>>,
+    pub(crate) applied: tokio::sync::broadcast::Sender<Applied>,
     _key: PhantomData<fn(K)>,
+}
+
+/// An invalidation from another instance, applied here (see [`Cache::applied`]).
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// The instance that sent it.
+    pub origin: u64,
+    /// Its sequence number at that instance.
+    pub seq: u64,
+    /// The keys it dropped.
+    pub keys: Vec<String>,
+    /// The tags it dropped.
+    pub tags: Vec<String>,
+    /// When it had been applied here (local entries evicted, fills revoked).
+    pub at: std::time::Instant,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -291,6 +307,13 @@ where
     /// The key format (how keys become storage keys).
     pub fn key_format(&self) -> &KeyFormat {
         &self.inner.keys
+    }
+
+    /// A stream of the invalidations from other instances as this instance
+    /// applies them, with the time each was applied: for consistency checkers
+    /// and staleness measurements. Costs nothing while nobody subscribes.
+    pub fn applied(&self) -> tokio::sync::broadcast::Receiver<Applied> {
+        self.inner.applied.subscribe()
     }
 
     /// A snapshot of the counters.
@@ -685,26 +708,31 @@ where
         let inner = &self.inner;
         let (sk, h) = inner.keys.both(key);
         // Revoke loads in flight (here and elsewhere) that would put back an
-        // older value, then fill with a fresh ticket.
-        inner.fence.invalidate_key(h);
+        // older value: the shared tier first, then the local tier (the other
+        // order lets a read in between copy the old shared value back into
+        // the local tier), then fill with a fresh ticket.
         let ticket = match &inner.shared {
-            Some(s) => {
-                let keys = [sk.clone()];
-                match s.invalidate(&keys).await {
-                    Ok(()) => match s.begin_fill(&inner.config.namespace, &sk, None).await {
+            Some(s) => match s.invalidate(std::slice::from_ref(&sk)).await {
+                Ok(()) => {
+                    inner.apply_local(&[h], &[]).await;
+                    match s.begin_fill(&inner.config.namespace, &sk, None).await {
                         Ok(t) => Some(t),
                         Err(e) => {
                             inner.shared_error(&e);
                             None
                         }
-                    },
-                    Err(e) => {
-                        inner.shared_error(&e);
-                        None
                     }
                 }
+                Err(e) => {
+                    inner.shared_error(&e);
+                    inner.apply_local(&[h], &[]).await;
+                    None
+                }
+            },
+            None => {
+                inner.apply_local(&[h], &[]).await;
+                None
             }
-            None => None,
         };
         let mark = inner.fence.mark();
         if let Some(b) = &inner.bloom {
@@ -720,24 +748,31 @@ where
     /// Drops `key` everywhere: the shared tier, this instance's local tier,
     /// and (over the bus) every other instance's. Loads of it in flight
     /// anywhere will not fill.
-    pub async fn invalidate(&self, key: &K) {
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    pub async fn invalidate(&self, key: &K) -> Option<u64> {
         self.invalidate_many(std::slice::from_ref(key), &[]).await
     }
 
     /// Drops every entry tagged `tag`, everywhere, in O(1).
-    pub async fn invalidate_tag(&self, tag: &str) {
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    pub async fn invalidate_tag(&self, tag: &str) -> Option<u64> {
         self.invalidate_many(&[], &[tag]).await
     }
 
     /// Drops `keys` and every entry tagged with one of `tags`, everywhere, as
     /// one bus message.
-    pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) {
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) -> Option<u64> {
         let inner = &self.inner;
         let rendered: Vec<String> = keys.iter().map(|k| k.render()).collect();
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         let sks: Vec<String> = keys.iter().map(|k| inner.keys.storage_key(k)).collect();
         let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
-        inner.apply_local(&hashes, &tags).await;
+        // The shared tier first: evicting locally first would let a read in
+        // between copy the old shared value back into the local tier.
         if let Some(s) = &inner.shared {
             if !sks.is_empty()
                 && let Err(e) = s.invalidate(&sks).await
@@ -750,7 +785,8 @@ where
                 inner.shared_error(&e);
             }
         }
-        inner.publish(rendered, tags, false).await;
+        inner.apply_local(&hashes, &tags).await;
+        inner.publish(rendered, tags, false).await
     }
 
     /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
@@ -761,12 +797,12 @@ where
         if let Some(b) = &inner.bloom {
             b.add(h);
         }
-        inner.apply_local(&[h], &[]).await;
         if let Some(s) = &inner.shared
             && let Err(e) = s.invalidate(std::slice::from_ref(&sk)).await
         {
             inner.shared_error(&e);
         }
+        inner.apply_local(&[h], &[]).await;
         inner.publish(vec![key.render()], Vec::new(), true).await;
     }
 
@@ -815,6 +851,7 @@ where
 
     pub(crate) fn flush_local_because(&self, reason: FlushReason) {
         self.fence.invalidate_all();
+        self.flights.detach_all();
         if let Some(l) = &self.local {
             l.invalidate_all();
         }
@@ -1247,6 +1284,7 @@ where
     pub(crate) async fn apply_local(&self, keys: &[KeyHash], tags: &[String]) {
         for &h in keys {
             self.fence.invalidate_key(h);
+            self.flights.detach(h);
             if let Some(l) = &self.local {
                 l.invalidate(&h).await;
             }
@@ -1254,6 +1292,7 @@ where
         for tag in tags {
             let t = TagHash::of(tag);
             self.fence.invalidate_tag(t);
+            self.flights.detach_all();
             let tagged = self.tag_index().remove(&t).unwrap_or_default();
             if let Some(l) = &self.local {
                 for h in tagged {
@@ -1287,23 +1326,28 @@ where
         }
     }
 
-    async fn publish(&self, keys: Vec<String>, tags: Vec<String>, created: bool) {
-        let Some(bus) = &self.bus else { return };
+    async fn publish(&self, keys: Vec<String>, tags: Vec<String>, created: bool) -> Option<u64> {
+        let bus = self.bus.as_ref()?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let msg = Invalidation {
             origin: self.instance,
             namespace: self.config.namespace.clone(),
             keys,
             tags,
             created,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq,
             source_time_ms: now_ms(),
         };
         let payload = Bytes::from(self.messages.encode(&msg));
         match bus.publish(&self.config.namespace, payload).await {
-            Ok(()) => self.stats.invalidations_sent(1),
+            Ok(()) => {
+                self.stats.invalidations_sent(1);
+                Some(seq)
+            }
             Err(e) => {
                 self.stats.invalidations_unsent(1);
                 tracing::warn!(ns = %self.config.namespace, error = %e, "invalidation not published; other instances may serve stale until their local TTL");
+                None
             }
         }
     }
@@ -1387,6 +1431,7 @@ where
             messages,
             last_shared_log_ms: AtomicU64::new(0),
             tag_index: std::sync::Mutex::new(HashMap::new()),
+            applied: tokio::sync::broadcast::channel(4096).0,
             config,
             _key: PhantomData,
         });

@@ -159,6 +159,15 @@ where
                     }
                 }
                 inner.stats.invalidations_received(1);
+                if inner.applied.receiver_count() > 0 {
+                    let _ = inner.applied.send(super::Applied {
+                        origin: msg.origin,
+                        seq: msg.seq,
+                        keys: msg.keys,
+                        tags: msg.tags,
+                        at: std::time::Instant::now(),
+                    });
+                }
                 if msg.source_time_ms > 0 {
                     let lag = now_ms().saturating_sub(msg.source_time_ms);
                     inner.stats.evict_lag_seconds.record(lag as f64 / 1000.0);
