@@ -1,0 +1,757 @@
+//! End to end: the products example, twice, with real Postgres, Redis, NATS
+//! (JetStream) from tiercache-testkit and the real `tiercache-sidecar`
+//! binary, spoken to over HTTP.
+//!
+//! The test builds the two binaries with cargo first (`cargo build -p
+//! tiercache -p tiercache-sidecar --example products --bin tiercache-sidecar`),
+//! then spawns them with the servers' URLs; children are killed on drop.
+//!
+//! Database reads are counted by the app itself
+//! (`products_db_reads_total{kind="by_id"}`, scraped from `/metrics` of both
+//! instances). Run with `--nocapture` to see the figures.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tiercache_testkit::{NatsServer, Postgres, RedisServer, free_port};
+
+const SEED: u32 = 2000;
+const SCHEMA: &str = include_str!("../examples/products/schema.sql");
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (SIGKILL) and reaped on drop; output in a log file.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited ({status}); log:\n{}",
+                self.name,
+                tail(&self.log, 40)
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Builds the app and the sidecar and returns their executables.
+fn build_binaries() -> (PathBuf, PathBuf) {
+    let output = Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "-p",
+            "tiercache",
+            "-p",
+            "tiercache-sidecar",
+            "--example",
+            "products",
+            "--bin",
+            "tiercache-sidecar",
+            "--message-format=json-render-diagnostics",
+        ])
+        // `cargo test --release` spawns release binaries.
+        .args((!cfg!(debug_assertions)).then_some("--release"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(output.status.success(), "cargo build failed");
+    let mut app = None;
+    let mut sidecar = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        match msg["target"]["name"].as_str() {
+            Some("products") => app = Some(PathBuf::from(exe)),
+            Some("tiercache-sidecar") => sidecar = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    (
+        app.expect("cargo reported no products executable"),
+        sidecar.expect("cargo reported no tiercache-sidecar executable"),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+#[derive(Clone)]
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    x_cache: Option<String>,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Http {
+    fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(256)
+                .build(connector),
+        }
+    }
+
+    async fn send(&self, method: &str, url: &str, body: Option<&str>) -> Result<Resp, String> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{method} {url}: {e}"))?;
+            let status = resp.status().as_u16();
+            let x_cache = resp
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{method} {url}: body: {e}"))?
+                .to_bytes();
+            Ok(Resp {
+                status,
+                x_cache,
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .map_err(|_| format!("{method} {url}: timed out"))?
+    }
+
+    async fn get(&self, url: &str) -> Result<Resp, String> {
+        self.send("GET", url, None).await
+    }
+
+    /// `products_db_reads_total{kind=..}` of one instance.
+    async fn db_reads(&self, base: &str, kind: &str) -> u64 {
+        let text = self.get(&format!("{base}/metrics")).await.expect("metrics");
+        let text = String::from_utf8_lossy(&text.body).into_owned();
+        let prefix = format!("products_db_reads_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The stack
+
+struct Stack {
+    // Children first: they die before the servers.
+    apps: Vec<Proc>,
+    _sidecar: Proc,
+    urls: Vec<String>,
+    pg: Postgres,
+    redis: Arc<Mutex<RedisServer>>,
+    _nats: NatsServer,
+    _logs: tempfile::TempDir,
+}
+
+async fn wait_healthy(http: &Http, proc: &mut Proc, url: &str, need_bloom: bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        proc.assert_alive();
+        if let Ok(r) = http.get(&format!("{url}/healthz")).await
+            && r.status == 200
+        {
+            if !need_bloom {
+                return;
+            }
+            let j = r.json();
+            if j["bloom_ready"] == true && j["bus_synced"] == true {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not healthy after 60 s; log:\n{}",
+            proc.name,
+            tail(&proc.log, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn start_stack(http: &Http, rt: &tokio::runtime::Runtime) -> Stack {
+    let (app_bin, sidecar_bin) = build_binaries();
+    let pg = Postgres::start().expect("postgres");
+    let redis = RedisServer::start().expect("redis");
+    let nats = NatsServer::start_jetstream().expect("nats");
+    let logs = tempfile::Builder::new()
+        .prefix("products-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    // The sidecar checks its rule against the table: create it first.
+    pg.psql(SCHEMA).expect("schema");
+
+    let seed = Command::new(&app_bin)
+        .arg("--seed")
+        .arg(SEED.to_string())
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .expect("run products --seed");
+    assert!(
+        seed.status.success(),
+        "seed failed: {}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+
+    let sidecar_port = free_port().expect("port");
+    let mut cmd = Command::new(&sidecar_bin);
+    cmd.args(["run", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/products/sidecar.toml"))
+        .env("TIERCACHE_DATABASE_URL", pg.url())
+        .env("TIERCACHE_REDIS_URL", redis.url())
+        .env("TIERCACHE_NATS_URL", nats.url())
+        .env("TIERCACHE_HTTP_LISTEN", format!("127.0.0.1:{sidecar_port}"))
+        .env("RUST_LOG", "info");
+    let mut sidecar = Proc::spawn("sidecar", cmd, logs.path().join("sidecar.log"));
+    rt.block_on(wait_healthy(
+        http,
+        &mut sidecar,
+        &format!("http://127.0.0.1:{sidecar_port}"),
+        false,
+    ));
+
+    let mut apps = Vec::new();
+    let mut urls = Vec::new();
+    for i in 1..=2 {
+        let port = free_port().expect("port");
+        let mut cmd = Command::new(&app_bin);
+        cmd.env("DATABASE_URL", pg.url())
+            .env("REDIS_URL", redis.url())
+            .env("NATS_URL", nats.url())
+            .env("NATS_STREAM", "TIERCACHE")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info");
+        apps.push(Proc::spawn(
+            &format!("app{i}"),
+            cmd,
+            logs.path().join(format!("app{i}.log")),
+        ));
+        urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    for (p, u) in apps.iter_mut().zip(&urls) {
+        rt.block_on(wait_healthy(http, p, u, true));
+    }
+    Stack {
+        apps,
+        _sidecar: sidecar,
+        urls,
+        pg,
+        redis: Arc::new(Mutex::new(redis)),
+        _nats: nats,
+        _logs: logs,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test
+
+#[test]
+fn products_stack_end_to_end() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let http = rt.block_on(async { Http::new() });
+    let started = Instant::now();
+    let mut stack = start_stack(&http, &rt);
+    println!("stack up in {:.1?}", started.elapsed());
+    let (lo, hi): (i64, i64) = {
+        let s = stack
+            .pg
+            .psql("select min(id) || ' ' || max(id) from products")
+            .expect("ids");
+        let mut it = s.split(' ').map(|x| x.parse::<i64>().expect("id"));
+        (it.next().expect("lo"), it.next().expect("hi"))
+    };
+    assert_eq!(hi - lo + 1, i64::from(SEED));
+
+    rt.block_on(async {
+        bad_input(&http, &stack.urls[0]).await;
+        staleness(&http, &stack, lo).await;
+        list_follows_category_moves(&http, &stack, lo + 1).await;
+        created_and_deleted(&http, &stack).await;
+        stampede(&http, &stack.urls, hi - 10).await;
+        missing_ids(&http, &stack.urls, hi).await;
+        redis_killed_under_load(&http, &stack, lo, hi).await;
+    });
+    for app in &mut stack.apps {
+        app.assert_alive();
+    }
+    println!("end to end done in {:.1?}", started.elapsed());
+}
+
+async fn bad_input(http: &Http, base: &str) {
+    let cases: &[(&str, &str, Option<&str>, u16)] = &[
+        ("GET", "/products/abc", None, 400),
+        ("GET", "/products/-3", None, 400),
+        ("GET", "/products/99999999999999999999", None, 400),
+        ("GET", "/products", None, 400),
+        (
+            "PUT",
+            "/products/x",
+            Some(r#"{"name":"a","price_cents":1,"category":"c"}"#),
+            400,
+        ),
+        ("POST", "/products", Some("{not json"), 400),
+        ("POST", "/products", Some(r#"{"name":"lamp"}"#), 422),
+        (
+            "POST",
+            "/products",
+            Some(r#"{"name":"lamp","price_cents":-5,"category":"home"}"#),
+            422,
+        ),
+        (
+            "POST",
+            "/products",
+            Some(r#"{"name":" ","price_cents":5,"category":"home"}"#),
+            422,
+        ),
+        (
+            "POST",
+            "/products",
+            Some(r#"{"name":"lamp","price_cents":"5","category":"home"}"#),
+            422,
+        ),
+        ("DELETE", "/products/0", None, 400),
+        ("GET", "/nope", None, 404),
+    ];
+    for &(method, path, body, want) in cases {
+        let r = http
+            .send(method, &format!("{base}{path}"), body)
+            .await
+            .expect("request");
+        assert_eq!(r.status, want, "{method} {path} {body:?}: {:?}", r.body);
+        let j = r.json();
+        assert!(
+            j["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {j}"
+        );
+    }
+    let r = http
+        .send("POST", &format!("{base}/products"), Some("{}"))
+        .await
+        .expect("request");
+    assert_eq!(r.status, 422);
+}
+
+fn name_of(r: &Resp) -> String {
+    r.json()["name"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Polls every instance until `check` holds for each; returns the time
+/// until the last one did.
+async fn until_all<F>(http: &Http, urls: &[String], path: &str, check: F) -> Duration
+where
+    F: Fn(&Resp) -> bool,
+{
+    let start = Instant::now();
+    let mut done = vec![false; urls.len()];
+    loop {
+        for (i, u) in urls.iter().enumerate() {
+            if !done[i] {
+                let r = http.get(&format!("{u}{path}")).await.expect("get");
+                done[i] = check(&r);
+            }
+        }
+        if done.iter().all(|d| *d) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{path} still not updated on every instance after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A row changed with plain SQL is served new by both instances within 1 s.
+async fn staleness(http: &Http, stack: &Stack, id: i64) {
+    let path = format!("/products/{id}");
+    let mut worst = Duration::ZERO;
+    for round in 0..10 {
+        // Both instances hold the row in their local tiers.
+        for u in &stack.urls {
+            http.get(&format!("{u}{path}")).await.expect("warm");
+            let r = http.get(&format!("{u}{path}")).await.expect("warm");
+            assert_eq!(r.x_cache.as_deref(), Some("hit"), "second read should hit");
+        }
+        let new_name = format!("renamed by SQL #{round}");
+        stack
+            .pg
+            .psql(&format!(
+                "UPDATE products SET name = '{new_name}', updated_at = now() WHERE id = {id}"
+            ))
+            .expect("update");
+        let took = until_all(http, &stack.urls, &path, |r| {
+            r.status == 200 && name_of(r) == new_name
+        })
+        .await;
+        worst = worst.max(took);
+    }
+    println!("staleness after a SQL UPDATE (10 rounds, both instances): max {worst:.1?}");
+    assert!(worst < Duration::from_secs(1), "max staleness {worst:?}");
+}
+
+/// Moving a product between categories drops both lists everywhere.
+async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
+    let (from, to) = ("e2e-from", "e2e-to");
+    stack
+        .pg
+        .psql(&format!(
+            "UPDATE products SET category = '{from}' WHERE id = {id}"
+        ))
+        .expect("update");
+    let has = |r: &Resp, id: i64| {
+        r.status == 200
+            && r.json()
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["id"] == id))
+    };
+    let lacks = |r: &Resp, id: i64| {
+        r.status == 200
+            && r.json()
+                .as_array()
+                .is_some_and(|a| a.iter().all(|p| p["id"] != id))
+    };
+    until_all(
+        http,
+        &stack.urls,
+        &format!("/products?category={from}"),
+        |r| has(r, id),
+    )
+    .await;
+    until_all(
+        http,
+        &stack.urls,
+        &format!("/products?category={to}"),
+        |r| lacks(r, id),
+    )
+    .await;
+    // Let the sidecar's invalidation of the first update land (the lists may
+    // have been loaded before it), then cache both lists everywhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for u in &stack.urls {
+        for c in [from, to] {
+            http.get(&format!("{u}/products?category={c}"))
+                .await
+                .expect("warm list");
+        }
+        let r = http
+            .get(&format!("{u}/products?category={from}"))
+            .await
+            .expect("list");
+        assert_eq!(r.x_cache.as_deref(), Some("hit"));
+    }
+    stack
+        .pg
+        .psql(&format!(
+            "UPDATE products SET category = '{to}' WHERE id = {id}"
+        ))
+        .expect("move");
+    let a = until_all(
+        http,
+        &stack.urls,
+        &format!("/products?category={from}"),
+        |r| lacks(r, id),
+    )
+    .await;
+    let b = until_all(
+        http,
+        &stack.urls,
+        &format!("/products?category={to}"),
+        |r| has(r, id),
+    )
+    .await;
+    println!(
+        "category move: old list updated in {a:.1?}, new list in {:.1?}",
+        a + b
+    );
+    assert!(a + b < Duration::from_secs(1));
+}
+
+/// A product created through one instance is found by both (the sidecar's
+/// "created" flag feeds the Bloom guards); deleted, it is gone from both.
+async fn created_and_deleted(http: &Http, stack: &Stack) {
+    let r = http
+        .send(
+            "POST",
+            &format!("{}/products", stack.urls[0]),
+            Some(r#"{"name":"e2e lamp","price_cents":1999,"category":"e2e-new"}"#),
+        )
+        .await
+        .expect("post");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let j = r.json();
+    let mut keys: Vec<&str> = j
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["category", "id", "name", "price_cents", "updated_at"]
+    );
+    let id = j["id"].as_i64().expect("id");
+    let path = format!("/products/{id}");
+    let took = until_all(http, &stack.urls, &path, |r| {
+        r.status == 200 && name_of(r) == "e2e lamp"
+    })
+    .await;
+    println!("created product visible on both instances after {took:.1?}");
+    let r = http
+        .send(
+            "PUT",
+            &format!("{}{path}", stack.urls[1]),
+            Some(r#"{"name":"e2e lamp v2","price_cents":2999,"category":"e2e-new"}"#),
+        )
+        .await
+        .expect("put");
+    assert_eq!(r.status, 200);
+    until_all(http, &stack.urls, &path, |r| {
+        r.status == 200 && name_of(r) == "e2e lamp v2"
+    })
+    .await;
+    let r = http
+        .send("DELETE", &format!("{}{path}", stack.urls[0]), None)
+        .await
+        .expect("delete");
+    assert_eq!(r.status, 204);
+    let took = until_all(http, &stack.urls, &path, |r| r.status == 404).await;
+    println!("deleted product gone from both instances after {took:.1?}");
+    assert!(took < Duration::from_secs(1));
+}
+
+async fn total_reads(http: &Http, urls: &[String], kind: &str) -> u64 {
+    let mut n = 0;
+    for u in urls {
+        n += http.db_reads(u, kind).await;
+    }
+    n
+}
+
+/// 200 concurrent requests for a cold id, over both instances: at most two
+/// database reads of it.
+async fn stampede(http: &Http, urls: &[String], id: i64) {
+    let before = total_reads(http, urls, "by_id").await;
+    let gate = Arc::new(tokio::sync::Barrier::new(200));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let http = http.clone();
+        let url = format!("{}/products/{id}", urls[i % urls.len()]);
+        let gate = Arc::clone(&gate);
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            http.get(&url).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task").expect("request");
+        assert_eq!(r.status, 200);
+    }
+    let reads = total_reads(http, urls, "by_id").await - before;
+    println!("200 concurrent requests for cold id {id} over 2 instances: {reads} database read(s)");
+    assert!(reads <= 2, "{reads} database reads");
+}
+
+/// 1,000 requests for ids that do not exist: (almost) no database reads.
+async fn missing_ids(http: &Http, urls: &[String], hi: i64) {
+    let before = total_reads(http, urls, "by_id").await;
+    let rejected_before = bloom_rejections(http, urls).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, urls, next) = (http.clone(), urls.to_vec(), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 1000 {
+                    return;
+                }
+                let id = hi + 1_000_000 + i as i64 * 7919;
+                let url = format!("{}/products/{id}", urls[i as usize % urls.len()]);
+                let r = http.get(&url).await.expect("request");
+                assert_eq!(r.status, 404, "{url}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let reads = total_reads(http, urls, "by_id").await - before;
+    let rejected = bloom_rejections(http, urls).await - rejected_before;
+    println!(
+        "1,000 requests for missing ids: {reads} database read(s), {rejected} Bloom rejections"
+    );
+    assert!(reads <= 20, "{reads} database reads");
+}
+
+async fn bloom_rejections(http: &Http, urls: &[String]) -> u64 {
+    let mut n = 0;
+    for u in urls {
+        let text = http.get(&format!("{u}/metrics")).await.expect("metrics");
+        let text = String::from_utf8_lossy(&text.body).into_owned();
+        n += text
+            .lines()
+            .filter(|l| l.starts_with("tiercache_bloom_rejections_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    n
+}
+
+/// Redis is killed (SIGKILL) during a load and restarted later: every
+/// request still gets its right answer.
+async fn redis_killed_under_load(http: &Http, stack: &Stack, lo: i64, hi: i64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let (http, urls) = (http.clone(), stack.urls.clone());
+        let (stop, ok, failures) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+        tasks.push(tokio::spawn(async move {
+            let mut n: u64 = w;
+            while !stop.load(Ordering::Relaxed) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let pick = (n >> 33) as i64;
+                let missing = pick % 10 == 0;
+                let id = if missing {
+                    hi + 5_000_000 + pick % 100_000
+                } else {
+                    lo + pick % (hi - lo + 1)
+                };
+                let url = format!("{}/products/{id}", urls[(n >> 20) as usize % urls.len()]);
+                let want = if missing { 404 } else { 200 };
+                match http.get(&url).await {
+                    Ok(r) if r.status == want => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.lock().expect("lock").push(format!(
+                        "{url}: {} {:?}",
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    )),
+                    Err(e) => failures.lock().expect("lock").push(e),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_kill = ok.load(Ordering::Relaxed);
+    let redis = Arc::clone(&stack.redis);
+    tokio::task::spawn_blocking(move || redis.lock().expect("lock").kill())
+        .await
+        .expect("kill");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = ok.load(Ordering::Relaxed) - before_kill;
+    let redis = Arc::clone(&stack.redis);
+    tokio::task::spawn_blocking(move || redis.lock().expect("lock").restart())
+        .await
+        .expect("join")
+        .expect("restart redis");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let failures = failures.lock().expect("lock");
+    let total = ok.load(Ordering::Relaxed);
+    println!(
+        "redis killed under load: {total} requests answered right ({during} while Redis was down), {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        during > 100,
+        "too few requests while Redis was down: {during}"
+    );
+}
