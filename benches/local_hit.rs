@@ -13,10 +13,15 @@ use tiercache::core::{Cache, InProcessBus, InProcessSharedTier};
 const KEYS: u64 = 1024;
 
 fn local_hit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let value = Arc::new("v".repeat(256));
 
-    let raw: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder().max_capacity(100_000).build();
+    let raw: moka::future::Cache<u64, Arc<String>> =
+        moka::future::Cache::builder().max_capacity(100_000).build();
     let cache: Cache<u64, String> = rt.block_on(async {
         let cache = Cache::builder("bench")
             .shared_tier(InProcessSharedTier::default())
@@ -28,14 +33,22 @@ fn local_hit(c: &mut Criterion) {
         for k in 0..KEYS {
             raw.insert(k, value.clone()).await;
             let v = (*value).clone();
-            cache.get_or_load(&k, move || async move { Some(v) }).await.unwrap();
+            cache
+                .get_or_load(&k, move || async move { Some(v) })
+                .await
+                .unwrap();
         }
         cache
     });
 
     struct PerEntry;
     impl moka::Expiry<u64, Arc<String>> for PerEntry {
-        fn expire_after_create(&self, _: &u64, _: &Arc<String>, _: std::time::Instant) -> Option<Duration> {
+        fn expire_after_create(
+            &self,
+            _: &u64,
+            _: &Arc<String>,
+            _: std::time::Instant,
+        ) -> Option<Duration> {
             Some(Duration::from_secs(3600))
         }
     }
@@ -56,14 +69,17 @@ fn local_hit(c: &mut Criterion) {
         }
     });
     let mut g = c.benchmark_group("local_hit");
-    g.bench_function(BenchmarkId::new("moka_weigher_per_entry_expiry", KEYS), |b| {
-        let mut k = 0u64;
-        b.to_async(&rt).iter(|| {
-            k = (k + 1) % KEYS;
-            let m = &per_entry;
-            async move { std::hint::black_box(m.get(&k).await) }
-        })
-    });
+    g.bench_function(
+        BenchmarkId::new("moka_weigher_per_entry_expiry", KEYS),
+        |b| {
+            let mut k = 0u64;
+            b.to_async(&rt).iter(|| {
+                k = (k + 1) % KEYS;
+                let m = &per_entry;
+                async move { std::hint::black_box(m.get(&k).await) }
+            })
+        },
+    );
     g.bench_function(BenchmarkId::new("moka_weigher_ttl", KEYS), |b| {
         let mut k = 0u64;
         b.to_async(&rt).iter(|| {
@@ -108,7 +124,11 @@ fn local_hit(c: &mut Criterion) {
 }
 
 fn cold_stampede(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let cache: Cache<u64, String> = rt.block_on(async {
         Cache::builder("stampede")
             .shared_tier(InProcessSharedTier::default())

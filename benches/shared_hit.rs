@@ -39,7 +39,9 @@ where
         t.await.unwrap();
     }
     // Normalise to `iters` operations (per_task * TASKS may exceed it).
-    start.elapsed().mul_f64(iters as f64 / (per_task * TASKS) as f64)
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per_task * TASKS) as f64)
 }
 
 fn shared_hit(c: &mut Criterion) {
@@ -57,7 +59,9 @@ fn shared_hit(c: &mut Criterion) {
             .build()
             .await
             .unwrap();
-        tier.set(KEY, value.clone(), Duration::from_secs(3600)).await.unwrap();
+        tier.set(KEY, value.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap();
         let client = redis::Client::open(server.url()).unwrap();
         let raw = client.get_multiplexed_async_connection().await.unwrap();
         (tier, raw)
@@ -75,7 +79,11 @@ fn shared_hit(c: &mut Criterion) {
                 let mut raw = raw.clone();
                 let raw_key = raw_key.clone();
                 async move {
-                    let v: Option<Bytes> = redis::cmd("GET").arg(&raw_key).query_async(&mut raw).await.unwrap();
+                    let v: Option<Bytes> = redis::cmd("GET")
+                        .arg(&raw_key)
+                        .query_async(&mut raw)
+                        .await
+                        .unwrap();
                     assert_eq!(v.map(|v| v.len()), Some(1024));
                 }
             })

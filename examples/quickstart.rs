@@ -125,7 +125,10 @@ async fn run(name: &str, origin: Arc<Origin>, cache: Option<Cache<u64, Product>>
                     let found = match &cache {
                         Some(c) => {
                             let o = origin.clone();
-                            c.get_or_load(&id, move || async move { o.find(id).await }).await.unwrap().is_some()
+                            c.get_or_load(&id, move || async move { o.find(id).await })
+                                .await
+                                .unwrap()
+                                .is_some()
                         }
                         None => origin.find(id).await.is_some(),
                     };
@@ -156,7 +159,8 @@ async fn run(name: &str, origin: Arc<Origin>, cache: Option<Cache<u64, Product>>
                     "{start}  {name:<9} {:>6}/{REQUESTS} requests  {:>5.1}%{}{end}",
                     n,
                     100.0 * n as f64 / REQUESTS as f64,
-                    hit.map(|h| format!("  hit ratio {h:.1}%")).unwrap_or_default()
+                    hit.map(|h| format!("  hit ratio {h:.1}%"))
+                        .unwrap_or_default()
                 );
                 let _ = std::io::stdout().flush();
                 if n >= REQUESTS / CLIENTS * CLIENTS {
@@ -188,7 +192,9 @@ fn pct(n: u64, of: u64) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("tiercache quickstart: embedded default (local tier + in-process shared tier and bus), no servers");
+    println!(
+        "tiercache quickstart: embedded default (local tier + in-process shared tier and bus), no servers"
+    );
     println!(
         "workload: {REQUESTS} requests from {CLIENTS} clients, {PRODUCTS} products (Zipf s=1), {:.0}% lookups of missing ids, {:.0}% writes, origin latency {}-{} ms\n",
         MISSING_SHARE * 100.0,
@@ -209,7 +215,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             BloomGuardConfig::new(move || {
                 let o = universe_origin.clone();
                 async move {
-                    let ids: Vec<String> = o.rows.read().unwrap().keys().map(u64::to_string).collect();
+                    let ids: Vec<String> =
+                        o.rows.read().unwrap().keys().map(u64::to_string).collect();
                     Ok::<_, std::io::Error>(ids)
                 }
             })
@@ -234,18 +241,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rps = |r: &Run| format!("{:.0}", REQUESTS as f64 / r.elapsed.as_secs_f64());
     let rows: Vec<(&str, String, String)> = vec![
         ("requests", REQUESTS.to_string(), REQUESTS.to_string()),
-        ("wall time", format!("{:.2} s", cached.elapsed.as_secs_f64()), format!("{:.2} s", plain.elapsed.as_secs_f64())),
+        (
+            "wall time",
+            format!("{:.2} s", cached.elapsed.as_secs_f64()),
+            format!("{:.2} s", plain.elapsed.as_secs_f64()),
+        ),
         ("requests/s", rps(&cached), rps(&plain)),
         ("p50 latency", lat(&cached, 0.5), lat(&plain, 0.5)),
         ("p99 latency", lat(&cached, 0.99), lat(&plain, 0.99)),
-        ("origin reads", cached.origin_reads.to_string(), plain.origin_reads.to_string()),
-        ("local tier hits", format!("{} ({})", s.local_hits, pct(s.local_hits, reads)), "-".into()),
-        ("shared tier hits", format!("{} ({})", s.shared_hits, pct(s.shared_hits, reads)), "-".into()),
-        ("misses (loads)", format!("{} ({})", s.misses, pct(s.misses, reads)), "-".into()),
+        (
+            "origin reads",
+            cached.origin_reads.to_string(),
+            plain.origin_reads.to_string(),
+        ),
+        (
+            "local tier hits",
+            format!("{} ({})", s.local_hits, pct(s.local_hits, reads)),
+            "-".into(),
+        ),
+        (
+            "shared tier hits",
+            format!("{} ({})", s.shared_hits, pct(s.shared_hits, reads)),
+            "-".into(),
+        ),
+        (
+            "misses (loads)",
+            format!("{} ({})", s.misses, pct(s.misses, reads)),
+            "-".into(),
+        ),
         ("collapsed waiters", s.collapsed.to_string(), "-".into()),
         ("negative hits", s.negative_hits.to_string(), "-".into()),
-        ("Bloom rejections", s.bloom_rejections.to_string(), "-".into()),
-        ("invalidations", s.invalidations_sent.to_string(), "-".into()),
+        (
+            "Bloom rejections",
+            s.bloom_rejections.to_string(),
+            "-".into(),
+        ),
+        (
+            "invalidations",
+            s.invalidations_sent.to_string(),
+            "-".into(),
+        ),
         ("local evictions", s.evictions.to_string(), "-".into()),
     ];
     println!("\n  {:<20} {:>22} {:>14}", "", "tiercache", "no cache");
