@@ -1,7 +1,8 @@
 //! Shared-tier hit: `RedisSharedTier::get` of a 1 KiB value against a raw
 //! redis-rs `GET` of the same key over the same kind of connection (one
 //! multiplexed connection), both with 64 concurrent tasks, in the same run,
-//! against a redis-server started by the testkit.
+//! against a redis-server started by the testkit; and the whole engine's
+//! `Cache::get` with the local tier off (every call a shared-tier hit).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tiercache_core::SharedTier;
+use tiercache_core::{Cache, SharedTier};
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::RedisServer;
 
@@ -96,6 +97,32 @@ fn shared_hit(c: &mut Criterion) {
                 let tier = tier.clone();
                 async move {
                     let v = tier.get(KEY).await.unwrap();
+                    assert_eq!(v.map(|v| v.len()), Some(1024));
+                }
+            })
+        })
+    });
+    // The whole engine on a shared-tier hit: the local tier is off, so every
+    // `Cache::get` goes to Redis, decodes the envelope and the value.
+    let cache: Cache<u64, Vec<u8>> = rt.block_on(async {
+        let cache = Cache::builder("bench")
+            .shared_tier(tier.clone())
+            .no_bus()
+            .local_capacity(0)
+            .compress_at(usize::MAX)
+            .ttl(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        cache.insert(&1, vec![0xA5u8; 1024]).await;
+        cache
+    });
+    group.bench_function("cache_get_local_tier_off", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let cache = cache.clone();
+            concurrent(iters, move || {
+                let cache = cache.clone();
+                async move {
+                    let v = cache.get(&1).await;
                     assert_eq!(v.map(|v| v.len()), Some(1024));
                 }
             })
