@@ -20,4 +20,4 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
