@@ -168,7 +168,7 @@ pub struct KeyFormat {
 }
 
 /// Stack space used to format a key before hashing it; longer keys stream.
-const STACK_KEY: usize = 128;
+const STACK_KEY: usize = 64;
 
 /// Formats into a stack buffer, spilling into a streaming hasher past it.
 struct KeyWriter {

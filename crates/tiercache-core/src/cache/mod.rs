@@ -344,7 +344,12 @@ where
     /// The fresh value under `key`, from either tier; never calls the origin.
     /// `None` when absent, expired, or cached as "no such item".
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
-        let h = self.inner.keys.hash(key);
+        // Hashing is for the local tier only: skipped when there is none
+        // (`h` is then never used).
+        let h = match &self.inner.local {
+            Some(_) => self.inner.keys.hash(key),
+            None => KeyHash(0),
+        };
         if let Some(local) = self.inner.local_for_read()
             && let Some(e) = local.get(&h).await
             && quanta::Instant::now() < e.fresh
@@ -977,6 +982,9 @@ where
     }
 
     async fn fill_local_decoded(&self, h: KeyHash, mark: FenceMark, d: Decoded<V>) {
+        if self.local.is_none() {
+            return;
+        }
         self.fill_local(
             h,
             mark,
