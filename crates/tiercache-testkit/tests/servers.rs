@@ -195,8 +195,24 @@ fn cluster_promotes_replica_of_killed_master() -> Result<()> {
     let after = cluster.master_ports()?;
     assert_eq!(after.len(), 3);
     assert!(!after.contains(&owner));
-    let (_, reply) = cluster_cmd(after[0], &["GET", "key"])?;
-    assert_eq!(reply, bulk("value"));
+    // The promoted replica serves the slot: writes and reads of the key work
+    // again (every node's slot view converges; retry until it has).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            after.iter().any(|&p| {
+                cluster_cmd(p, &["SET", "key2{key}", "v2"]).is_ok_and(|(_, r)| r == ok())
+                    && cluster_cmd(p, &["GET", "key2{key}"]).is_ok_and(|(_, r)| r == bulk("v2"))
+            })
+        }),
+        "the killed master's slots are served again"
+    );
+    // Redis does not promise that a write acknowledged by WAIT survives a
+    // failover; on a loopback cluster it is occasionally lost. Reported, not
+    // asserted: the kit's job is the kill and the promotion.
+    let survived = after
+        .iter()
+        .any(|&p| cluster_cmd(p, &["GET", "key"]).is_ok_and(|(_, r)| r == bulk("value")));
+    eprintln!("key written with WAIT 1 survived the failover: {survived}");
 
     // The old master rejoins as a replica on the same port.
     cluster.restart_node(owner)?;
