@@ -181,18 +181,7 @@ async fn session(sc: &Sidecar, shutdown: &Shutdown) -> Result<(), SessionEnd> {
         .batch_execute("SET TimeZone = 'UTC'")
         .await
         .map_err(lost(false))?;
-    for w in super::validate_catalog(&client, sc.rules(), SourceKind::Logical)
-        .await
-        .map_err(|e| match e {
-            Error::Postgres(error) => SessionEnd::Lost {
-                error,
-                was_connected: false,
-            },
-            other => SessionEnd::Fatal(other),
-        })?
-    {
-        tracing::warn!("{w}");
-    }
+    super::check_catalog_for_session(&client, sc.rules(), SourceKind::Logical).await?;
     ensure_slot(&client, sc.config()).await?;
     let status = sc.status();
     status.set_connected(true);

@@ -110,6 +110,29 @@ where
     }
 }
 
+/// [`validate_catalog`] at the start of a source session: logs the warnings,
+/// and turns a broken connection into [`SessionEnd::Lost`] (reconnect) and
+/// anything else into [`SessionEnd::Fatal`].
+pub(crate) async fn check_catalog_for_session(
+    client: &Client,
+    rules: &RuleSet,
+    kind: SourceKind,
+) -> Result<(), SessionEnd> {
+    let warnings = validate_catalog(client, rules, kind)
+        .await
+        .map_err(|e| match e {
+            Error::Postgres(error) => SessionEnd::Lost {
+                error,
+                was_connected: false,
+            },
+            other => SessionEnd::Fatal(other),
+        })?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(())
+}
+
 /// Checks every rule against the catalog: the table exists and has every
 /// referenced column. Errors name the config field; warnings (e.g. a table
 /// without `REPLICA IDENTITY FULL` under `logical`) are returned.

@@ -282,18 +282,7 @@ async fn session(sc: &Sidecar, shutdown: &Shutdown, reconnect: bool) -> Result<(
         }
     });
     let _guard = AbortOnDrop(task);
-    for w in super::validate_catalog(&client, sc.rules(), SourceKind::Notify)
-        .await
-        .map_err(|e| match e {
-            Error::Postgres(error) => SessionEnd::Lost {
-                error,
-                was_connected: false,
-            },
-            other => SessionEnd::Fatal(other),
-        })?
-    {
-        tracing::warn!("{w}");
-    }
+    super::check_catalog_for_session(&client, sc.rules(), SourceKind::Notify).await?;
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&cfg.channel)))
         .await
