@@ -350,12 +350,8 @@ where
             Some(_) => self.inner.keys.hash(key),
             None => KeyHash(0),
         };
-        if let Some(local) = self.inner.local_for_read()
-            && let Some(e) = local.get(&h).await
-            && quanta::Instant::now() < e.fresh
-        {
-            self.inner.stats.local_hits(1);
-            return e.value;
+        if let Some(value) = self.inner.local_fresh(&h).await {
+            return value;
         }
         let sk = self.inner.keys.storage_key(key);
         let mark = self.inner.fence.mark();
@@ -623,12 +619,8 @@ where
         let mut pending = Vec::new();
         let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
         for (i, h) in hashes.iter().enumerate() {
-            if let Some(local) = inner.local_for_read()
-                && let Some(e) = local.get(h).await
-                && quanta::Instant::now() < e.fresh
-            {
-                inner.stats.local_hits(1);
-                out[i] = e.value.clone();
+            if let Some(value) = inner.local_fresh(h).await {
+                out[i] = value;
                 continue;
             }
             if inner.bloom.as_ref().is_some_and(|b| !b.may_contain(*h)) {
@@ -847,6 +839,19 @@ where
         match self.mode() {
             LocalMode::Bypass => None,
             _ => self.local.as_ref(),
+        }
+    }
+
+    /// The fresh local entry under `h`, counted as a local hit: `Some(value)`
+    /// (the value itself `None` for a negative entry), or `None` on a miss.
+    #[inline]
+    async fn local_fresh(&self, h: &KeyHash) -> Option<Option<Arc<V>>> {
+        let e = self.local_for_read()?.get(h).await?;
+        if quanta::Instant::now() < e.fresh {
+            self.stats.local_hits(1);
+            Some(e.value)
+        } else {
+            None
         }
     }
 
@@ -1246,8 +1251,14 @@ where
                     }
                     versions = v;
                 }
-                Ok(_) | Err(_) => {
-                    self.shared_error(&SharedError::Server("tag versions unavailable".into()));
+                other => {
+                    let e = match other {
+                        Err(e) => e,
+                        Ok(_) => {
+                            SharedError::Server("tag_versions answered the wrong count".into())
+                        }
+                    };
+                    self.shared_error(&e);
                     self.abort_fill(sk, ticket.take()).await;
                 }
             }
