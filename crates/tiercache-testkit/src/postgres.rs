@@ -84,7 +84,11 @@ impl Postgres {
             "max_replication_slots = 10",
             "max_wal_senders = 10",
             "fsync = off",
-            "synchronous_commit = off",
+            // On: a commit is flushed (to the page cache, with fsync off)
+            // before it returns, so logical decoding sees it at once. Off,
+            // it waits for the WAL writer (200 ms, up to 3x that), and the
+            // sidecar's measured lag would be the test server's, not its own.
+            "synchronous_commit = on",
             "full_page_writes = off",
         ] {
             let _ = writeln!(conf, "{line}");
