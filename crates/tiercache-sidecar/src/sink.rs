@@ -286,55 +286,41 @@ impl Sinks {
     /// publish, each retried until it succeeds. Returns `Err(Stopped)` when
     /// `shutdown` fires while a call is failing: the batch is then only
     /// partly applied and the source must not advance past it.
+    ///
+    /// While the shared tier fails, the messages are published first (so
+    /// instances stop serving their local copies now, and with Redis down
+    /// for them too ask the origin, rather than serve them until Redis is
+    /// back), then their deletes are retried, then they are published again
+    /// (an instance may have refilled from the old shared value meanwhile).
     pub async fn apply(&self, batch: &Batch, shutdown: &Shutdown) -> Result<(), Stopped> {
+        let mut held: Vec<&Outgoing> = Vec::new();
         for m in batch.messages() {
-            self.apply_one(m, shutdown).await?;
+            // Once a delete failed, the rest of the batch skips its attempt
+            // (a call timeout each) and is published at once.
+            if held.is_empty() && self.shared_invalidate_once(m).await {
+                self.publish(m, shutdown).await?;
+                Self::applied(m);
+                continue;
+            }
+            if held.is_empty() {
+                tracing::warn!(
+                    namespace = %m.namespace,
+                    "shared tier failing: publishing before its deletes, and again after"
+                );
+            }
+            self.publish(m, shutdown).await?;
+            held.push(m);
+        }
+        for m in held {
+            self.shared_invalidate(m, shutdown).await?;
+            self.publish(m, shutdown).await?;
+            Self::applied(m);
         }
         Ok(())
     }
 
-    async fn apply_one(&self, m: &Outgoing, shutdown: &Shutdown) -> Result<(), Stopped> {
-        if let Some(shared) = &self.shared {
-            if !m.keys.is_empty() {
-                let fmt = KeyFormat::new(m.namespace.as_str(), m.max_key_len);
-                let storage: Vec<String> = m.keys.iter().map(|k| fmt.storage_key(k)).collect();
-                self.retry("shared_invalidate", shutdown, || {
-                    shared.invalidate(&storage)
-                })
-                .await?;
-            }
-            if !m.tags.is_empty() {
-                self.retry("shared_invalidate_tags", shutdown, || {
-                    shared.invalidate_tags(&m.namespace, &m.tags)
-                })
-                .await?;
-            }
-        }
-        if let Some(bus) = &self.bus {
-            let seq = {
-                let mut seqs = self.seqs.lock().await;
-                let s = seqs.entry(m.namespace.clone()).or_insert(0);
-                *s += 1;
-                *s
-            };
-            let msg = Invalidation {
-                origin: self.origin,
-                namespace: m.namespace.clone(),
-                keys: m.keys.clone(),
-                tags: m.tags.clone(),
-                created: m.created,
-                seq,
-                source_time_ms: m
-                    .source_time_us
-                    .map_or_else(|| now_us() / 1000, |t| t / 1000)
-                    .max(0) as u64,
-            };
-            let payload = Bytes::from(self.codec.encode(&msg));
-            self.retry("bus_publish", shutdown, || {
-                bus.publish(&m.namespace, payload.clone())
-            })
-            .await?;
-        }
+    /// Metrics and the log line of a message fully applied.
+    fn applied(m: &Outgoing) {
         let now = now_us();
         for t in &m.lag_samples {
             metrics::histogram!("tiercache_sidecar_lag_seconds")
@@ -348,12 +334,79 @@ impl Sinks {
             .increment(m.tags.len() as u64);
         tracing::debug!(
             namespace = %m.namespace,
-            keys = m.keys.len(),
-            tags = m.tags.len(),
+            keys = ?m.keys,
+            tags = ?m.tags,
             created = m.created,
             "invalidation applied"
         );
+    }
+
+    fn storage_keys(m: &Outgoing) -> Vec<String> {
+        let fmt = KeyFormat::new(m.namespace.as_str(), m.max_key_len);
+        m.keys.iter().map(|k| fmt.storage_key(k)).collect()
+    }
+
+    /// One attempt at the shared-tier deletes of `m`: whether they are done.
+    async fn shared_invalidate_once(&self, m: &Outgoing) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        if !m.keys.is_empty() && shared.invalidate(&Self::storage_keys(m)).await.is_err() {
+            return false;
+        }
+        m.tags.is_empty() || shared.invalidate_tags(&m.namespace, &m.tags).await.is_ok()
+    }
+
+    /// The shared-tier deletes of `m`, retried until they succeed.
+    async fn shared_invalidate(&self, m: &Outgoing, shutdown: &Shutdown) -> Result<(), Stopped> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if !m.keys.is_empty() {
+            let storage = Self::storage_keys(m);
+            self.retry("shared_invalidate", shutdown, || {
+                shared.invalidate(&storage)
+            })
+            .await?;
+        }
+        if !m.tags.is_empty() {
+            self.retry("shared_invalidate_tags", shutdown, || {
+                shared.invalidate_tags(&m.namespace, &m.tags)
+            })
+            .await?;
+        }
         Ok(())
+    }
+
+    /// Publishes `m` on the bus (if any) with the next sequence number of
+    /// its namespace, retried until it succeeds.
+    async fn publish(&self, m: &Outgoing, shutdown: &Shutdown) -> Result<(), Stopped> {
+        let Some(bus) = &self.bus else {
+            return Ok(());
+        };
+        let seq = {
+            let mut seqs = self.seqs.lock().await;
+            let s = seqs.entry(m.namespace.clone()).or_insert(0);
+            *s += 1;
+            *s
+        };
+        let msg = Invalidation {
+            origin: self.origin,
+            namespace: m.namespace.clone(),
+            keys: m.keys.clone(),
+            tags: m.tags.clone(),
+            created: m.created,
+            seq,
+            source_time_ms: m
+                .source_time_us
+                .map_or_else(|| now_us() / 1000, |t| t / 1000)
+                .max(0) as u64,
+        };
+        let payload = Bytes::from(self.codec.encode(&msg));
+        self.retry("bus_publish", shutdown, || {
+            bus.publish(&m.namespace, payload.clone())
+        })
+        .await
     }
 
     async fn retry<F, Fut, E>(

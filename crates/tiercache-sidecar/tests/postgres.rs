@@ -150,7 +150,11 @@ async fn survives_postgres_restart(kind: &str) {
         running.connected(2).await;
     }
     psql(&pg, "UPDATE products SET name = 'after' WHERE id = 21");
-    inbox.wait_for(WAIT, |m| m.keys == s(&["21"])).await;
+    // At least once: under `logical`, a replay of id 20 (its slot advance
+    // may not have survived the restart) can share a batch with 21.
+    inbox
+        .wait_for(WAIT, |m| m.keys.iter().any(|k| k == "21"))
+        .await;
     assert!(running.sidecar.status().connections() >= 2);
     running.stop().await;
 }

@@ -5,7 +5,9 @@
 //! `pg_logical_slot_peek_changes(slot, NULL, batch_size, 'include-xids', '1', 'include-timestamp', 'on')`
 //! (whole transactions, commit timestamps on the `COMMIT` lines), maps the
 //! changes of committed transactions to invalidations, applies them (shared
-//! tier, then bus, retried until they succeed) and only then moves the slot
+//! tier, then bus, retried until they succeed; see
+//! [`Sinks::apply`](crate::sink::Sinks::apply) for a failing shared tier)
+//! and only then moves the slot
 //! with `pg_replication_slot_advance(slot, lsn)` to the end of the last
 //! commit read. A sidecar that crashes, is killed or stopped, or loses its
 //! connection reads the unapplied changes again: at least once, and applying

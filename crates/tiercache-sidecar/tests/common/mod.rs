@@ -110,6 +110,16 @@ impl Sinks2 {
     }
 }
 
+/// Sidecar logs at debug level, captured per test and printed on failure.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "tiercache_sidecar=debug,tiercache_testkit=debug",
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
 /// A running sidecar task.
 pub struct Running {
     pub sidecar: Sidecar,
@@ -119,6 +129,7 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: Config, sinks: Sinks) -> Self {
+        init_tracing();
         let sidecar = Sidecar::new(config, sinks).unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let s = sidecar.clone();
