@@ -36,12 +36,40 @@ impl Error {
         Error::Load(Arc::new(err))
     }
 
+    /// Whether the loader declined to have its answer stored ([`NotStored`]).
+    pub fn is_not_stored(&self) -> bool {
+        self.loader_error::<NotStored>().is_some()
+    }
+
     /// The loader's own error, if this is one, downcast to `E`.
     pub fn loader_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
             Error::Load(e) => e.downcast_ref::<E>(),
             _ => None,
         }
+    }
+}
+
+/// A loader's answer that its own caller may use but the cache must neither
+/// store nor hand to other callers (a private or uncacheable response).
+///
+/// Return it as the loader's error: the load counts under
+/// `tiercache_not_stored_total` instead of `tiercache_load_errors_total`,
+/// nothing is filled, and callers that waited on the load get
+/// [`Error::Load`] with this inside ([`Error::is_not_stored`]), so they ask
+/// the origin themselves. The caller that ran the loader keeps its answer
+/// through its own channel (see `tiercache-tower`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not stored: {reason}")]
+pub struct NotStored {
+    /// Why, for logs.
+    pub reason: &'static str,
+}
+
+impl NotStored {
+    /// A `NotStored` with its reason.
+    pub fn new(reason: &'static str) -> Self {
+        Self { reason }
     }
 }
 

@@ -34,8 +34,12 @@
 //! [`get_many_or_load`](Cache::get_many_or_load)):
 //!
 //! 1. **Local tier** (moka, bounded by bytes, per-entry expiry) holding
-//!    `Arc<V>`: a hit formats and hashes the key on the stack, reads one
-//!    atomic and returns a clone of the `Arc`.
+//!    `Arc<V>`: a hit formats and hashes the key on the stack and returns a
+//!    clone of the `Arc`; nothing awaits, so middleware can answer it inside
+//!    `Service::call` ([`Cache::get_local`], [`Cache::with_local`]). Each
+//!    thread keeps copies of the few entries it reads most, valid until
+//!    anything changes their key, so a hot key is served without moka's
+//!    per-read bookkeeping or any write to memory another core reads.
 //! 2. **Bloom guard** (opt-in, [`BloomGuardConfig`]): a definite "absent"
 //!    answers without the shared tier or the origin.
 //! 3. **Shared tier** ([`SharedTier`]): a hit is decoded and copied into the
@@ -73,10 +77,11 @@ pub mod stats;
 pub use bloom::BloomGuardConfig;
 pub use bus::{Bus, BusEvent, InProcessBus};
 pub use cache::{
-    Applied, Cache, CacheBuilder, Entry, Fetched, Outcome, Tier, embedded_bus, embedded_shared_tier,
+    Applied, Cache, CacheBuilder, Entry, Fetched, LocalHit, Outcome, Tier, embedded_bus,
+    embedded_shared_tier,
 };
 pub use codec::{Codec, Postcard, RawBytes};
-pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, SharedError};
+pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, NotStored, SharedError};
 pub use key::{CacheKey, KeyFormat, KeyHash, KeyHashBuilder, ShowKey, TagHash};
 pub use message::{Invalidation, MessageCodec};
 pub use shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};

@@ -8,8 +8,44 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use thread_local::ThreadLocal;
+
+/// A counter bumped on slow paths: one atomic.
+#[derive(Default)]
+pub(crate) struct Plain(AtomicU64);
+
+impl Plain {
+    #[inline]
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A counter bumped on every local hit: one cell per thread, written only
+/// by its thread with a plain load and store (no locked instruction, no
+/// line shared between cores), read by summing the cells.
+#[derive(Default)]
+pub(crate) struct PerThread(ThreadLocal<AtomicU64>);
+
+impl PerThread {
+    #[inline]
+    fn add(&self, n: u64) {
+        let cell = self.0.get_or_default();
+        // Only this thread writes `cell`: no increment is lost.
+        cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
 macro_rules! counters {
-    ($( $field:ident => $metric:literal $(, $lk:literal = $lv:literal)? ; $doc:literal )*) => {
+    ($( $field:ident : $cell:ident => $metric:literal $(, $lk:literal = $lv:literal)? ; $doc:literal )*) => {
         /// A snapshot of a cache's counters.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
@@ -18,7 +54,7 @@ macro_rules! counters {
         }
 
         pub(crate) struct Stats {
-            $( $field: (AtomicU64, metrics::Counter), )*
+            $( $field: ($cell, metrics::Counter), )*
             pub(crate) load_seconds: metrics::Histogram,
             pub(crate) evict_lag_seconds: metrics::Histogram,
         }
@@ -27,7 +63,7 @@ macro_rules! counters {
             pub(crate) fn new(ns: &str) -> Self {
                 Self {
                     $( $field: (
-                        AtomicU64::new(0),
+                        $cell::default(),
                         metrics::counter!($metric, "namespace" => ns.to_owned() $(, $lk => $lv)?),
                     ), )*
                     load_seconds: metrics::histogram!("tiercache_load_duration_seconds", "namespace" => ns.to_owned()),
@@ -38,44 +74,45 @@ macro_rules! counters {
             $(
                 #[inline]
                 pub(crate) fn $field(&self, n: u64) {
-                    self.$field.0.fetch_add(n, Relaxed);
+                    self.$field.0.add(n);
                     self.$field.1.increment(n);
                 }
             )*
 
             pub(crate) fn snapshot(&self) -> CacheStats {
-                CacheStats { $( $field: self.$field.0.load(Relaxed), )* }
+                CacheStats { $( $field: self.$field.0.get(), )* }
             }
         }
     };
 }
 
 counters! {
-    local_hits => "tiercache_hits_total", "tier" = "local"; "Lookups answered by the local tier (values and negatives)."
-    shared_hits => "tiercache_hits_total", "tier" = "shared"; "Lookups answered by the shared tier."
-    misses => "tiercache_misses_total"; "Lookups neither tier could answer."
-    negative_hits => "tiercache_negative_hits_total"; "Hits on a cached \"origin has no such item\"."
-    bloom_rejections => "tiercache_bloom_rejections_total"; "Lookups the Bloom guard answered \"absent\" without the origin."
-    loads => "tiercache_loads_total"; "Origin loads started (one per key per process at a time)."
-    load_errors => "tiercache_load_errors_total"; "Loads that failed (error, panic, timeout)."
-    load_timeouts => "tiercache_load_timeouts_total"; "Loads cut off by the hard timeout."
-    collapsed => "tiercache_collapsed_waiters_total"; "Callers that waited for a load already in flight instead of starting one."
-    lease_waits => "tiercache_lease_waits_total"; "Loads that found another instance holding the key's lease."
-    lease_wait_hits => "tiercache_lease_wait_hits_total"; "Lease waits answered by the other instance's fill."
-    stale_served => "tiercache_stale_served_total"; "Stale values served (origin failed or slow, within grace)."
-    refreshes => "tiercache_refreshes_total"; "Background refreshes started by refresh-ahead."
-    fills_revoked => "tiercache_fills_revoked_total"; "Loaded values not stored because an invalidation overtook the load."
-    oversized => "tiercache_oversized_total"; "Values served but not cached because they exceed the size limit."
-    corrupt_values => "tiercache_corrupt_values_total"; "Shared-tier values that failed to decode (deleted)."
-    foreign_versions => "tiercache_foreign_versions_total"; "Shared-tier values written by a newer format version (left alone)."
-    evictions => "tiercache_local_evictions_total"; "Local entries evicted for size."
-    invalidations_sent => "tiercache_invalidations_sent_total"; "Invalidations published by this instance."
-    invalidations_unsent => "tiercache_invalidations_unsent_total"; "Invalidations the bus failed to publish."
-    invalidations_received => "tiercache_invalidations_received_total"; "Invalidations from other instances applied here."
-    messages_malformed => "tiercache_messages_malformed_total"; "Bus payloads dropped as malformed, foreign or badly signed."
-    messages_lost => "tiercache_messages_lost_total"; "Bus messages lost or presumed lost (gaps, slow-consumer drops)."
-    bus_disconnects => "tiercache_bus_disconnects_total"; "Times the bus connection was lost."
-    bus_silences => "tiercache_bus_silences_total"; "Times the bus went quiet past the liveness bound."
-    local_flushes => "tiercache_local_flushes_total"; "Whole-local-tier flushes (bus reconnect, loss, shared failover)."
-    shared_errors => "tiercache_shared_errors_total"; "Shared-tier calls that failed (the cache failed open)."
+    local_hits: PerThread => "tiercache_hits_total", "tier" = "local"; "Lookups answered by the local tier (values and negatives)."
+    shared_hits: Plain => "tiercache_hits_total", "tier" = "shared"; "Lookups answered by the shared tier."
+    misses: Plain => "tiercache_misses_total"; "Lookups neither tier could answer."
+    negative_hits: PerThread => "tiercache_negative_hits_total"; "Hits on a cached \"origin has no such item\"."
+    bloom_rejections: Plain => "tiercache_bloom_rejections_total"; "Lookups the Bloom guard answered \"absent\" without the origin."
+    loads: Plain => "tiercache_loads_total"; "Origin loads started (one per key per process at a time)."
+    load_errors: Plain => "tiercache_load_errors_total"; "Loads that failed (error, panic, timeout)."
+    not_stored: Plain => "tiercache_not_stored_total"; "Loads whose answer the loader marked not to be stored or shared ([`NotStored`](crate::NotStored))."
+    load_timeouts: Plain => "tiercache_load_timeouts_total"; "Loads cut off by the hard timeout."
+    collapsed: Plain => "tiercache_collapsed_waiters_total"; "Callers that waited for a load already in flight instead of starting one."
+    lease_waits: Plain => "tiercache_lease_waits_total"; "Loads that found another instance holding the key's lease."
+    lease_wait_hits: Plain => "tiercache_lease_wait_hits_total"; "Lease waits answered by the other instance's fill."
+    stale_served: Plain => "tiercache_stale_served_total"; "Stale values served (origin failed or slow, within grace)."
+    refreshes: Plain => "tiercache_refreshes_total"; "Background refreshes started by refresh-ahead."
+    fills_revoked: Plain => "tiercache_fills_revoked_total"; "Loaded values not stored because an invalidation overtook the load."
+    oversized: Plain => "tiercache_oversized_total"; "Values served but not cached because they exceed the size limit."
+    corrupt_values: Plain => "tiercache_corrupt_values_total"; "Shared-tier values that failed to decode (deleted)."
+    foreign_versions: Plain => "tiercache_foreign_versions_total"; "Shared-tier values written by a newer format version (left alone)."
+    evictions: Plain => "tiercache_local_evictions_total"; "Local entries evicted for size."
+    invalidations_sent: Plain => "tiercache_invalidations_sent_total"; "Invalidations published by this instance."
+    invalidations_unsent: Plain => "tiercache_invalidations_unsent_total"; "Invalidations the bus failed to publish."
+    invalidations_received: Plain => "tiercache_invalidations_received_total"; "Invalidations from other instances applied here."
+    messages_malformed: Plain => "tiercache_messages_malformed_total"; "Bus payloads dropped as malformed, foreign or badly signed."
+    messages_lost: Plain => "tiercache_messages_lost_total"; "Bus messages lost or presumed lost (gaps, slow-consumer drops)."
+    bus_disconnects: Plain => "tiercache_bus_disconnects_total"; "Times the bus connection was lost."
+    bus_silences: Plain => "tiercache_bus_silences_total"; "Times the bus went quiet past the liveness bound."
+    local_flushes: Plain => "tiercache_local_flushes_total"; "Whole-local-tier flushes (bus reconnect, loss, shared failover)."
+    shared_errors: Plain => "tiercache_shared_errors_total"; "Shared-tier calls that failed (the cache failed open)."
 }

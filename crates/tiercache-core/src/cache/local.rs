@@ -20,6 +20,8 @@ use crate::key::{KeyHash, KeyHashBuilder, TagHash};
 pub(crate) struct LocalData<V> {
     pub(crate) value: Option<Arc<V>>,
     pub(crate) written_ms: u64,
+    /// `written_ms` on the local clock, for ages without a wall-clock read.
+    pub(crate) written: Instant,
     /// Refresh-ahead point, when refresh-ahead is on.
     pub(crate) soft: Option<Instant>,
     /// Fresh until here.
@@ -39,6 +41,7 @@ impl<V> Clone for LocalData<V> {
         Self {
             value: self.value.clone(),
             written_ms: self.written_ms,
+            written: self.written,
             soft: self.soft,
             fresh: self.fresh,
             stale: self.stale,
@@ -48,7 +51,9 @@ impl<V> Clone for LocalData<V> {
         }
     }
 }
-pub(crate) type LocalTier<V> = moka::future::Cache<KeyHash, LocalEntry<V>, KeyHashBuilder>;
+/// Synchronous moka: a local hit never awaits, so the HTTP layer can answer
+/// it inside `Service::call` ([`Cache::get_local`](crate::Cache::get_local)).
+pub(crate) type LocalTier<V> = moka::sync::Cache<KeyHash, LocalEntry<V>, KeyHashBuilder>;
 
 impl<V> LocalData<V> {
     /// A local entry for shared-tier `times`, living no longer than `cap`
@@ -72,6 +77,11 @@ impl<V> LocalData<V> {
         Self {
             value,
             written_ms: times.written_ms,
+            written: now
+                .checked_sub(Duration::from_millis(
+                    now_ms.saturating_sub(times.written_ms),
+                ))
+                .unwrap_or(now),
             soft,
             fresh,
             stale,

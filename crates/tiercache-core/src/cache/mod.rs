@@ -3,6 +3,7 @@
 mod config;
 mod fence;
 mod flight;
+mod hot;
 mod local;
 mod sync;
 
@@ -35,6 +36,7 @@ use crate::stats::{CacheStats, Stats};
 use config::{Config, Tier as TierChoice};
 use fence::{Fence, FenceMark};
 use flight::{Flights, Leader, Loaded, Role};
+use hot::HotSlots;
 use local::{LocalData, LocalTier};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,6 +94,17 @@ impl<V> From<V> for Entry<V> {
     }
 }
 
+/// A fresh local entry, borrowed (see [`Cache::with_local`]).
+#[derive(Debug)]
+pub struct LocalHit<'a, V> {
+    /// The value; `None` for a cached "no such item".
+    pub value: Option<&'a Arc<V>>,
+    /// When the value was loaded from the origin, in ms since the Unix epoch.
+    pub written_ms: u64,
+    /// How long ago that was.
+    pub age: Duration,
+}
+
 /// Which tier answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -134,6 +147,9 @@ pub struct Fetched<V> {
     pub outcome: Outcome,
     /// When the value was loaded from the origin, in ms since the Unix epoch.
     pub written_ms: u64,
+    /// Its age when found, where the local tier's clock already told it
+    /// (a local hit reads no wall clock).
+    age: Option<Duration>,
 }
 
 impl<V> Clone for Fetched<V> {
@@ -142,6 +158,7 @@ impl<V> Clone for Fetched<V> {
             value: self.value.clone(),
             outcome: self.outcome,
             written_ms: self.written_ms,
+            age: self.age,
         }
     }
 }
@@ -149,7 +166,8 @@ impl<V> Clone for Fetched<V> {
 impl<V> Fetched<V> {
     /// How long ago the value was loaded from the origin.
     pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.written_ms))
+        self.age
+            .unwrap_or_else(|| Duration::from_millis(now_ms().saturating_sub(self.written_ms)))
     }
 }
 
@@ -222,6 +240,8 @@ pub(crate) struct Inner<K, V> {
     pub(crate) config: Config,
     pub(crate) keys: KeyFormat,
     pub(crate) local: Option<LocalTier<V>>,
+    /// Per-thread copies of hot local entries (see [`hot`]).
+    hot: HotSlots<V>,
     pub(crate) shared: Option<Arc<dyn SharedTier>>,
     pub(crate) bus: Option<Arc<dyn Bus>>,
     codec: Arc<dyn Codec<V>>,
@@ -341,6 +361,81 @@ where
         self.inner.flush_local_because(FlushReason::Requested);
     }
 
+    /// The answer of the local tier alone, without awaiting: `Some` when a
+    /// fresh local entry is there (its value `None` for a cached "no such
+    /// item"), counted as a local hit; `None` otherwise, and then
+    /// [`fetch`](Self::fetch) (or another async lookup) is the way on.
+    ///
+    /// An entry due for refresh-ahead answers `None`, so that the caller's
+    /// `fetch`, which has the loader, serves it and starts the refresh.
+    ///
+    /// `key` may be any [`CacheKey`] that renders the same text as the `K` it
+    /// stands for (a `str` for a `String` key, say), so a caller can look up
+    /// a key it never builds as a `K`. Middleware uses this to answer a local
+    /// hit inside `Service::call`, with no future to box.
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String, u32> = Cache::builder("doc-get-local").local_only().build()?;
+    /// cache.insert(&"a".to_string(), 1).await;
+    /// let hit = cache.get_local("a").ok_or("a local hit")?;
+    /// assert_eq!(hit.value.as_deref(), Some(&1));
+    /// assert!(cache.get_local("b").is_none());
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn get_local<Q: CacheKey + ?Sized>(&self, key: &Q) -> Option<Fetched<V>> {
+        self.with_local(key, |hit| Fetched {
+            value: hit.value.cloned(),
+            outcome: Outcome::Hit(Tier::Local),
+            written_ms: hit.written_ms,
+            age: Some(hit.age),
+        })
+    }
+
+    /// [`get_local`](Self::get_local) without taking the value: `f` sees it
+    /// borrowed (a hit clones no `Arc`, so cores serving the same hot entry
+    /// write no shared reference count) and its answer is returned. `None`
+    /// (and `f` not called) when `get_local` would answer `None`.
+    ///
+    /// `f` runs inside the local tier's lookup: keep it short, and a lookup
+    /// of this cache from inside it may miss the local tier.
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String, String> = Cache::builder("doc-with-local").local_only().build()?;
+    /// cache.insert(&"a".to_string(), "apple".to_string()).await;
+    /// let len = cache.with_local("a", |hit| hit.value.map(|v| v.len()));
+    /// assert_eq!(len, Some(Some(5)));
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn with_local<Q, R>(&self, key: &Q, f: impl FnOnce(LocalHit<'_, V>) -> R) -> Option<R>
+    where
+        Q: CacheKey + ?Sized,
+    {
+        let inner = &self.inner;
+        inner
+            .with_local_entry(&inner.keys.hash(key), |e| {
+                let now = quanta::Instant::now();
+                if now >= e.fresh || e.soft.is_some_and(|s| now >= s) {
+                    return None;
+                }
+                inner.stats.local_hits(1);
+                if e.value.is_none() {
+                    inner.stats.negative_hits(1);
+                }
+                Some(f(LocalHit {
+                    value: e.value.as_ref(),
+                    written_ms: e.written_ms,
+                    age: now.saturating_duration_since(e.written),
+                }))
+            })
+            .flatten()
+    }
+
     /// The fresh value under `key`, from either tier; never calls the origin.
     /// `None` when absent, expired, or cached as "no such item".
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
@@ -350,7 +445,7 @@ where
             Some(_) => self.inner.keys.hash(key),
             None => KeyHash(0),
         };
-        if let Some(value) = self.inner.local_fresh(&h).await {
+        if let Some(value) = self.inner.local_fresh(&h) {
             return value;
         }
         let sk = self.inner.keys.storage_key(key);
@@ -359,7 +454,7 @@ where
             SharedFind::Fresh(d) => {
                 self.inner.stats.shared_hits(1);
                 let value = d.value.clone();
-                self.inner.fill_local_decoded(h, mark, d).await;
+                self.inner.fill_local_decoded(h, mark, d);
                 value
             }
             _ => {
@@ -417,9 +512,7 @@ where
         let inner = &self.inner;
         let h = inner.keys.hash(key);
         let mut stale = None;
-        if let Some(local) = inner.local_for_read()
-            && let Some(e) = local.get(&h).await
-        {
+        if let Some(e) = inner.local_entry(&h) {
             let now = quanta::Instant::now();
             let fresh = now < e.fresh;
             let refresh = fresh
@@ -439,6 +532,7 @@ where
                     value: e.value,
                     outcome: Outcome::Hit(Tier::Local),
                     written_ms: e.written_ms,
+                    age: Some(now.saturating_duration_since(e.written)),
                 });
             }
             if e.value.is_some() && now < e.stale {
@@ -446,6 +540,7 @@ where
                     value: e.value.clone(),
                     outcome: Outcome::Stale,
                     written_ms: e.written_ms,
+                    age: None,
                 });
             }
         }
@@ -477,6 +572,7 @@ where
                 value: None,
                 outcome: Outcome::Rejected,
                 written_ms: now_ms(),
+                age: None,
             });
         }
         let sk = inner.keys.storage_key(key);
@@ -491,9 +587,10 @@ where
                     value: d.value.clone(),
                     outcome: Outcome::Hit(Tier::Shared),
                     written_ms: d.times.written_ms,
+                    age: None,
                 };
                 let refresh = d.times.soft_ms < d.times.fresh_ms && now_ms() >= d.times.soft_ms;
-                inner.fill_local_decoded(h, mark, d).await;
+                inner.fill_local_decoded(h, mark, d);
                 if refresh {
                     self.refresh_at(sk, h, loader);
                 }
@@ -505,6 +602,7 @@ where
                         value: d.value,
                         outcome: Outcome::Stale,
                         written_ms: d.times.written_ms,
+                        age: None,
                     });
                 }
             }
@@ -536,14 +634,17 @@ where
                 value: l.value,
                 outcome,
                 written_ms: l.written_ms,
+                age: None,
             }),
             Err(e) => match stale {
-                Some(st) => {
+                // An answer the loader would not have stored is not a failure
+                // of the origin: no stale copy stands in for it.
+                Some(st) if !e.is_not_stored() => {
                     inner.stats.stale_served(1);
                     tracing::debug!(error = %e, "origin failed; serving stale");
                     Ok(st)
                 }
-                None => Err(e),
+                _ => Err(e),
             },
         }
     }
@@ -619,7 +720,7 @@ where
         let mut pending = Vec::new();
         let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
         for (i, h) in hashes.iter().enumerate() {
-            if let Some(value) = inner.local_fresh(h).await {
+            if let Some(value) = inner.local_fresh(h) {
                 out[i] = value;
                 continue;
             }
@@ -660,7 +761,7 @@ where
             {
                 inner.stats.shared_hits(1);
                 out[i] = d.value.clone();
-                inner.fill_local_decoded(hashes[i], mark, d).await;
+                inner.fill_local_decoded(hashes[i], mark, d);
                 continue;
             }
             inner.stats.misses(1);
@@ -711,7 +812,7 @@ where
         let ticket = match &inner.shared {
             Some(s) => match s.invalidate(std::slice::from_ref(&sk)).await {
                 Ok(()) => {
-                    inner.apply_local(&[h], &[]).await;
+                    inner.apply_local(&[h], &[]);
                     match s.begin_fill(&inner.config.namespace, &sk, None).await {
                         Ok(t) => Some(t),
                         Err(e) => {
@@ -722,12 +823,12 @@ where
                 }
                 Err(e) => {
                     inner.shared_error(&e);
-                    inner.apply_local(&[h], &[]).await;
+                    inner.apply_local(&[h], &[]);
                     None
                 }
             },
             None => {
-                inner.apply_local(&[h], &[]).await;
+                inner.apply_local(&[h], &[]);
                 None
             }
         };
@@ -782,7 +883,7 @@ where
                 inner.shared_error(&e);
             }
         }
-        inner.apply_local(&hashes, &tags).await;
+        inner.apply_local(&hashes, &tags);
         inner.publish(rendered, tags, false).await
     }
 
@@ -799,7 +900,7 @@ where
         {
             inner.shared_error(&e);
         }
-        inner.apply_local(&[h], &[]).await;
+        inner.apply_local(&[h], &[]);
         inner.publish(vec![key.render()], Vec::new(), true).await;
     }
 
@@ -832,6 +933,30 @@ where
 
     pub(crate) fn set_mode(&self, mode: LocalMode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
+        self.hot.changed_all();
+    }
+
+    /// The local entry under `h` (fresh or not), from this thread's hot
+    /// slots or moka; `None` when the local tier is off, not trusted, or
+    /// has no such entry.
+    #[inline]
+    fn local_entry(&self, h: &KeyHash) -> Option<LocalData<V>> {
+        self.with_local_entry(h, LocalData::clone)
+    }
+
+    /// `f` on the local entry under `h` (fresh or not), borrowed from this
+    /// thread's hot slots or read from moka.
+    #[inline]
+    fn with_local_entry<R>(&self, h: &KeyHash, f: impl FnOnce(&LocalData<V>) -> R) -> Option<R> {
+        let local = self.local_for_read()?;
+        let mut f = Some(f);
+        if let Some(r) = self.hot.with(h, |e| f.take().map(|f| f(e))).flatten() {
+            return Some(r);
+        }
+        let stamp = self.hot.stamp(h);
+        let e = local.get(h)?;
+        self.hot.put(*h, stamp, &e);
+        f.map(|f| f(&e))
     }
 
     #[inline]
@@ -845,14 +970,16 @@ where
     /// The fresh local entry under `h`, counted as a local hit: `Some(value)`
     /// (the value itself `None` for a negative entry), or `None` on a miss.
     #[inline]
-    async fn local_fresh(&self, h: &KeyHash) -> Option<Option<Arc<V>>> {
-        let e = self.local_for_read()?.get(h).await?;
-        if quanta::Instant::now() < e.fresh {
-            self.stats.local_hits(1);
-            Some(e.value)
-        } else {
-            None
-        }
+    fn local_fresh(&self, h: &KeyHash) -> Option<Option<Arc<V>>> {
+        self.with_local_entry(h, |e| {
+            if quanta::Instant::now() < e.fresh {
+                self.stats.local_hits(1);
+                Some(e.value.clone())
+            } else {
+                None
+            }
+        })
+        .flatten()
     }
 
     fn shared_for_read(&self) -> Option<&Arc<dyn SharedTier>> {
@@ -864,6 +991,7 @@ where
         self.flights.detach_all();
         if let Some(l) = &self.local {
             l.invalidate_all();
+            self.hot.changed_all();
         }
         self.stats.local_flushes(1);
         metrics::counter!(
@@ -986,7 +1114,7 @@ where
         }
     }
 
-    async fn fill_local_decoded(&self, h: KeyHash, mark: FenceMark, d: Decoded<V>) {
+    fn fill_local_decoded(&self, h: KeyHash, mark: FenceMark, d: Decoded<V>) {
         if self.local.is_none() {
             return;
         }
@@ -1001,21 +1129,22 @@ where
                 d.tags,
                 d.weight,
             ),
-        )
-        .await
+        );
     }
 
-    async fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
+    fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
         let Some(local) = &self.local else { return };
         let tags = data.tags.clone().unwrap_or_default();
         if !tags.is_empty() {
             self.index_tags(h, &tags);
         }
-        local.insert(h, data).await;
+        local.insert(h, data);
+        self.hot.changed(&h);
         // Checked after inserting: an invalidation racing this fill either
         // sees the entry (and evicts it) or is seen here.
         if self.fence.revoked(mark, h, &tags) {
-            local.invalidate(&h).await;
+            local.invalidate(&h);
+            self.hot.changed(&h);
             self.stats.fills_revoked(1);
         }
     }
@@ -1047,9 +1176,14 @@ where
             .record(started.elapsed().as_secs_f64());
         match result {
             Err(e) => {
-                self.stats.load_errors(1);
+                let e: BoxError = e.into();
+                if e.is::<crate::NotStored>() {
+                    self.stats.not_stored(1);
+                } else {
+                    self.stats.load_errors(1);
+                }
                 self.abort_fill(&sk, ticket).await;
-                Err(Error::Load(Arc::from(e.into())))
+                Err(Error::Load(Arc::from(e)))
             }
             Ok(None) => {
                 let written_ms = self
@@ -1171,7 +1305,7 @@ where
                     value: d.value.clone(),
                     written_ms: d.times.written_ms,
                 };
-                self.fill_local_decoded(h, mark, d).await;
+                self.fill_local_decoded(h, mark, d);
                 return Some(loaded);
             }
         }
@@ -1294,18 +1428,18 @@ where
             h,
             mark,
             LocalData::new(value, times, now, self.local_cap(), tag_hashes, weight),
-        )
-        .await;
+        );
         now
     }
 
     /// Evicts keys and tags locally, revoking local fills in flight.
-    pub(crate) async fn apply_local(&self, keys: &[KeyHash], tags: &[String]) {
+    pub(crate) fn apply_local(&self, keys: &[KeyHash], tags: &[String]) {
         for &h in keys {
             self.fence.invalidate_key(h);
             self.flights.detach(h);
             if let Some(l) = &self.local {
-                l.invalidate(&h).await;
+                l.invalidate(&h);
+                self.hot.changed(&h);
             }
         }
         for tag in tags {
@@ -1315,8 +1449,9 @@ where
             let tagged = self.tag_index().remove(&t).unwrap_or_default();
             if let Some(l) = &self.local {
                 for h in tagged {
-                    l.invalidate(&h).await;
+                    l.invalidate(&h);
                 }
+                self.hot.changed_all();
             }
         }
     }
@@ -1401,7 +1536,7 @@ where
         let stats = Arc::new(Stats::new(&config.namespace));
         let local = (config.local_capacity > 0).then(|| {
             let evictions = Arc::clone(&stats);
-            moka::future::Cache::builder()
+            moka::sync::Cache::builder()
                 .max_capacity(config.local_capacity)
                 .weigher(|_: &KeyHash, e: &LocalData<V>| e.weight)
                 // Entries carry their own deadlines (checked on every hit);
@@ -1432,6 +1567,7 @@ where
         let inner = Arc::new(Inner {
             keys: KeyFormat::new(config.namespace.as_str(), config.max_key_len),
             local,
+            hot: HotSlots::new(),
             shared,
             // Until the bus reports itself live, fills are capped.
             mode: AtomicU8::new(if bus.is_some() {

@@ -150,7 +150,15 @@ where
                     .iter()
                     .map(|k| inner.keys.hash(k.as_str()))
                     .collect();
-                inner.apply_local(&hashes, &msg.tags).await;
+                inner.apply_local(&hashes, &msg.tags);
+                tracing::debug!(
+                    ns = %inner.config.namespace,
+                    origin = msg.origin,
+                    seq = msg.seq,
+                    keys = ?msg.keys,
+                    tags = ?msg.tags,
+                    "invalidation applied"
+                );
                 if msg.created
                     && let Some(b) = &inner.bloom
                 {

@@ -1,0 +1,177 @@
+//! Hot slots: a few local entries per thread, in front of moka.
+//!
+//! A moka read is a concurrent-map lookup plus bookkeeping written from every
+//! core: the entry's last-access time, its reference count, a read-log
+//! channel and, every 64 reads, a pass over that log. For the handful of
+//! keys a thread serves over and over, that bookkeeping is most of the cost
+//! of a hit and all of its cross-core traffic. Each thread keeps its own
+//! copies of the last entries it read (direct-mapped by key hash), and a hit
+//! there touches no line another core writes.
+//!
+//! A copy is good only while nothing about its key has changed since it was
+//! taken: every change to the local tier (a fill or an eviction of a key, a
+//! tag eviction, a flush, a change of trust) bumps an epoch *after* moka has
+//! changed, and a copy carries the epochs read *before* the moka read it
+//! came from. A copy is served only while its key's bucket epoch and the
+//! global epoch are unchanged; its own deadlines are checked by the caller
+//! as for any local entry.
+//!
+//! Moka still sees a share of the reads (every [`RECORD_EVERY`]th hit on a
+//! copy goes to moka), so its admission and eviction policy keeps
+//! knowing which keys are hot. Only small entries are copied, so what the
+//! slots keep alive beyond moka's own bound stays small: at most
+//! [`SLOTS`] entries of [`MAX_WEIGHT`] encoded bytes per thread and cache
+//! (512 KiB), freed with the cache.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use thread_local::ThreadLocal;
+
+use super::local::LocalData;
+use crate::key::KeyHash;
+
+/// Slots per thread, direct-mapped by key hash.
+const SLOTS: usize = 32;
+/// Buckets of per-key epochs: a change to a key invalidates copies of the
+/// keys sharing its bucket, nothing else.
+const BUCKETS: usize = 256;
+/// One hit in this many on a copy is read from moka instead.
+const RECORD_EVERY: u32 = 16;
+/// Entries weighing more than this (encoded bytes) are not copied.
+const MAX_WEIGHT: u32 = 16 * 1024;
+
+/// The epochs a copy was taken under.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    global: u64,
+    bucket: u64,
+}
+
+/// One direct-mapped slot: the copy it holds, if any, and the last key
+/// read from moka through it. A key is copied on its second read in a row
+/// through its slot, so keys read once cost a slot nothing, and a hot key is
+/// not pushed out by a key read once.
+///
+/// The entry is held as `Any` (a `LocalData<V>`), so the cache's types
+/// carry no `Send` bound for the sake of thread-local storage; its box is
+/// reused by later copies.
+#[derive(Default)]
+struct Slot {
+    h: Option<KeyHash>,
+    seen: Option<KeyHash>,
+    stamp: Stamp,
+    uses: u32,
+    data: Option<Box<dyn Any + Send>>,
+}
+
+type Slots = RefCell<[Slot; SLOTS]>;
+
+pub(crate) struct HotSlots<V> {
+    slots: ThreadLocal<Slots>,
+    global: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V: Send + Sync + 'static> HotSlots<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: ThreadLocal::new(),
+            global: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            _value: PhantomData,
+        }
+    }
+
+    #[inline]
+    fn bucket(&self, h: &KeyHash) -> &AtomicU64 {
+        // `BUCKETS` is a power of two; the index is always in range.
+        let i = (h.0 as usize) & (BUCKETS - 1);
+        &self.buckets[i]
+    }
+
+    #[inline]
+    fn slot_index(h: &KeyHash) -> usize {
+        ((h.0 >> 64) as usize) & (SLOTS - 1)
+    }
+
+    /// The epochs to stamp a copy with: read before the moka read.
+    #[inline]
+    pub(crate) fn stamp(&self, h: &KeyHash) -> Stamp {
+        Stamp {
+            global: self.global.load(Ordering::Acquire),
+            bucket: self.bucket(h).load(Ordering::Acquire),
+        }
+    }
+
+    /// `f` on this thread's valid copy of `h`, unless this read is one moka
+    /// should see. `f` runs with the slots borrowed: a lookup it makes in
+    /// the same cache misses them (and reads moka), nothing worse.
+    #[inline]
+    pub(crate) fn with<R>(&self, h: &KeyHash, f: impl FnOnce(&LocalData<V>) -> R) -> Option<R> {
+        let slots = self.slots.get()?;
+        let mut slots = slots.try_borrow_mut().ok()?;
+        let slot = slots.get_mut(Self::slot_index(h))?;
+        if slot.h != Some(*h) {
+            return None;
+        }
+        if slot.stamp != self.stamp(h) {
+            return None;
+        }
+        slot.uses = slot.uses.wrapping_add(1);
+        if slot.uses % RECORD_EVERY == 0 {
+            return None;
+        }
+        slot.data.as_ref()?.downcast_ref::<LocalData<V>>().map(f)
+    }
+
+    /// `data` was just read from moka for `h` (after `stamp` was taken):
+    /// copy it if `h` has earned its slot.
+    #[inline]
+    pub(crate) fn put(&self, h: KeyHash, stamp: Stamp, data: &LocalData<V>) {
+        if data.weight > MAX_WEIGHT {
+            return;
+        }
+        let slots = self
+            .slots
+            .get_or(|| RefCell::new(std::array::from_fn(|_| Slot::default())));
+        let Ok(mut slots) = slots.try_borrow_mut() else {
+            return;
+        };
+        let Some(slot) = slots.get_mut(Self::slot_index(&h)) else {
+            return;
+        };
+        if slot.h != Some(h) {
+            if slot.seen != Some(h) {
+                slot.seen = Some(h);
+                return;
+            }
+            slot.h = Some(h);
+            slot.uses = 1;
+        }
+        slot.stamp = stamp;
+        match slot
+            .data
+            .as_mut()
+            .and_then(|d| d.downcast_mut::<LocalData<V>>())
+        {
+            Some(copy) => *copy = data.clone(),
+            None => slot.data = Some(Box::new(data.clone())),
+        }
+    }
+
+    /// `h` changed in moka (filled or evicted): copies of it are void.
+    #[inline]
+    pub(crate) fn changed(&self, h: &KeyHash) {
+        self.bucket(h).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Anything may have changed (tag eviction, flush, trust): every copy
+    /// is void.
+    pub(crate) fn changed_all(&self) {
+        self.global.fetch_add(1, Ordering::AcqRel);
+    }
+}
