@@ -23,6 +23,8 @@ pin_project! {
         Bypass { #[pin] fut: F },
         // A cache lookup (and maybe a load).
         Cached { fut: BoxFuture<'static, Result<Resp, BoxError>> },
+        // Answered inside `call` (a local hit).
+        Ready { #[pin] fut: std::future::Ready<Result<Resp, BoxError>> },
     }
 }
 
@@ -30,6 +32,14 @@ impl<F, Resp> ResponseFuture<F, Resp> {
     pub(super) fn bypass(fut: F) -> Self {
         Self {
             kind: Kind::Bypass { fut },
+        }
+    }
+
+    pub(super) fn ready(resp: Resp) -> Self {
+        Self {
+            kind: Kind::Ready {
+                fut: std::future::ready(Ok(resp)),
+            },
         }
     }
 
@@ -45,6 +55,7 @@ impl<F, Resp> fmt::Debug for ResponseFuture<F, Resp> {
         let kind = match &self.kind {
             Kind::Bypass { .. } => "bypass",
             Kind::Cached { .. } => "cached",
+            Kind::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -63,6 +74,7 @@ where
         match self.project().kind.project() {
             KindProj::Bypass { fut } => fut.poll(cx).map_err(Into::into),
             KindProj::Cached { fut } => fut.as_mut().poll(cx),
+            KindProj::Ready { fut } => fut.poll(cx),
         }
     }
 }

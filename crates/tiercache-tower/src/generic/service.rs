@@ -104,6 +104,15 @@ where
         let Some(key) = (self.settings.key)(&req) else {
             return ResponseFuture::bypass(self.inner.call(req));
         };
+        // A fresh local hit is answered here: no service clone, no boxed
+        // future.
+        if let Some(Some(resp)) = self
+            .settings
+            .cache
+            .with_local(&key, |hit| hit.value.map(|v| Resp::clone(v)))
+        {
+            return ResponseFuture::ready(resp);
+        }
         // The ready service is the one to call; leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

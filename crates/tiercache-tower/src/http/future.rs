@@ -32,6 +32,8 @@ pin_project! {
         Bypass { #[pin] fut: F, tags_header: HeaderName },
         // A cache lookup (and maybe a load).
         Cached { fut: BoxFuture<'static, Result<Response<CacheBody<B>>, E>> },
+        // Answered inside `call` (a local hit).
+        Ready { #[pin] fut: std::future::Ready<Result<Response<CacheBody<B>>, E>> },
     }
 }
 
@@ -39,6 +41,14 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     pub(super) fn bypass(fut: F, tags_header: HeaderName) -> Self {
         Self {
             kind: Kind::Bypass { fut, tags_header },
+        }
+    }
+
+    pub(super) fn ready(resp: Response<CacheBody<B>>) -> Self {
+        Self {
+            kind: Kind::Ready {
+                fut: std::future::ready(Ok(resp)),
+            },
         }
     }
 
@@ -54,6 +64,7 @@ impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
         let kind = match &self.kind {
             Kind::Bypass { .. } => "bypass",
             Kind::Cached { .. } => "cached",
+            Kind::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -75,6 +86,7 @@ where
                 resp.map(CacheBody::inner)
             }),
             KindProj::Cached { fut } => fut.as_mut().poll(cx),
+            KindProj::Ready { fut } => fut.poll(cx),
         }
     }
 }

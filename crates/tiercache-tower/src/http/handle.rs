@@ -4,9 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Uri};
-use tiercache_core::Cache;
+use tiercache_core::{Cache, CacheKey};
 
-use super::key::request_key;
 use super::layer::Config;
 use super::response::CachedResponse;
 
@@ -71,20 +70,15 @@ impl CacheHandle {
     /// keys also hold those headers' values: invalidate by tag instead.
     pub async fn invalidate_uri(&self, uri: &Uri) -> Option<u64> {
         let empty = HeaderMap::new();
-        let keys = [Method::GET, Method::HEAD]
-            .map(|m| request_key(&m, uri, &empty, &self.config.vary, self.config.sort_query));
+        let keys = [Method::GET, Method::HEAD].map(|m| self.config.key(&m, uri, &empty).render());
         self.config.cache.invalidate_many(&keys, &[]).await
     }
 
     /// The cache key of a request, as the layer computes it.
     pub fn key_for<B>(&self, req: &Request<B>) -> String {
-        request_key(
-            req.method(),
-            req.uri(),
-            req.headers(),
-            &self.config.vary,
-            self.config.sort_query,
-        )
+        self.config
+            .key(req.method(), req.uri(), req.headers())
+            .render()
     }
 
     /// The underlying cache.

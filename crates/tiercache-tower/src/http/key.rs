@@ -1,65 +1,135 @@
 //! The cache key of a request: `GET /products/1?a=1 |accept=application/json`.
+//!
+//! [`RequestKey`] borrows the request's parts and writes the key straight
+//! into the engine's hasher, so a local hit neither allocates nor copies it;
+//! it is rendered into a `String` only when the lookup goes on to the shared
+//! tier or the origin.
 
-use std::fmt::Write;
+use std::fmt;
 
 use http::{HeaderMap, HeaderName, Method, Uri};
+use tiercache_core::CacheKey;
+
+use super::layer::Config;
+
+/// Query parameters sorted on the stack; longer queries sort in a `Vec`.
+const STACK_PARAMS: usize = 16;
 
 /// `METHOD path[?query]`, then ` ` and `|name=value` for each configured
 /// vary header (in configuration order; absent headers give an empty value,
 /// several values are joined with `,`). With `sort_query` the query's
 /// parameters are sorted, so `?b=2&a=1` and `?a=1&b=2` share an entry.
-pub(crate) fn request_key(
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    vary: &[HeaderName],
-    sort_query: bool,
-) -> String {
-    let path = uri.path();
-    let query = uri.query().filter(|q| !q.is_empty());
-    let mut key = String::with_capacity(
-        method.as_str().len() + path.len() + query.map_or(0, |q| q.len() + 1) + 2 + 32 * vary.len(),
-    );
-    key.push_str(method.as_str());
-    key.push(' ');
-    key.push_str(path);
-    if let Some(q) = query {
-        key.push('?');
-        if sort_query && q.contains('&') {
-            let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-            params.sort_unstable();
-            for (i, p) in params.iter().enumerate() {
-                if i > 0 {
-                    key.push('&');
-                }
-                key.push_str(p);
-            }
-        } else {
-            key.push_str(q);
+#[derive(Clone, Copy)]
+pub(crate) struct RequestKey<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) vary: &'a [HeaderName],
+    pub(crate) sort_query: bool,
+}
+
+impl Config {
+    /// The key of a request with this method, URI and headers.
+    pub(crate) fn key<'a>(
+        &'a self,
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    ) -> RequestKey<'a> {
+        RequestKey {
+            method,
+            uri,
+            headers,
+            vary: &self.vary,
+            sort_query: self.sort_query,
         }
     }
-    if !vary.is_empty() {
-        key.push(' ');
-        for name in vary {
-            key.push('|');
-            key.push_str(name.as_str());
-            key.push('=');
-            for (i, v) in headers.get_all(name).iter().enumerate() {
-                if i > 0 {
-                    key.push(',');
-                }
-                for &b in v.as_bytes() {
-                    // `|` and non-printable bytes escaped: keys stay unambiguous.
-                    if b == b'|' || b == b'%' || !(0x20..0x7f).contains(&b) {
-                        let _ = write!(key, "%{b:02X}");
-                    } else {
-                        key.push(char::from(b));
+}
+
+impl CacheKey for RequestKey<'_> {
+    fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+        out.write_str(self.method.as_str())?;
+        out.write_char(' ')?;
+        out.write_str(self.uri.path())?;
+        if let Some(q) = self.uri.query().filter(|q| !q.is_empty()) {
+            out.write_char('?')?;
+            if self.sort_query && q.contains('&') {
+                write_sorted(q, out)?;
+            } else {
+                out.write_str(q)?;
+            }
+        }
+        if !self.vary.is_empty() {
+            out.write_char(' ')?;
+            for name in self.vary {
+                out.write_char('|')?;
+                out.write_str(name.as_str())?;
+                out.write_char('=')?;
+                for (i, v) in self.headers.get_all(name).iter().enumerate() {
+                    if i > 0 {
+                        out.write_char(',')?;
                     }
+                    write_escaped(v.as_bytes(), out)?;
                 }
             }
         }
+        Ok(())
     }
-    key
+}
+
+/// The query's non-empty parameters, sorted, joined with `&`.
+fn write_sorted<W: fmt::Write + ?Sized>(q: &str, out: &mut W) -> fmt::Result {
+    let mut stack = [""; STACK_PARAMS];
+    let mut heap = Vec::new();
+    let mut n = 0;
+    for p in q.split('&').filter(|p| !p.is_empty()) {
+        if n < STACK_PARAMS {
+            stack[n] = p;
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&stack);
+            }
+            heap.push(p);
+        }
+        n += 1;
+    }
+    let params = if n > STACK_PARAMS {
+        &mut heap[..]
+    } else {
+        &mut stack[..n]
+    };
+    params.sort_unstable();
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            out.write_char('&')?;
+        }
+        out.write_str(p)?;
+    }
+    Ok(())
+}
+
+/// A header value with `|`, `%` and non-printable bytes as `%XX`, so keys
+/// stay unambiguous.
+fn write_escaped<W: fmt::Write + ?Sized>(value: &[u8], out: &mut W) -> fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut rest = value;
+    while !rest.is_empty() {
+        let plain = rest
+            .iter()
+            .position(|&b| b == b'|' || b == b'%' || !(0x20..0x7f).contains(&b))
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(plain);
+        // Printable ASCII: always valid UTF-8.
+        out.write_str(std::str::from_utf8(run).map_err(|_| fmt::Error)?)?;
+        let Some((&b, after)) = tail.split_first() else {
+            break;
+        };
+        out.write_char('%')?;
+        out.write_char(char::from(HEX[usize::from(b >> 4)]))?;
+        out.write_char(char::from(HEX[usize::from(b & 0xf)]))?;
+        rest = after;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -67,24 +137,66 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn key(method: &Method, uri: &str, h: &HeaderMap, vary: &[HeaderName], sort: bool) -> String {
+        let uri: Uri = uri.parse().expect("uri");
+        RequestKey {
+            method,
+            uri: &uri,
+            headers: h,
+            vary,
+            sort_query: sort,
+        }
+        .render()
+    }
+
     #[test]
     fn keys() {
-        let uri: Uri = "/products/1?b=2&a=1".parse().expect("uri");
         let mut h = HeaderMap::new();
         h.insert("accept", HeaderValue::from_static("application/json"));
         assert_eq!(
-            request_key(&Method::GET, &uri, &h, &[], false),
+            key(&Method::GET, "/products/1?b=2&a=1", &h, &[], false),
             "GET /products/1?b=2&a=1"
         );
         assert_eq!(
-            request_key(&Method::GET, &uri, &h, &[http::header::ACCEPT], true),
+            key(
+                &Method::GET,
+                "/products/1?b=2&a=1",
+                &h,
+                &[http::header::ACCEPT],
+                true
+            ),
             "GET /products/1?a=1&b=2 |accept=application/json"
         );
         let vary = [http::header::ACCEPT, http::header::ACCEPT_LANGUAGE];
         h.insert("accept", HeaderValue::from_static("a|b"));
         assert_eq!(
-            request_key(&Method::HEAD, &"/x".parse().expect("uri"), &h, &vary, true),
+            key(&Method::HEAD, "/x", &h, &vary, true),
             "HEAD /x |accept=a%7Cb|accept-language="
+        );
+        h.insert(
+            "accept",
+            HeaderValue::from_bytes(b"\xff%x\t").expect("value"),
+        );
+        h.append("accept", HeaderValue::from_static("b"));
+        assert_eq!(
+            key(&Method::GET, "/x", &h, &vary[..1], false),
+            "GET /x |accept=%FF%25x%09,b"
+        );
+    }
+
+    #[test]
+    fn long_queries_sort_the_same_as_short_ones() {
+        let params: Vec<String> = (0..40).rev().map(|i| format!("p{i:02}=1")).collect();
+        let mut sorted = params.clone();
+        sorted.sort();
+        let uri = format!("/q?{}&&", params.join("&"));
+        assert_eq!(
+            key(&Method::GET, &uri, &HeaderMap::new(), &[], true),
+            format!("GET /q?{}", sorted.join("&"))
+        );
+        assert_eq!(
+            key(&Method::GET, "/q?&b&a", &HeaderMap::new(), &[], true),
+            "GET /q?a&b"
         );
     }
 }

@@ -33,11 +33,18 @@
 //!   cache (conditional headers are not forwarded on a load).
 //! - **Bodies** larger than [`max_body_size`](HttpCacheLayer::max_body_size)
 //!   stream through uncached, intact. A stored body is shared [`Bytes`]: a
-//!   hit clones a handle, never the bytes.
+//!   hit clones a handle, never the bytes. A stored response carries its
+//!   `content-length`.
+//! - **A local hit is answered inside `call`**: the key is hashed from the
+//!   request's parts as they stand (no key string is built), the inner
+//!   service is not cloned and no future is boxed; the response is the
+//!   stored header map cloned, with `age` set in place.
 //! - **Request `no-cache`** reloads (invalidating the key everywhere) only
 //!   with [`honor_request_no_cache`](HttpCacheLayer::honor_request_no_cache).
 //! - **Errors** of the service are never stored. Requests waiting on a load
-//!   whose response could not be stored call the service themselves. A load
+//!   whose response could not be stored call the service themselves. A
+//!   response that is fine but may not be stored counts under
+//!   `tiercache_not_stored_total`, not as a failed load. A load
 //!   that panicked or passed the cache's hard timeout answers 500 / 504.
 //!   With the cache's `grace`, a service error or a 5xx response on an
 //!   expired entry serves the stale copy (`x-cache: stale`) instead.

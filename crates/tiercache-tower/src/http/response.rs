@@ -1,6 +1,7 @@
 //! The cached form of an HTTP response and its compact encoding.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -41,6 +42,9 @@ impl CachedResponse {
         etag: Option<HeaderValue>,
     ) -> Self {
         let etag = etag.unwrap_or_else(|| strong_etag(&body));
+        for (name, value) in headers.iter_mut() {
+            intern(name, value);
+        }
         // The served map is complete up front: a hit clones it and overwrites
         // `age` (and `x-cache` unless a hit) in place, with no insertion.
         headers.insert(header::ETAG, etag.clone());
@@ -112,7 +116,8 @@ impl CachedResponse {
         let mut headers = HeaderMap::with_capacity(count);
         for _ in 0..count {
             let name = HeaderName::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
-            let value = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
+            let mut value = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
+            intern(&name, &mut value);
             headers.append(name, value);
         }
         let body = Bytes::copy_from_slice(r.bytes()?);
@@ -125,6 +130,88 @@ impl CachedResponse {
             body,
             etag,
         })
+    }
+}
+
+/// Header values common enough to serve from static memory: a hit clones
+/// a stored value with every response, and a static one costs nothing to
+/// clone (a shared one is a reference count that every core writes).
+const COMMON_VALUES: &[&str] = &[
+    "application/json",
+    "application/json; charset=utf-8",
+    "text/html",
+    "text/html; charset=utf-8",
+    "text/plain",
+    "text/plain; charset=utf-8",
+    "text/css",
+    "text/javascript",
+    "application/javascript",
+    "application/octet-stream",
+    "application/xml",
+    "image/png",
+    "image/jpeg",
+    "image/svg+xml",
+    "gzip",
+    "br",
+    "zstd",
+    "accept-encoding",
+    "accept",
+    "public",
+    "nosniff",
+];
+
+/// Swaps `value` for its static twin when it is one of [`COMMON_VALUES`],
+/// or a small `content-length`.
+fn intern(name: &HeaderName, value: &mut HeaderValue) {
+    if name == header::CONTENT_LENGTH {
+        if let Some(n) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok())
+            && n < STATIC_NUMBERS
+        {
+            *value = number_value(n);
+        }
+        return;
+    }
+    if let Some(s) = COMMON_VALUES
+        .iter()
+        .find(|s| s.as_bytes() == value.as_bytes())
+    {
+        *value = HeaderValue::from_static(s);
+    }
+}
+
+/// Numbers below this are header values in static memory.
+const STATIC_NUMBERS: u64 = 16_384;
+
+/// A number as a header value (`age`, `content-length`). Below
+/// [`STATIC_NUMBERS`] it points into one string of every such number, made
+/// once per process (70 KB): cloning it allocates nothing and writes no
+/// reference count shared between cores, which a hit does with every
+/// response.
+pub(crate) fn number_value(n: u64) -> HeaderValue {
+    static DIGITS: OnceLock<&'static str> = OnceLock::new();
+    if n >= STATIC_NUMBERS {
+        return HeaderValue::from(n);
+    }
+    let digits = DIGITS.get_or_init(|| {
+        let mut s = String::with_capacity(72_000);
+        for i in 0..STATIC_NUMBERS {
+            let _ = write!(s, "{i}");
+        }
+        Box::leak(s.into_boxed_str())
+    });
+    // Where `n` starts: after every shorter number, then `n`'s rank among
+    // numbers of its length.
+    let (start, len) = match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + (n - 10) * 2, 2),
+        100..=999 => (190 + (n - 100) * 3, 3),
+        1000..=9999 => (2890 + (n - 1000) * 4, 4),
+        _ => (38_890 + (n - 10_000) * 5, 5),
+    };
+    let range = usize::try_from(start).ok().map(|s| s..s + len);
+    match range.and_then(|r| digits.get(r)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -271,6 +358,13 @@ mod tests {
             .expect("encode");
         let back: CachedResponse = tiercache_core::Postcard.decode(&out).expect("decode");
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        for n in (0..20_000u64).chain([86_400, u64::MAX]) {
+            assert_eq!(number_value(n), HeaderValue::from(n), "{n}");
+        }
     }
 
     #[test]

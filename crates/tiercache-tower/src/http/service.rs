@@ -9,18 +9,19 @@ use futures::channel::oneshot;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
-use tiercache_core::{Entry, Error, Outcome};
+use tiercache_core::{CacheKey, Entry, Error, NotStored, Outcome, Tier};
 use tower_service::Service;
+
+use crate::BoxError;
 
 use super::body::{CacheBody, Collected, collect_limited};
 use super::future::ResponseFuture;
 use super::handle::CacheHandle;
-use super::key::request_key;
 use super::layer::Config;
 use super::policy::{
     CacheControl, none_match, request_no_cache, strip_for_storage, take_tags, vary_covered,
 };
-use super::response::CachedResponse;
+use super::response::{CachedResponse, number_value};
 
 /// `x-cache`, set on every response that went through a lookup.
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -99,17 +100,36 @@ where
                 .insert(CacheHandle::new(Arc::clone(&self.config)));
             return ResponseFuture::bypass(self.inner.call(req), c.tags_header.clone());
         }
-        let key = request_key(
-            req.method(),
-            req.uri(),
-            req.headers(),
-            &c.vary,
-            c.sort_query,
-        );
+        let key = c.key(req.method(), req.uri(), req.headers());
+        let revalidate = c.request_no_cache && request_no_cache(req.headers());
+        // A fresh local hit is answered here: no service clone, no boxed
+        // future, the key hashed from the request's parts as it stands.
+        if !revalidate
+            && let Some(Some(resp)) = c.cache.with_local(&key, |hit| {
+                hit.value.map(|cached| {
+                    respond(
+                        cached,
+                        Outcome::Hit(Tier::Local),
+                        hit.age,
+                        req.method() == Method::HEAD,
+                        req.headers().get(header::IF_NONE_MATCH),
+                    )
+                })
+            })
+        {
+            return ResponseFuture::ready(resp);
+        }
+        let key = key.render();
         // The ready service is the one to call; leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::cached(Box::pin(lookup(Arc::clone(&self.config), inner, req, key)))
+        ResponseFuture::cached(Box::pin(lookup(
+            Arc::clone(&self.config),
+            inner,
+            req,
+            key,
+            revalidate,
+        )))
     }
 }
 
@@ -120,6 +140,7 @@ async fn lookup<S, ReqBody, ResBody>(
     mut svc: S,
     req: Request<ReqBody>,
     key: String,
+    revalidate: bool,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -131,7 +152,7 @@ where
 {
     let head = req.method() == Method::HEAD;
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
-    if config.request_no_cache && request_no_cache(req.headers()) {
+    if revalidate {
         config.cache.invalidate(&key).await;
     }
     // The request stays here unless this caller leads the load, so a caller
@@ -154,7 +175,7 @@ where
                     .insert(CacheHandle::new(Arc::clone(&config)));
                 svc.call(req)
             });
-            load(Arc::clone(&config), call, tx)
+            load(Arc::clone(&config), call, head, tx)
         })
         .await;
     // This caller led the load and its response is not stored: it is served
@@ -216,34 +237,35 @@ where
     }
 }
 
-/// Why a load stored nothing (the engine sees it as a load error; the
-/// caller that led the load gets its response through the side channel).
+/// A load that failed (the engine counts a load error; within grace,
+/// waiters get the stale copy). A response the cache merely may not store is
+/// [`NotStored`] instead. Either way the caller that led the load gets its
+/// own response through the side channel.
 #[derive(Debug)]
-enum NotCached {
+enum LoadFailed {
     Service,
-    Uncacheable,
-    Body,
+    ServerError(StatusCode),
     NoRequest,
 }
 
-impl fmt::Display for NotCached {
+impl fmt::Display for LoadFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NotCached::Service => "the inner service failed",
-            NotCached::Uncacheable => "the response may not be stored",
-            NotCached::Body => "the response body is too large or did not end cleanly",
-            NotCached::NoRequest => "no request to send",
-        })
+        match self {
+            LoadFailed::Service => f.write_str("the inner service failed"),
+            LoadFailed::ServerError(s) => write!(f, "the inner service answered {s}"),
+            LoadFailed::NoRequest => f.write_str("no request to send"),
+        }
     }
 }
 
-impl std::error::Error for NotCached {}
+impl std::error::Error for LoadFailed {}
 
 async fn load<F, ResBody, E>(
     config: Arc<Config>,
     call: Option<F>,
+    head: bool,
     tx: oneshot::Sender<Delivered<ResBody, E>>,
-) -> Result<Option<Entry<CachedResponse>>, NotCached>
+) -> Result<Option<Entry<CachedResponse>>, BoxError>
 where
     F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -251,28 +273,49 @@ where
     E: Send + 'static,
 {
     let Some(call) = call else {
-        return Err(NotCached::NoRequest);
+        return Err(Box::new(LoadFailed::NoRequest));
     };
     let resp = match call.await {
         Ok(resp) => resp,
         Err(e) => {
             let _ = tx.send(Err(e));
-            return Err(NotCached::Service);
+            return Err(Box::new(LoadFailed::Service));
         }
     };
     let (mut parts, body) = resp.into_parts();
     let tags = take_tags(&mut parts.headers, &config.tags_header);
     let Some(ttl) = config.storable(&parts) else {
+        let status = parts.status;
         let _ = tx.send(Ok(Response::from_parts(parts, CacheBody::inner(body))));
-        return Err(NotCached::Uncacheable);
+        return Err(if status.is_server_error() {
+            Box::new(LoadFailed::ServerError(status))
+        } else {
+            Box::new(NotStored::new("the response may not be stored"))
+        });
     };
     match collect_limited(body, config.max_body_size).await {
         Collected::Partial(body) => {
             let _ = tx.send(Ok(Response::from_parts(parts, body)));
-            Err(NotCached::Body)
+            Err(Box::new(NotStored::new(
+                "the response body is too large or did not end cleanly",
+            )))
         }
         Collected::Complete(bytes) => {
             let etag = strip_for_storage(&mut parts.headers);
+            // The length is known: stored, it spares every hit the server's
+            // own insertion (which would grow the cloned map). Not for HEAD
+            // (its empty body is not the length) nor statuses without a body.
+            if !head
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                && !parts.status.is_informational()
+                && parts.status != StatusCode::NO_CONTENT
+                && parts.status != StatusCode::NOT_MODIFIED
+            {
+                parts.headers.insert(
+                    header::CONTENT_LENGTH,
+                    number_value(u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
+                );
+            }
             let cached = CachedResponse::new(parts.status, parts.headers, bytes, etag);
             let mut entry = Entry::new(cached).tags(tags);
             entry.ttl = ttl;
@@ -326,12 +369,13 @@ fn respond<B: Body>(
     head: bool,
     if_none_match: Option<&HeaderValue>,
 ) -> Response<CacheBody<B>> {
-    let x_cache = match outcome {
-        Outcome::Hit(_) | Outcome::Rejected => HIT,
-        Outcome::Stale => STALE,
-        _ => MISS,
+    // The stored map already says `hit`; only other outcomes overwrite it.
+    let (is_hit, x_cache) = match outcome {
+        Outcome::Hit(_) | Outcome::Rejected => (true, HIT),
+        Outcome::Stale => (false, STALE),
+        _ => (false, MISS),
     };
-    let age = HeaderValue::from(age.as_secs());
+    let age = number_value(age.as_secs());
     if let Some(inm) = if_none_match
         && cached.status().is_success()
         && none_match(inm, cached.etag())
@@ -366,9 +410,18 @@ fn respond<B: Body>(
     // The stored map already holds etag, `x-cache: hit` and `age`: these
     // overwrite in place.
     *h = cached.headers().clone();
-    if x_cache != HIT {
+    if !is_hit {
         h.insert(X_CACHE, x_cache);
     }
-    h.insert(header::AGE, age);
+    // In place, found by a walk over a handful of entries: no hashing.
+    match h
+        .iter_mut()
+        .find_map(|(name, value)| (name == header::AGE).then_some(value))
+    {
+        Some(slot) => *slot = age,
+        None => {
+            h.insert(header::AGE, age);
+        }
+    }
     resp
 }

@@ -305,6 +305,10 @@ pub async fn hit_miss_and_age(env: Env) {
     assert!((1..5).contains(&age), "age {age}");
     assert_eq!(second.header("etag"), first.header("etag"));
     assert!(second.header("x-cache-tags").is_none());
+    // The stored response carries its length: exactly the body served.
+    let len = second.body.len().to_string();
+    assert_eq!(second.header("content-length"), Some(len.as_str()));
+    assert_eq!(second.headers.get_all("content-length").iter().count(), 1);
     assert_eq!(calls.get("plain"), 1);
 }
 
@@ -432,13 +436,18 @@ pub async fn max_age_is_the_ttl(env: Env) {
 
 pub async fn set_cookie_not_cached(env: Env) {
     let calls = Calls::default();
-    let app = router(HttpCacheLayer::new(env.http_cache("cookie").await), &calls);
+    let cache = env.http_cache("cookie").await;
+    let app = router(HttpCacheLayer::new(cache.clone()), &calls);
     for _ in 0..3 {
         let a = get(&app, "/cookie").await;
         assert_eq!(a.x_cache(), "miss");
         assert_eq!(a.header("set-cookie"), Some("session=abc"));
     }
     assert_eq!(calls.get("cookie"), 3);
+    // Not storing a response is not a failed load.
+    let stats = cache.stats();
+    assert_eq!(stats.not_stored, 3);
+    assert_eq!(stats.load_errors, 0);
 }
 
 pub async fn methods(env: Env) {
