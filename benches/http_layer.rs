@@ -10,8 +10,11 @@
 //! - `cached_origin_1ms`: that same slow handler behind the layer (hits).
 //!
 //! Each iteration sends a batch of requests through `oneshot` on clones of
-//! the router, 64 in flight (each a spawned task) on a multi-thread runtime.
-//! A summary of requests per second and the ratios is printed at the end.
+//! the router, 64 in flight (each a spawned task) on a multi-thread runtime
+//! with two workers. A summary of requests per second and the ratios is
+//! printed at the end, for that client shape and for 64 connection-like
+//! tasks that each send their requests one after another. Every router is
+//! served after `with_state(())`, as `axum::serve` does.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -84,8 +87,36 @@ async fn batch(router: &Router, n: usize) {
     assert!(total >= n);
 }
 
+/// `n` requests from `IN_FLIGHT` tasks, each sending its share one after
+/// another, as connections do.
+async fn connections(router: &Router, n: usize) {
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let mut total = 0;
+                for _ in 0..n / IN_FLIGHT {
+                    total += one(router.clone()).await;
+                }
+                total
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total >= n);
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::env::var("W")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .unwrap();
@@ -102,6 +133,9 @@ fn bench(c: &mut Criterion) {
     };
     let hot = cache("bench-hot");
     let hot_slow = cache("bench-hot-slow");
+    // `with_state(())` turns each handler into a route once, as
+    // `axum::serve` does (through `into_make_service`); without it a
+    // `Router` rebuilds every handler's route, layer and all, per request.
     let routers: Vec<(&str, Router)> = vec![
         (
             "cached_local_hit",
@@ -113,7 +147,10 @@ fn bench(c: &mut Criterion) {
             "cached_origin_1ms",
             slow_router(body.clone()).layer(HttpCacheLayer::new(hot_slow.clone())),
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|(name, router)| (name, router.with_state(())))
+    .collect();
     // Warm: the bus live (local tier trusted), the entries filled.
     rt.block_on(async {
         for cache in [&hot, &hot_slow] {
@@ -135,45 +172,62 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    // A summary with the ratios, measured the same way, the variants
-    // interleaved round by round so that load from other processes hits
-    // them alike; the best round of each counts.
-    let mut best = vec![0.0f64; routers.len()];
-    for _ in 0..8 {
-        for (i, (_, router)) in routers.iter().enumerate() {
-            let rps = rt.block_on(async {
-                let started = Instant::now();
-                let mut n = 0;
-                while started.elapsed() < Duration::from_millis(250) {
-                    batch(router, BATCH).await;
-                    n += BATCH;
+    // Profiling one variant (`--profile-time`): no summary, which would run
+    // them all.
+    if std::env::args().any(|a| a == "--profile-time") {
+        return;
+    }
+    // A summary with the ratios, in two client shapes: a task spawned per
+    // request (as above), and `IN_FLIGHT` connection-like tasks sending
+    // their requests one after another (less client overhead per request,
+    // so the layer's own cost weighs more). Variants are interleaved round
+    // by round so that load from other processes hits them alike; the best
+    // round of each counts.
+    for (shape, clients) in [("a task per request", false), ("connection loops", true)] {
+        let mut best = vec![0.0f64; routers.len()];
+        for _ in 0..8 {
+            for (i, (name, router)) in routers.iter().enumerate() {
+                let rps = rt.block_on(async {
+                    let started = Instant::now();
+                    let mut n = 0;
+                    while started.elapsed() < Duration::from_millis(250) {
+                        if clients {
+                            connections(router, BATCH).await;
+                        } else {
+                            batch(router, BATCH).await;
+                        }
+                        n += BATCH;
+                    }
+                    n as f64 / started.elapsed().as_secs_f64()
+                });
+                if std::env::var_os("HTTP_LAYER_ROUNDS").is_some() {
+                    eprintln!("round {shape} {name}: {rps:.0}");
                 }
-                n as f64 / started.elapsed().as_secs_f64()
-            });
-            best[i] = best[i].max(rps);
+                best[i] = best[i].max(rps);
+            }
         }
+        let rps: Vec<(&str, f64)> = routers.iter().map(|(n, _)| *n).zip(best).collect();
+        let get = |n: &str| rps.iter().find(|(k, _)| *k == n).map_or(0.0, |(_, v)| *v);
+        println!(
+            "\nhttp_layer summary, {shape} (requests/s, best of 8 interleaved rounds of 250 ms, {IN_FLIGHT} in flight):"
+        );
+        for (name, v) in &rps {
+            println!("  {name:<22} {v:>12.0}");
+        }
+        let hit = get("cached_local_hit");
+        println!(
+            "  hit vs no layer:        {:.1}% slower (target <= 15%)",
+            (1.0 - hit / get("no_layer_same_bytes")) * 100.0
+        );
+        println!(
+            "  hit vs 1 ms origin:     {:.1}x (target >= 20x)",
+            hit / get("uncached_origin_1ms")
+        );
+        println!(
+            "  cached 1 ms origin vs uncached: {:.1}x",
+            get("cached_origin_1ms") / get("uncached_origin_1ms")
+        );
     }
-    let rps: Vec<(&str, f64)> = routers.iter().map(|(n, _)| *n).zip(best).collect();
-    let get = |n: &str| rps.iter().find(|(k, _)| *k == n).map_or(0.0, |(_, v)| *v);
-    println!(
-        "\nhttp_layer summary (requests/s, best of 8 interleaved rounds of 250 ms, {IN_FLIGHT} in flight):"
-    );
-    for (name, v) in &rps {
-        println!("  {name:<22} {v:>12.0}");
-    }
-    let hit = get("cached_local_hit");
-    println!(
-        "  hit vs no layer:        {:.1}% slower (target <= 15%)",
-        (1.0 - hit / get("no_layer_same_bytes")) * 100.0
-    );
-    println!(
-        "  hit vs 1 ms origin:     {:.1}x (target >= 20x)",
-        hit / get("uncached_origin_1ms")
-    );
-    println!(
-        "  cached 1 ms origin vs uncached: {:.1}x",
-        get("cached_origin_1ms") / get("uncached_origin_1ms")
-    );
     let stats = hot.stats();
     println!(
         "  hot cache: local hits {}, loads {}",

@@ -1,6 +1,10 @@
-//! `Cache::get` on a local hit against raw `moka::future::Cache::get` on the
-//! same keys, in the same run; and 10,000 concurrent `get_or_load` calls on one
-//! cold key (exactly one loader call, checked on every iteration).
+//! `Cache::get` on a local hit against raw `moka::sync::Cache::get` (the local
+//! tier's own cache type; `moka::future` too, for reference) on the same
+//! keys, in the same run: over 1,024 keys
+//! in turn (each read once in a while: moka answers, the per-thread hot
+//! slots only cost their check) and on one hot key (the hot slots answer).
+//! Also 10,000 concurrent `get_or_load` calls on one cold key (exactly one
+//! loader call, checked on every iteration).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -20,7 +24,10 @@ fn local_hit(c: &mut Criterion) {
         .unwrap();
     let value = Arc::new("v".repeat(256));
 
-    let raw: moka::future::Cache<u64, Arc<String>> =
+    let raw: moka::sync::Cache<u64, Arc<String>> =
+        moka::sync::Cache::builder().max_capacity(100_000).build();
+    // moka's async cache, what async code usually reaches for.
+    let raw_future: moka::future::Cache<u64, Arc<String>> =
         moka::future::Cache::builder().max_capacity(100_000).build();
     let cache: Cache<u64, String> = rt.block_on(async {
         let cache = Cache::builder("bench")
@@ -31,7 +38,8 @@ fn local_hit(c: &mut Criterion) {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         for k in 0..KEYS {
-            raw.insert(k, value.clone()).await;
+            raw.insert(k, value.clone());
+            raw_future.insert(k, value.clone()).await;
             let v = (*value).clone();
             cache
                 .get_or_load(&k, move || async move { Some(v) })
@@ -52,20 +60,20 @@ fn local_hit(c: &mut Criterion) {
             Some(Duration::from_secs(3600))
         }
     }
-    let per_entry: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder()
+    let per_entry: moka::sync::Cache<u64, Arc<String>> = moka::sync::Cache::builder()
         .max_capacity(100_000_000)
         .weigher(|_, v: &Arc<String>| v.len() as u32)
         .expire_after(PerEntry)
         .build();
-    let ttl_only: moka::future::Cache<u64, Arc<String>> = moka::future::Cache::builder()
+    let ttl_only: moka::sync::Cache<u64, Arc<String>> = moka::sync::Cache::builder()
         .max_capacity(100_000_000)
         .weigher(|_, v: &Arc<String>| v.len() as u32)
         .time_to_live(Duration::from_secs(3600))
         .build();
     rt.block_on(async {
         for k in 0..KEYS {
-            per_entry.insert(k, value.clone()).await;
-            ttl_only.insert(k, value.clone()).await;
+            per_entry.insert(k, value.clone());
+            ttl_only.insert(k, value.clone());
         }
     });
     let mut g = c.benchmark_group("local_hit");
@@ -76,7 +84,7 @@ fn local_hit(c: &mut Criterion) {
             b.to_async(&rt).iter(|| {
                 k = (k + 1) % KEYS;
                 let m = &per_entry;
-                async move { std::hint::black_box(m.get(&k).await) }
+                async move { std::hint::black_box(m.get(&k)) }
             })
         },
     );
@@ -85,7 +93,7 @@ fn local_hit(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             k = (k + 1) % KEYS;
             let m = &ttl_only;
-            async move { std::hint::black_box(m.get(&k).await) }
+            async move { std::hint::black_box(m.get(&k)) }
         })
     });
     let kf = cache.key_format().clone();
@@ -101,7 +109,33 @@ fn local_hit(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             k = (k + 1) % KEYS;
             let raw = &raw;
+            async move { std::hint::black_box(raw.get(&k)) }
+        })
+    });
+    g.bench_function(BenchmarkId::new("raw_moka_future_get", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let raw = &raw_future;
             async move { std::hint::black_box(raw.get(&k).await) }
+        })
+    });
+    g.bench_function(BenchmarkId::new("raw_moka_get", "hot_key"), |b| {
+        let raw = &raw;
+        b.to_async(&rt)
+            .iter(|| async move { std::hint::black_box(raw.get(&7)) })
+    });
+    g.bench_function(BenchmarkId::new("tiercache_get", "hot_key"), |b| {
+        let cache = &cache;
+        b.to_async(&rt)
+            .iter(|| async move { std::hint::black_box(cache.get(&7).await) })
+    });
+    g.bench_function(BenchmarkId::new("tiercache_get_local", KEYS), |b| {
+        let mut k = 0u64;
+        b.to_async(&rt).iter(|| {
+            k = (k + 1) % KEYS;
+            let cache = &cache;
+            async move { std::hint::black_box(cache.get_local(&k)) }
         })
     });
     g.bench_function(BenchmarkId::new("tiercache_get", KEYS), |b| {

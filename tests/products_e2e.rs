@@ -220,7 +220,29 @@ struct Stack {
     pg: Postgres,
     redis: Arc<Mutex<RedisServer>>,
     _nats: NatsServer,
-    _logs: tempfile::TempDir,
+    _logs: Logs,
+}
+
+/// The processes' log directory: deleted after a passing run, kept (and its
+/// logs' tails printed) after a failing one.
+struct Logs(Option<tempfile::TempDir>);
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(dir) = self.0.take() else { return };
+        let path = dir.keep();
+        eprintln!("products e2e failed; logs kept in {}", path.display());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            eprintln!("---- {} (last 80 lines)\n{}", f.display(), tail(&f, 80));
+        }
+    }
 }
 
 async fn wait_healthy(http: &Http, proc: &mut Proc, url: &str, need_bloom: bool) {
@@ -280,7 +302,7 @@ fn start_stack(http: &Http, rt: &tokio::runtime::Runtime) -> Stack {
         .env("TIERCACHE_REDIS_URL", redis.url())
         .env("TIERCACHE_NATS_URL", nats.url())
         .env("TIERCACHE_HTTP_LISTEN", format!("127.0.0.1:{sidecar_port}"))
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info,tiercache_sidecar=debug");
     let mut sidecar = Proc::spawn("sidecar", cmd, logs.path().join("sidecar.log"));
     rt.block_on(wait_healthy(
         http,
@@ -299,7 +321,7 @@ fn start_stack(http: &Http, rt: &tokio::runtime::Runtime) -> Stack {
             .env("NATS_URL", nats.url())
             .env("NATS_STREAM", "TIERCACHE")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info,tiercache_core::cache::sync=debug");
         apps.push(Proc::spawn(
             &format!("app{i}"),
             cmd,
@@ -317,7 +339,7 @@ fn start_stack(http: &Http, rt: &tokio::runtime::Runtime) -> Stack {
         pg,
         redis: Arc::new(Mutex::new(redis)),
         _nats: nats,
-        _logs: logs,
+        _logs: Logs(Some(logs)),
     }
 }
 
@@ -444,28 +466,37 @@ where
     }
 }
 
+/// Reads product `id` twice on every instance: it is then in each one's
+/// local tier.
+async fn held_everywhere(http: &Http, stack: &Stack, id: i64) {
+    for u in &stack.urls {
+        http.get(&format!("{u}/products/{id}")).await.expect("warm");
+        let r = http.get(&format!("{u}/products/{id}")).await.expect("warm");
+        assert_eq!(r.x_cache.as_deref(), Some("hit"), "second read should hit");
+    }
+}
+
+/// Renames product `id` with plain SQL; returns the time until every
+/// instance serves the new name.
+async fn renamed_everywhere(http: &Http, stack: &Stack, id: i64, new_name: &str) -> Duration {
+    stack
+        .pg
+        .psql(&format!(
+            "UPDATE products SET name = '{new_name}', updated_at = now() WHERE id = {id}"
+        ))
+        .expect("update");
+    until_all(http, &stack.urls, &format!("/products/{id}"), |r| {
+        r.status == 200 && name_of(r) == new_name
+    })
+    .await
+}
+
 /// A row changed with plain SQL is served new by both instances within 1 s.
 async fn staleness(http: &Http, stack: &Stack, id: i64) {
-    let path = format!("/products/{id}");
     let mut worst = Duration::ZERO;
     for round in 0..10 {
-        // Both instances hold the row in their local tiers.
-        for u in &stack.urls {
-            http.get(&format!("{u}{path}")).await.expect("warm");
-            let r = http.get(&format!("{u}{path}")).await.expect("warm");
-            assert_eq!(r.x_cache.as_deref(), Some("hit"), "second read should hit");
-        }
-        let new_name = format!("renamed by SQL #{round}");
-        stack
-            .pg
-            .psql(&format!(
-                "UPDATE products SET name = '{new_name}', updated_at = now() WHERE id = {id}"
-            ))
-            .expect("update");
-        let took = until_all(http, &stack.urls, &path, |r| {
-            r.status == 200 && name_of(r) == new_name
-        })
-        .await;
+        held_everywhere(http, stack, id).await;
+        let took = renamed_everywhere(http, stack, id, &format!("renamed by SQL #{round}")).await;
         worst = worst.max(took);
     }
     println!("staleness after a SQL UPDATE (10 rounds, both instances): max {worst:.1?}");
@@ -720,13 +751,25 @@ async fn redis_killed_under_load(http: &Http, stack: &Stack, lo: i64, hi: i64) {
             }
         }));
     }
+    // A row both instances hold locally, changed while Redis is down below.
+    let changed = lo + 3;
+    held_everywhere(http, stack, changed).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before_kill = ok.load(Ordering::Relaxed);
     let redis = Arc::clone(&stack.redis);
     tokio::task::spawn_blocking(move || redis.lock().expect("lock").kill())
         .await
         .expect("kill");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The sidecar cannot delete it in Redis, but publishes the change at
+    // once: both instances drop their copies and read the database.
+    let took = renamed_everywhere(http, stack, changed, "renamed while Redis is down").await;
+    println!("staleness after a SQL UPDATE with Redis down: {took:.1?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "staleness with Redis down {took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let during = ok.load(Ordering::Relaxed) - before_kill;
     let redis = Arc::clone(&stack.redis);
     tokio::task::spawn_blocking(move || redis.lock().expect("lock").restart())
