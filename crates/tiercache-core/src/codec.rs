@@ -16,6 +16,22 @@ pub trait Codec<V>: Send + Sync + 'static {
     /// The value encoded in `bytes`. Any bytes may arrive here (another
     /// program's, an older build's): return an error, never panic.
     fn decode(&self, bytes: &[u8]) -> Result<V, DecodeError>;
+
+    /// A copy of `value` that shares no reference-counted memory with it,
+    /// or `None` (the default) to share `value` itself.
+    ///
+    /// Each thread keeps its own copies of the few local entries it reads
+    /// most (see [`Cache::get_local`](crate::Cache::get_local)). When a
+    /// caller clones parts of a value on every hit (`Bytes`, `Arc`s), the
+    /// reference counts of a shared value are written by every core and
+    /// cost more than the rest of the hit; a per-thread copy keeps those
+    /// writes on the thread's own memory. It is made once per copy taken
+    /// (an entry read twice in a row through its slot, or after a change),
+    /// never per hit, and only for entries of at most 16 KiB encoded.
+    fn thread_copy(&self, value: &V) -> Option<V> {
+        let _ = value;
+        None
+    }
 }
 
 /// The default codec: serde into postcard, a compact binary format.
@@ -56,6 +72,10 @@ impl Codec<bytes::Bytes> for RawBytes {
 
     fn decode(&self, bytes: &[u8]) -> Result<bytes::Bytes, DecodeError> {
         Ok(bytes::Bytes::copy_from_slice(bytes))
+    }
+
+    fn thread_copy(&self, value: &bytes::Bytes) -> Option<bytes::Bytes> {
+        Some(bytes::Bytes::copy_from_slice(value))
     }
 }
 

@@ -74,6 +74,38 @@ async fn concurrent_waiters_collapse_to_one_load() {
     assert!(s.collapsed >= 1, "waiters are counted as collapsed: {s:?}");
 }
 
+/// Callers that arrive while a load is ending: one that missed both tiers
+/// just before the load filled them, and joins just after its flight ended,
+/// must take the fill, not load again (double-checked singleflight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_overlapping_the_end_of_a_load_do_not_load_again() {
+    let (c, _, _) = cache(&ns());
+    for key in 0..20u64 {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..2_000 {
+            let c = c.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                c.get_or_load(&key, move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    Some(format!("v{key}"))
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap().is_some());
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "key {key}: one origin call"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_loader_wakes_every_waiter_with_an_error() {
     let (c, _, _) = cache(&ns());

@@ -142,3 +142,40 @@ fn hits_on_every_thread_are_counted() {
     }
     assert_eq!(c.stats().local_hits - before, 4_000);
 }
+
+/// A codec with a [`thread_copy`](tiercache_core::Codec::thread_copy)
+/// (`RawBytes`): a hot key is served from this thread's own copy (other
+/// memory than moka's value), the copy is kept across moka's sampled reads,
+/// and a change still replaces it.
+#[tokio::test]
+async fn hot_entries_are_served_from_a_thread_copy() {
+    use bytes::Bytes;
+    use tiercache_core::RawBytes;
+
+    let c: Cache<u64, Bytes> = Cache::builder("hot-thread-copy")
+        .local_only()
+        .ttl(Duration::from_secs(3600))
+        .codec(RawBytes)
+        .build_with_codec()
+        .unwrap();
+    let stored = Bytes::from(vec![1u8; 64]);
+    let stored_at = stored.as_ptr() as usize;
+    c.insert(&1, stored).await;
+    let at = |c: &Cache<u64, Bytes>| {
+        c.with_local(&1u64, |hit| hit.value.map(|v| (v.as_ptr() as usize, v[0])))
+            .flatten()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let (addr, first) = at(&c).unwrap();
+        assert_eq!(first, 1);
+        seen.insert(addr);
+    }
+    let copies: Vec<_> = seen.iter().filter(|a| **a != stored_at).collect();
+    assert_eq!(copies.len(), 1, "served from one thread copy: {seen:?}");
+
+    c.insert(&1, Bytes::from(vec![2u8; 64])).await;
+    for _ in 0..50 {
+        assert_eq!(at(&c).map(|(_, first)| first), Some(2), "the change wins");
+    }
+}

@@ -38,7 +38,12 @@ type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>;
 pub(crate) struct Flights<V> {
     map: Mutex<FlightMap<V>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Completed flights, counted per bucket of keys (see [`Flights::ended`]).
+    ended: Box<[std::sync::atomic::AtomicU64]>,
 }
+
+/// Buckets of [`Flights::ended`] (a power of two).
+const ENDED_BUCKETS: usize = 256;
 
 pub(crate) enum Role<V> {
     Leader(Leader<V>, Waiter<V>),
@@ -63,7 +68,23 @@ impl<V> Flights<V> {
         Self {
             map: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            ended: (0..ENDED_BUCKETS)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    fn ended_bucket(&self, key: &KeyHash) -> &std::sync::atomic::AtomicU64 {
+        &self.ended[(key.0 as usize) & (ENDED_BUCKETS - 1)]
+    }
+
+    /// How many flights of keys sharing `key`'s bucket have completed. A
+    /// caller reads it before its tier reads; if it has moved by the time
+    /// the caller leads a load, a load may have filled the tiers after the
+    /// caller read them, and the caller reads them again.
+    pub(crate) fn ended(&self, key: &KeyHash) -> u64 {
+        self.ended_bucket(key)
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, FlightMap<V>> {
@@ -114,6 +135,11 @@ impl<V> Flights<V> {
 impl<V> Leader<V> {
     /// Publishes the outcome to every waiter and ends the flight.
     pub(crate) fn complete(self, outcome: Outcome<V>) {
+        // Counted before the flight is removed: a caller that joins after
+        // the removal (under the map's lock) sees the count moved.
+        self.flights
+            .ended_bucket(&self.key)
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Remove first: a caller arriving after this starts a new load rather
         // than reading a result that is about to be superseded.
         self.remove();

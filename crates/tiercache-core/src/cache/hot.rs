@@ -26,12 +26,26 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thread_local::ThreadLocal;
 
 use super::local::LocalData;
 use crate::key::KeyHash;
+
+impl<V> HotCopy<V> {
+    fn of(data: &LocalData<V>, copy: impl FnOnce(&V) -> Option<V>) -> Self {
+        let value = data
+            .value
+            .as_ref()
+            .map(|v| copy(v).map_or_else(|| v.clone(), Arc::new));
+        Self {
+            data: data.with_value(value),
+            source: data.value.clone(),
+        }
+    }
+}
 
 /// Slots per thread, direct-mapped by key hash.
 const SLOTS: usize = 32;
@@ -55,9 +69,9 @@ pub(crate) struct Stamp {
 /// through its slot, so keys read once cost a slot nothing, and a hot key is
 /// not pushed out by a key read once.
 ///
-/// The entry is held as `Any` (a `LocalData<V>`), so the cache's types
-/// carry no `Send` bound for the sake of thread-local storage; its box is
-/// reused by later copies.
+/// The copy is held as `Any` (a [`HotCopy<V>`]), so the cache's types carry no
+/// `Send` bound for the sake of thread-local storage; its box is reused by
+/// later copies.
 #[derive(Default)]
 struct Slot {
     h: Option<KeyHash>,
@@ -65,6 +79,18 @@ struct Slot {
     stamp: Stamp,
     uses: u32,
     data: Option<Box<dyn Any + Send>>,
+}
+
+/// A thread's copy of a local entry.
+struct HotCopy<V> {
+    /// What hits on this thread are served: the entry, with the codec's
+    /// [`thread_copy`](crate::Codec::thread_copy) of its value when the
+    /// codec makes one.
+    data: LocalData<V>,
+    /// The value in moka the copy was made from: while moka still holds the
+    /// same `Arc`, a refreshed stamp keeps the copy instead of making
+    /// another. Holding it also keeps its address from being reused.
+    source: Option<Arc<V>>,
 }
 
 type Slots = RefCell<[Slot; SLOTS]>;
@@ -125,13 +151,24 @@ impl<V: Send + Sync + 'static> HotSlots<V> {
         if slot.uses % RECORD_EVERY == 0 {
             return None;
         }
-        slot.data.as_ref()?.downcast_ref::<LocalData<V>>().map(f)
+        slot.data
+            .as_ref()?
+            .downcast_ref::<HotCopy<V>>()
+            .map(|c| f(&c.data))
     }
 
     /// `data` was just read from moka for `h` (after `stamp` was taken):
-    /// copy it if `h` has earned its slot.
+    /// copy it if `h` has earned its slot. `copy` makes the value's
+    /// per-thread copy (`None`: share it); it runs only when the slot does
+    /// not already hold a copy of this very value.
     #[inline]
-    pub(crate) fn put(&self, h: KeyHash, stamp: Stamp, data: &LocalData<V>) {
+    pub(crate) fn put(
+        &self,
+        h: KeyHash,
+        stamp: Stamp,
+        data: &LocalData<V>,
+        copy: impl FnOnce(&V) -> Option<V>,
+    ) {
         if data.weight > MAX_WEIGHT {
             return;
         }
@@ -153,14 +190,27 @@ impl<V: Send + Sync + 'static> HotSlots<V> {
             slot.uses = 1;
         }
         slot.stamp = stamp;
-        match slot
+        let held = slot
             .data
             .as_mut()
-            .and_then(|d| d.downcast_mut::<LocalData<V>>())
-        {
-            Some(copy) => *copy = data.clone(),
-            None => slot.data = Some(Box::new(data.clone())),
+            .and_then(|d| d.downcast_mut::<HotCopy<V>>());
+        if let Some(held) = held {
+            let same = match (&held.source, &data.value) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                // Same moka value: keep its copy, take the rest (deadlines,
+                // tags) as moka has them now.
+                let value = held.data.value.take();
+                held.data = data.with_value(value);
+                return;
+            }
+            *held = HotCopy::of(data, copy);
+            return;
         }
+        slot.data = Some(Box::new(HotCopy::of(data, copy)));
     }
 
     /// `h` changed in moka (filled or evicted): copies of it are void.

@@ -38,8 +38,16 @@ pub(crate) type LocalEntry<V> = LocalData<V>;
 
 impl<V> Clone for LocalData<V> {
     fn clone(&self) -> Self {
+        self.with_value(self.value.clone())
+    }
+}
+
+impl<V> LocalData<V> {
+    /// This entry's deadlines, tags and flags around another `value` (a
+    /// thread's copy of this one).
+    pub(crate) fn with_value(&self, value: Option<Arc<V>>) -> Self {
         Self {
-            value: self.value.clone(),
+            value,
             written_ms: self.written_ms,
             written: self.written,
             soft: self.soft,

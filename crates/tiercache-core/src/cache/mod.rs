@@ -577,6 +577,7 @@ where
         }
         let sk = inner.keys.storage_key(key);
         let mark = inner.fence.mark();
+        let ended = inner.flights.ended(&h);
         match inner.shared_find(&sk).await {
             SharedFind::Fresh(d) => {
                 inner.stats.shared_hits(1);
@@ -615,6 +616,18 @@ where
                 (w, Outcome::Collapsed)
             }
             Role::Leader(leader, w) => {
+                if let Some(done) = inner.settled_meanwhile(&h, &sk, mark, ended).await {
+                    // The load this caller missed finished between its tier
+                    // reads and its join: take its fill, load nothing.
+                    inner.stats.collapsed(1);
+                    leader.complete(Ok(done.clone()));
+                    return Ok(Fetched {
+                        value: done.value,
+                        outcome: Outcome::Collapsed,
+                        written_ms: done.written_ms,
+                        age: None,
+                    });
+                }
                 self.spawn_load(leader, sk, h, loader());
                 (w, Outcome::Loaded)
             }
@@ -738,6 +751,10 @@ where
             .map(|&i| inner.keys.storage_key(&keys[i]))
             .collect();
         let mark = inner.fence.mark();
+        let ended: Vec<u64> = pending
+            .iter()
+            .map(|&i| inner.flights.ended(&hashes[i]))
+            .collect();
         let found = match inner.shared_for_read() {
             Some(s) => match s.get_many(&sks).await {
                 Ok(v) if v.len() == sks.len() => v,
@@ -755,7 +772,7 @@ where
             None => vec![None; sks.len()],
         };
         let mut missing = Vec::new();
-        for ((&i, sk), bytes) in pending.iter().zip(sks).zip(found) {
+        for (n, ((&i, sk), bytes)) in pending.iter().zip(sks).zip(found).enumerate() {
             if let Some(bytes) = bytes
                 && let SharedFind::Fresh(d) = inner.accept_shared(&sk, &bytes).await
             {
@@ -765,17 +782,24 @@ where
                 continue;
             }
             inner.stats.misses(1);
-            missing.push((i, sk));
+            missing.push((i, sk, ended[n]));
         }
         let mut waits = Vec::new();
         let mut leads = Vec::new();
-        for (i, sk) in missing {
+        for (i, sk, ended) in missing {
             match inner.flights.join(hashes[i]) {
                 Role::Waiter(w) => {
                     inner.stats.collapsed(1);
                     waits.push((i, w));
                 }
                 Role::Leader(l, w) => {
+                    if let Some(done) = inner.settled_meanwhile(&hashes[i], &sk, mark, ended).await
+                    {
+                        inner.stats.collapsed(1);
+                        out[i] = done.value.clone();
+                        l.complete(Ok(done));
+                        continue;
+                    }
                     leads.push((keys[i].clone(), sk, hashes[i], l));
                     waits.push((i, w));
                 }
@@ -955,7 +979,7 @@ where
         }
         let stamp = self.hot.stamp(h);
         let e = local.get(h)?;
-        self.hot.put(*h, stamp, &e);
+        self.hot.put(*h, stamp, &e, |v| self.codec.thread_copy(v));
         f.map(|f| f(&e))
     }
 
@@ -982,13 +1006,60 @@ where
         .flatten()
     }
 
+    /// Double-checked singleflight. A caller that becomes the leader of a
+    /// load may have missed the tiers just before another load of the key
+    /// filled them and ended its flight. That load filled the local tier
+    /// before it ended, so a fresh local entry is taken as it is; and if a
+    /// flight of the key's bucket ended since `ended` was read (before this
+    /// caller's shared read), the shared tier is read once more. The
+    /// answer, if either has one.
+    async fn settled_meanwhile(
+        &self,
+        h: &KeyHash,
+        sk: &str,
+        mark: FenceMark,
+        ended: u64,
+    ) -> Option<Loaded<V>> {
+        let local = self.with_local_entry(h, |e| {
+            (quanta::Instant::now() < e.fresh).then(|| Loaded {
+                value: e.value.clone(),
+                written_ms: e.written_ms,
+            })
+        });
+        if let Some(done) = local.flatten() {
+            return Some(done);
+        }
+        if self.flights.ended(h) == ended {
+            return None;
+        }
+        match self.shared_find(sk).await {
+            SharedFind::Fresh(d) => {
+                let done = Loaded {
+                    value: d.value.clone(),
+                    written_ms: d.times.written_ms,
+                };
+                self.stats.shared_hits(1);
+                self.fill_local_decoded(*h, mark, d);
+                Some(done)
+            }
+            _ => None,
+        }
+    }
+
     fn shared_for_read(&self) -> Option<&Arc<dyn SharedTier>> {
         self.shared.as_ref()
     }
 
     pub(crate) fn flush_local_because(&self, reason: FlushReason) {
         self.fence.invalidate_all();
-        self.flights.detach_all();
+        // Loads in flight are detached when invalidations may have been
+        // missed while they ran (the bus) or the user asked: no caller from
+        // now on joins one. A shared-tier reconnect or failover loses no
+        // invalidation a load could have raced (loads read the origin), so
+        // singleflight holds across it: one load per key at a time.
+        if reason != FlushReason::SharedFailover {
+            self.flights.detach_all();
+        }
         if let Some(l) = &self.local {
             l.invalidate_all();
             self.hot.changed_all();

@@ -82,6 +82,30 @@ impl CachedResponse {
         &self.etag
     }
 
+    /// A copy that shares no reference-counted memory with `self`: body,
+    /// ETag and header values are copied (common values stay static).
+    ///
+    /// A hit clones the headers and the body; on a response every core
+    /// serves, each clone writes a reference count all cores share. The
+    /// cache keeps one copy per thread for its hottest entries
+    /// ([`ResponseCodec`]'s [`thread_copy`](Codec::thread_copy)), so those
+    /// writes stay on the serving core's own memory.
+    pub fn thread_copy(&self) -> Self {
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
+            let mut value = copy_value(value);
+            intern(&name, &mut value);
+            headers.append(name, value);
+        }
+        Self {
+            status: self.status,
+            headers,
+            body: Bytes::copy_from_slice(&self.body),
+            etag: copy_value(&self.etag),
+        }
+    }
+
     /// The compact encoding ([`ResponseCodec`]'s).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(FORMAT);
@@ -133,6 +157,17 @@ impl CachedResponse {
     }
 }
 
+/// `value` in memory of its own (same bytes, same sensitivity).
+fn copy_value(value: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(mut copy) => {
+            copy.set_sensitive(value.is_sensitive());
+            copy
+        }
+        Err(_) => value.clone(),
+    }
+}
+
 /// Header values common enough to serve from static memory: a hit clones
 /// a stored value with every response, and a static one costs nothing to
 /// clone (a shared one is a reference count that every core writes).
@@ -158,12 +193,16 @@ const COMMON_VALUES: &[&str] = &[
     "accept",
     "public",
     "nosniff",
+    // The layer's own `x-cache` values.
+    "hit",
+    "miss",
+    "stale",
 ];
 
 /// Swaps `value` for its static twin when it is one of [`COMMON_VALUES`],
-/// or a small `content-length`.
+/// or a small `content-length` or `age`.
 fn intern(name: &HeaderName, value: &mut HeaderValue) {
-    if name == header::CONTENT_LENGTH {
+    if name == header::CONTENT_LENGTH || name == header::AGE {
         if let Some(n) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok())
             && n < STATIC_NUMBERS
         {
@@ -293,6 +332,10 @@ impl Codec<CachedResponse> for ResponseCodec {
     fn decode(&self, bytes: &[u8]) -> Result<CachedResponse, DecodeError> {
         CachedResponse::decode(bytes)
     }
+
+    fn thread_copy(&self, value: &CachedResponse) -> Option<CachedResponse> {
+        Some(value.thread_copy())
+    }
 }
 
 impl serde::Serialize for CachedResponse {
@@ -347,6 +390,30 @@ mod tests {
         let mut longer = out.clone();
         longer.push(0);
         assert!(ResponseCodec.decode(&longer).is_err());
+    }
+
+    #[test]
+    fn thread_copy_is_equal_and_unshared() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("x-custom", HeaderValue::from_str("v1").expect("value"));
+        let mut secret = HeaderValue::from_static("s");
+        secret.set_sensitive(true);
+        h.insert("x-secret", secret);
+        let body = Bytes::from(vec![7u8; 100]);
+        let r = CachedResponse::new(StatusCode::OK, h, body, None);
+        let c = r.thread_copy();
+        assert_eq!(c, r);
+        assert_ne!(c.body().as_ptr(), r.body().as_ptr(), "body copied");
+        assert_ne!(c.etag().as_bytes().as_ptr(), r.etag().as_bytes().as_ptr());
+        let custom = |x: &CachedResponse| x.headers()["x-custom"].as_bytes().as_ptr();
+        assert_ne!(custom(&c), custom(&r), "values copied");
+        assert!(c.headers()["x-secret"].is_sensitive());
+        // Static values stay static: the same memory.
+        let ct = |x: &CachedResponse| x.headers()["content-type"].as_bytes().as_ptr();
+        assert_eq!(ct(&c), ct(&r));
+        let hit = |x: &CachedResponse| x.headers()["x-cache"].as_bytes().as_ptr();
+        assert_eq!(hit(&c), hit(&r));
     }
 
     #[test]
