@@ -4,15 +4,21 @@
 //! in turn (each read once in a while: moka answers, the per-thread hot
 //! slots only cost their check) and on one hot key (the hot slots answer).
 //! Also 10,000 concurrent `get_or_load` calls on one cold key (exactly one
-//! loader call, checked on every iteration).
+//! loader call, checked on every iteration), and two threads taking a
+//! `Bytes` clone of one hot value on every hit: per-thread copies
+//! ([`Codec::thread_copy`], as `RawBytes` makes them) against one value
+//! both threads share (the same codec without copies).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use tiercache::core::{Cache, InProcessBus, InProcessSharedTier};
+use tiercache::core::{
+    Cache, Codec, DecodeError, EncodeError, InProcessBus, InProcessSharedTier, RawBytes,
+};
 
 const KEYS: u64 = 1024;
 
@@ -203,5 +209,68 @@ fn cold_stampede(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, local_hit, cold_stampede);
+/// `RawBytes` without its thread copies: every thread serves the one value.
+struct SharedBytes;
+
+impl Codec<Bytes> for SharedBytes {
+    fn encode(&self, value: &Bytes, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        RawBytes.encode(value, out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Bytes, DecodeError> {
+        RawBytes.decode(bytes)
+    }
+}
+
+fn hot_key_two_threads(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let build = |codec_copies: bool| -> Cache<u64, Bytes> {
+        rt.block_on(async {
+            let b = Cache::builder(if codec_copies { "copies" } else { "shared" })
+                .local_only()
+                .ttl(Duration::from_secs(3600));
+            let cache = if codec_copies {
+                b.codec(RawBytes).build_with_codec().unwrap()
+            } else {
+                b.codec(SharedBytes).build_with_codec().unwrap()
+            };
+            cache.insert(&1, Bytes::from(vec![7u8; 512])).await;
+            cache
+        })
+    };
+    let mut g = c.benchmark_group("hot_key_two_threads");
+    for (name, cache) in [
+        ("thread_copies", build(true)),
+        ("one_shared_value", build(false)),
+    ] {
+        // Per hit: each of two threads takes and drops a clone of the
+        // body, as a response that carries it would.
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let started = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..2 {
+                        s.spawn(|| {
+                            for _ in 0..iters {
+                                let body = cache
+                                    .with_local(&1u64, |hit| hit.value.map(|v| Bytes::clone(v)))
+                                    .flatten()
+                                    .unwrap();
+                                std::hint::black_box(body);
+                            }
+                        });
+                    }
+                });
+                started.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, local_hit, cold_stampede, hot_key_two_threads);
 criterion_main!(benches);
