@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::epochs::KeyEpochs;
 use crate::error::Error;
 use crate::key::KeyHash;
 
@@ -39,11 +40,8 @@ pub(crate) struct Flights<V> {
     map: Mutex<FlightMap<V>>,
     next_id: std::sync::atomic::AtomicU64,
     /// Completed flights, counted per bucket of keys (see [`Flights::ended`]).
-    ended: Box<[std::sync::atomic::AtomicU64]>,
+    ended: KeyEpochs,
 }
-
-/// Buckets of [`Flights::ended`] (a power of two).
-const ENDED_BUCKETS: usize = 256;
 
 pub(crate) enum Role<V> {
     Leader(Leader<V>, Waiter<V>),
@@ -68,14 +66,8 @@ impl<V> Flights<V> {
         Self {
             map: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
-            ended: (0..ENDED_BUCKETS)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
+            ended: KeyEpochs::new(),
         }
-    }
-
-    fn ended_bucket(&self, key: &KeyHash) -> &std::sync::atomic::AtomicU64 {
-        &self.ended[(key.0 as usize) & (ENDED_BUCKETS - 1)]
     }
 
     /// How many flights of keys sharing `key`'s bucket have completed. A
@@ -83,8 +75,7 @@ impl<V> Flights<V> {
     /// the caller leads a load, a load may have filled the tiers after the
     /// caller read them, and the caller reads them again.
     pub(crate) fn ended(&self, key: &KeyHash) -> u64 {
-        self.ended_bucket(key)
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.ended.get(key)
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, FlightMap<V>> {
@@ -137,9 +128,7 @@ impl<V> Leader<V> {
     pub(crate) fn complete(self, outcome: Outcome<V>) {
         // Counted before the flight is removed: a caller that joins after
         // the removal (under the map's lock) sees the count moved.
-        self.flights
-            .ended_bucket(&self.key)
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.flights.ended.bump(&self.key);
         // Remove first: a caller arriving after this starts a new load rather
         // than reading a result that is about to be superseded.
         self.remove();

@@ -31,27 +31,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thread_local::ThreadLocal;
 
+use super::epochs::KeyEpochs;
 use super::local::LocalData;
 use crate::key::KeyHash;
 
-impl<V> HotCopy<V> {
-    fn of(data: &LocalData<V>, copy: impl FnOnce(&V) -> Option<V>) -> Self {
-        let value = data
-            .value
-            .as_ref()
-            .map(|v| copy(v).map_or_else(|| v.clone(), Arc::new));
-        Self {
-            data: data.with_value(value),
-            source: data.value.clone(),
-        }
-    }
-}
-
 /// Slots per thread, direct-mapped by key hash.
 const SLOTS: usize = 32;
-/// Buckets of per-key epochs: a change to a key invalidates copies of the
-/// keys sharing its bucket, nothing else.
-const BUCKETS: usize = 256;
 /// One hit in this many on a copy is read from moka instead.
 const RECORD_EVERY: u32 = 16;
 /// Entries weighing more than this (encoded bytes) are not copied.
@@ -93,12 +78,27 @@ struct HotCopy<V> {
     source: Option<Arc<V>>,
 }
 
+impl<V> HotCopy<V> {
+    fn of(data: &LocalData<V>, copy: impl FnOnce(&V) -> Option<V>) -> Self {
+        let value = data
+            .value
+            .as_ref()
+            .map(|v| copy(v).map_or_else(|| v.clone(), Arc::new));
+        Self {
+            data: data.with_value(value),
+            source: data.value.clone(),
+        }
+    }
+}
+
 type Slots = RefCell<[Slot; SLOTS]>;
 
 pub(crate) struct HotSlots<V> {
     slots: ThreadLocal<Slots>,
     global: AtomicU64,
-    buckets: Box<[AtomicU64]>,
+    /// Per-key epochs: a change to a key voids copies of the keys sharing
+    /// its bucket, nothing else.
+    buckets: KeyEpochs,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -107,16 +107,9 @@ impl<V: Send + Sync + 'static> HotSlots<V> {
         Self {
             slots: ThreadLocal::new(),
             global: AtomicU64::new(0),
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: KeyEpochs::new(),
             _value: PhantomData,
         }
-    }
-
-    #[inline]
-    fn bucket(&self, h: &KeyHash) -> &AtomicU64 {
-        // `BUCKETS` is a power of two; the index is always in range.
-        let i = (h.0 as usize) & (BUCKETS - 1);
-        &self.buckets[i]
     }
 
     #[inline]
@@ -129,7 +122,7 @@ impl<V: Send + Sync + 'static> HotSlots<V> {
     pub(crate) fn stamp(&self, h: &KeyHash) -> Stamp {
         Stamp {
             global: self.global.load(Ordering::Acquire),
-            bucket: self.bucket(h).load(Ordering::Acquire),
+            bucket: self.buckets.get(h),
         }
     }
 
@@ -216,7 +209,7 @@ impl<V: Send + Sync + 'static> HotSlots<V> {
     /// `h` changed in moka (filled or evicted): copies of it are void.
     #[inline]
     pub(crate) fn changed(&self, h: &KeyHash) {
-        self.bucket(h).fetch_add(1, Ordering::AcqRel);
+        self.buckets.bump(h);
     }
 
     /// Anything may have changed (tag eviction, flush, trust): every copy

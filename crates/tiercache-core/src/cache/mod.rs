@@ -1,6 +1,7 @@
 //! The cache: read path, fills, write path.
 
 mod config;
+mod epochs;
 mod fence;
 mod flight;
 mod hot;
@@ -616,20 +617,22 @@ where
                 (w, Outcome::Collapsed)
             }
             Role::Leader(leader, w) => {
-                if let Some(done) = inner.settled_meanwhile(&h, &sk, mark, ended).await {
+                match inner.settled_meanwhile(leader, &h, &sk, mark, ended).await {
                     // The load this caller missed finished between its tier
                     // reads and its join: take its fill, load nothing.
-                    inner.stats.collapsed(1);
-                    leader.complete(Ok(done.clone()));
-                    return Ok(Fetched {
-                        value: done.value,
-                        outcome: Outcome::Collapsed,
-                        written_ms: done.written_ms,
-                        age: None,
-                    });
+                    Ok(done) => {
+                        return Ok(Fetched {
+                            value: done.value,
+                            outcome: Outcome::Collapsed,
+                            written_ms: done.written_ms,
+                            age: None,
+                        });
+                    }
+                    Err(leader) => {
+                        self.spawn_load(leader, sk, h, loader());
+                        (w, Outcome::Loaded)
+                    }
                 }
-                self.spawn_load(leader, sk, h, loader());
-                (w, Outcome::Loaded)
             }
         };
         let result = match (&stale, inner.config.soft_timeout) {
@@ -793,15 +796,16 @@ where
                     waits.push((i, w));
                 }
                 Role::Leader(l, w) => {
-                    if let Some(done) = inner.settled_meanwhile(&hashes[i], &sk, mark, ended).await
+                    match inner
+                        .settled_meanwhile(l, &hashes[i], &sk, mark, ended)
+                        .await
                     {
-                        inner.stats.collapsed(1);
-                        out[i] = done.value.clone();
-                        l.complete(Ok(done));
-                        continue;
+                        Ok(done) => out[i] = done.value,
+                        Err(l) => {
+                            leads.push((keys[i].clone(), sk, hashes[i], l));
+                            waits.push((i, w));
+                        }
                     }
-                    leads.push((keys[i].clone(), sk, hashes[i], l));
-                    waits.push((i, w));
                 }
             }
         }
@@ -991,59 +995,61 @@ where
         }
     }
 
+    /// `f` on the fresh local entry under `h`, if there is one.
+    #[inline]
+    fn with_fresh_local<R>(&self, h: &KeyHash, f: impl FnOnce(&LocalData<V>) -> R) -> Option<R> {
+        self.with_local_entry(h, |e| (quanta::Instant::now() < e.fresh).then(|| f(e)))
+            .flatten()
+    }
+
     /// The fresh local entry under `h`, counted as a local hit: `Some(value)`
     /// (the value itself `None` for a negative entry), or `None` on a miss.
     #[inline]
     fn local_fresh(&self, h: &KeyHash) -> Option<Option<Arc<V>>> {
-        self.with_local_entry(h, |e| {
-            if quanta::Instant::now() < e.fresh {
-                self.stats.local_hits(1);
-                Some(e.value.clone())
-            } else {
-                None
-            }
+        self.with_fresh_local(h, |e| {
+            self.stats.local_hits(1);
+            e.value.clone()
         })
-        .flatten()
     }
 
-    /// Double-checked singleflight. A caller that becomes the leader of a
-    /// load may have missed the tiers just before another load of the key
-    /// filled them and ended its flight. That load filled the local tier
-    /// before it ended, so a fresh local entry is taken as it is; and if a
-    /// flight of the key's bucket ended since `ended` was read (before this
-    /// caller's shared read), the shared tier is read once more. The
-    /// answer, if either has one.
+    /// Double-checked singleflight, for a caller that has just become the
+    /// `leader` of a load of `h`. It may have missed the tiers just before
+    /// another load of the key filled them and ended its flight. That load
+    /// filled the local tier before it ended, so a fresh local entry is
+    /// taken as it is; and if a flight of the key's bucket ended since
+    /// `ended` was read (before this caller's shared read), the shared tier
+    /// is read once more. With an answer, the flight is completed with it
+    /// (counted as collapsed) and the answer returned; without, the leader
+    /// is handed back to load.
     async fn settled_meanwhile(
         &self,
+        leader: Leader<V>,
         h: &KeyHash,
         sk: &str,
         mark: FenceMark,
         ended: u64,
-    ) -> Option<Loaded<V>> {
-        let local = self.with_local_entry(h, |e| {
-            (quanta::Instant::now() < e.fresh).then(|| Loaded {
-                value: e.value.clone(),
-                written_ms: e.written_ms,
-            })
+    ) -> Result<Loaded<V>, Leader<V>> {
+        let mut done = self.with_fresh_local(h, |e| Loaded {
+            value: e.value.clone(),
+            written_ms: e.written_ms,
         });
-        if let Some(done) = local.flatten() {
-            return Some(done);
+        if done.is_none()
+            && self.flights.ended(h) != ended
+            && let SharedFind::Fresh(d) = self.shared_find(sk).await
+        {
+            done = Some(Loaded {
+                value: d.value.clone(),
+                written_ms: d.times.written_ms,
+            });
+            self.stats.shared_hits(1);
+            self.fill_local_decoded(*h, mark, d);
         }
-        if self.flights.ended(h) == ended {
-            return None;
-        }
-        match self.shared_find(sk).await {
-            SharedFind::Fresh(d) => {
-                let done = Loaded {
-                    value: d.value.clone(),
-                    written_ms: d.times.written_ms,
-                };
-                self.stats.shared_hits(1);
-                self.fill_local_decoded(*h, mark, d);
-                Some(done)
-            }
-            _ => None,
-        }
+        let Some(done) = done else {
+            return Err(leader);
+        };
+        self.stats.collapsed(1);
+        leader.complete(Ok(done.clone()));
+        Ok(done)
     }
 
     fn shared_for_read(&self) -> Option<&Arc<dyn SharedTier>> {
