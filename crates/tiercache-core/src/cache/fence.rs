@@ -3,9 +3,11 @@
 //!
 //! Every invalidation takes the next value of a clock and records it against
 //! the key (or tag); a load remembers the clock when it began. A fill checks,
-//! *after* inserting, whether anything it depends on was invalidated since it
-//! began, and removes its entry if so. Invalidation records first and evicts
-//! second, so whichever order the two race in, the stale entry is gone.
+//! *before* inserting, whether anything it depends on was invalidated since
+//! it began, and then stores nothing; it checks again *after* inserting, and
+//! removes its entry if so. Invalidation records first and evicts second, so
+//! whichever order the two race in, the stale entry is gone; and one
+//! overtaken by an invalidation already applied is never visible at all.
 //!
 //! Records are kept for `retention` (longer than the hard load timeout), and a
 //! load older than that never fills, so the maps stay small.

@@ -1212,6 +1212,13 @@ where
     fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
         let Some(local) = &self.local else { return };
         let tags = data.tags.clone().unwrap_or_default();
+        // Checked before inserting too: a fill overtaken by an invalidation
+        // that has already been applied never shows its entry, even for the
+        // moment between the insert and the check below.
+        if self.fence.revoked(mark, h, &tags) {
+            self.stats.fills_revoked(1);
+            return;
+        }
         if !tags.is_empty() {
             self.index_tags(h, &tags);
         }
