@@ -3,9 +3,11 @@
 //!
 //! The *storage key* of `key` in namespace `ns` is `ns:key`; when that is longer
 //! than the configured maximum it becomes `ns:#` followed by the 32 hex digits
-//! of its 128-bit xxh3 hash, so keys stay bounded in length. Every crate (the
-//! Redis tier, the sidecar) derives storage keys through [`KeyFormat`], never a
-//! copy of these rules.
+//! of its 128-bit xxh3 hash, so keys stay bounded in length. A key whose text
+//! starts with `#` is stored as `ns:##key`: after `ns:#` a hashed key has a
+//! hex digit and an escaped one another `#`, so no key can render to another
+//! key's hashed form. Every crate (the Redis tier, the sidecar) derives
+//! storage keys through [`KeyFormat`], never a copy of these rules.
 //!
 //! The local tier is keyed by [`KeyHash`]: the xxh3-128 of the rendered key,
 //! seeded with the namespace (for a hashed long key, of its storage key). It
@@ -167,6 +169,10 @@ pub struct KeyFormat {
     seed: u64,
 }
 
+/// Marks a hashed storage key (`ns:#<hex>`); a key starting with it is
+/// stored with it doubled.
+const ESCAPE: u8 = b'#';
+
 /// Stack space used to format a key before hashing it; longer keys stream.
 const STACK_KEY: usize = 64;
 
@@ -175,6 +181,8 @@ struct KeyWriter {
     buf: [u8; STACK_KEY],
     len: usize,
     total: usize,
+    /// The key's first byte (0 while empty).
+    first: u8,
     stream: Option<Box<Xxh3>>,
     seed: u64,
 }
@@ -185,6 +193,7 @@ impl KeyWriter {
             buf: [0; STACK_KEY],
             len: 0,
             total: 0,
+            first: 0,
             stream: None,
             seed,
         }
@@ -201,6 +210,11 @@ impl KeyWriter {
 impl fmt::Write for KeyWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let bytes = s.as_bytes();
+        if self.total == 0
+            && let Some(&b) = bytes.first()
+        {
+            self.first = b;
+        }
         self.total += bytes.len();
         if let Some(stream) = &mut self.stream {
             stream.update(bytes);
@@ -257,7 +271,7 @@ impl KeyFormat {
     #[inline]
     pub fn hash<K: CacheKey + ?Sized>(&self, key: &K) -> KeyHash {
         let w = self.write(key);
-        if self.fits(w.total) {
+        if self.fits(w.total + usize::from(w.first == ESCAPE)) {
             KeyHash(w.digest())
         } else {
             KeyHash(xxh3_128(self.storage_key(key).as_bytes()))
@@ -269,7 +283,11 @@ impl KeyFormat {
         let mut s = String::with_capacity(self.namespace.len() + 24);
         s.push_str(&self.namespace);
         s.push(':');
+        let start = s.len();
         let _ = key.write_key(&mut s);
+        if s.as_bytes().get(start) == Some(&ESCAPE) {
+            s.insert(start, char::from(ESCAPE));
+        }
         if s.len() <= self.max_key_len {
             s
         } else {
@@ -314,6 +332,37 @@ mod tests {
         // Different long keys stay distinct.
         let other = format!("{}y", "x".repeat(999));
         assert_ne!(f.storage_key(&other), sk);
+    }
+
+    /// Issue 11, case 6: a short key never renders to a long key's hashed
+    /// storage key.
+    #[test]
+    fn no_short_key_renders_to_a_hashed_one() {
+        let f = KeyFormat::new("ns", 250);
+        let long = "L".repeat(300);
+        let hashed = f.storage_key(&long);
+        let forged = &hashed["ns:".len()..];
+        assert!(forged.starts_with('#'));
+        assert_ne!(f.storage_key(forged), hashed);
+        assert_eq!(f.storage_key(forged), format!("ns:#{forged}"));
+        assert_eq!(
+            f.storage_key("#76218cfe33fa24c1f4a67c79e15962e3"),
+            "ns:##76218cfe33fa24c1f4a67c79e15962e3"
+        );
+        assert_eq!(f.storage_key("##x"), "ns:###x");
+        assert_ne!(f.storage_key("#x"), f.storage_key("##x"));
+        assert_eq!(f.storage_key("a#b"), "ns:a#b");
+        // The escape counts toward the length bound, in `hash` and in
+        // `storage_key` alike: a key that just fits unescaped is hashed
+        // once it needs the escape.
+        let f = KeyFormat::new("ns", 48);
+        let edge = format!("#{}", "k".repeat(44));
+        assert_eq!("ns:".len() + edge.len(), 48);
+        let sk = f.storage_key(&edge);
+        assert!(sk.starts_with("ns:#") && !sk.starts_with("ns:##"), "{sk}");
+        assert_eq!(f.hash(&edge), KeyHash(xxh3_128(sk.as_bytes())));
+        let fits = "#".to_owned() + &"k".repeat(43);
+        assert_eq!(f.storage_key(&fits), format!("ns:#{fits}"));
     }
 
     #[test]
