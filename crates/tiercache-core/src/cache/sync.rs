@@ -138,13 +138,19 @@ where
                     last_seq.clear();
                 }
                 let last = last_seq.entry(msg.origin).or_insert(0);
-                if *last != 0 && msg.seq > *last + 1 {
-                    let lost = msg.seq - *last - 1;
-                    inner.stats.messages_lost(lost);
-                    tracing::warn!(ns = %inner.config.namespace, origin = msg.origin, lost, "gap in bus sequence; flushing the local tier");
-                    inner.flush_local_because(FlushReason::SequenceGap);
+                match sequence_step(*last, msg.seq) {
+                    Step::Next => {}
+                    Step::Gap(lost) => {
+                        inner.stats.messages_lost(lost);
+                        tracing::warn!(ns = %inner.config.namespace, origin = msg.origin, lost, "gap in bus sequence; flushing the local tier");
+                        inner.flush_local_because(FlushReason::SequenceGap);
+                    }
+                    Step::Old => {}
+                    Step::Restart => {
+                        tracing::warn!(ns = %inner.config.namespace, origin = msg.origin, last = *last, seq = msg.seq, "bus sequence went far back; following it from here");
+                    }
                 }
-                *last = (*last).max(msg.seq);
+                *last = next_last(*last, msg.seq);
                 let hashes: Vec<_> = msg
                     .keys
                     .iter()
@@ -203,5 +209,73 @@ where
                 inner.flush_local_because(FlushReason::MessagesDropped);
             }
         }
+    }
+}
+
+/// How far back a sequence number may step and still be a duplicate or a
+/// reordering (ignored for gap detection); further back, the origin's
+/// sequence is followed from the new number.
+const REORDER_WINDOW: u64 = 1024;
+
+/// What a message's sequence number says, given the last one seen from its
+/// origin (0: none yet).
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The expected next number (or the first one seen).
+    Next,
+    /// Messages were skipped: this many are presumed lost.
+    Gap(u64),
+    /// A duplicate or a reordering within the window.
+    Old,
+    /// Far behind the last one: a forged or buggy number was seen before,
+    /// or the origin restarted its count. No loss is presumed.
+    Restart,
+}
+
+/// Classifies `seq` after `last`, in checked arithmetic: no pair of numbers
+/// (a forged `u64::MAX` included) can overflow, and none stops the
+/// listener.
+fn sequence_step(last: u64, seq: u64) -> Step {
+    if last == 0 {
+        return Step::Next;
+    }
+    match seq.checked_sub(last) {
+        Some(1) => Step::Next,
+        Some(0) => Step::Old,
+        Some(ahead) => Step::Gap(ahead - 1),
+        None if last - seq <= REORDER_WINDOW => Step::Old,
+        None => Step::Restart,
+    }
+}
+
+/// The last sequence number to remember after `seq`.
+fn next_last(last: u64, seq: u64) -> u64 {
+    match sequence_step(last, seq) {
+        Step::Restart => seq,
+        _ => last.max(seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, case 3: a forged `u64::MAX` followed by 1 neither
+    /// overflows nor leaves the origin's later messages counted as losses.
+    #[test]
+    fn forged_sequence_numbers_do_not_overflow_or_stick() {
+        assert_eq!(sequence_step(0, u64::MAX), Step::Next);
+        assert_eq!(sequence_step(5, u64::MAX), Step::Gap(u64::MAX - 6));
+        assert_eq!(sequence_step(u64::MAX, 1), Step::Restart);
+        let mut last = 0;
+        for seq in [1, 2, u64::MAX, 3, 4, 5] {
+            last = next_last(last, seq);
+        }
+        assert_eq!(last, 5, "followed from the legitimate numbers again");
+        assert_eq!(sequence_step(last, 6), Step::Next);
+        assert_eq!(sequence_step(10, 9), Step::Old);
+        assert_eq!(sequence_step(10, 10), Step::Old);
+        assert_eq!(sequence_step(10, 13), Step::Gap(2));
+        assert_eq!(sequence_step(u64::MAX - 1, u64::MAX), Step::Next);
     }
 }
