@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, EncodeError};
 
 const MAGIC: &[u8; 2] = b"TC";
 /// The envelope format this build writes.
@@ -54,15 +54,48 @@ pub struct Envelope<'a> {
     pub payload: Cow<'a, [u8]>,
 }
 
+/// Most tags an envelope records (its tag count is a `u16`).
+pub const MAX_TAGS: usize = u16::MAX as usize;
+/// Longest tag, in bytes, an envelope records (its length is a `u16`).
+pub const MAX_TAG_LEN: usize = u16::MAX as usize;
+
+/// Whether `tags` can be recorded exactly: at most [`MAX_TAGS`] of them,
+/// none longer than [`MAX_TAG_LEN`] bytes. An entry whose tags cannot be
+/// recorded must not be stored: a cut tag would never match its
+/// invalidation.
+pub fn check_tags<'t>(tags: impl ExactSizeIterator<Item = &'t str>) -> Result<(), EncodeError> {
+    if tags.len() > MAX_TAGS {
+        return Err(EncodeError(format!(
+            "{} tags, more than the {MAX_TAGS} an entry can record",
+            tags.len()
+        )));
+    }
+    for t in tags {
+        if t.len() > MAX_TAG_LEN {
+            return Err(EncodeError(format!(
+                "a tag of {} bytes, longer than the {MAX_TAG_LEN} an entry can record",
+                t.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Encodes an envelope; payloads of at least `compress_at` bytes are
 /// lz4-compressed when that makes them smaller.
+///
+/// # Errors
+///
+/// Tags that cannot be recorded exactly ([`check_tags`]): nothing is
+/// ever cut.
 pub fn encode(
     negative: bool,
     times: Times,
     tags: &[(String, u64)],
     payload: &[u8],
     compress_at: usize,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, EncodeError> {
+    check_tags(tags.iter().map(|(t, _)| t.as_str()))?;
     let tag_bytes: usize = tags.iter().map(|(t, _)| 10 + t.len()).sum();
     let mut out = Vec::with_capacity(HEADER + tag_bytes + payload.len() + 8);
     out.extend_from_slice(MAGIC);
@@ -77,11 +110,11 @@ pub fn encode(
     ] {
         out.extend_from_slice(&t.to_le_bytes());
     }
-    let tags = &tags[..tags.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(tags.len() as u16).to_le_bytes());
+    // Checked above: every count and length fits its u16.
+    out.extend_from_slice(&u16::try_from(tags.len()).unwrap_or(u16::MAX).to_le_bytes());
     for (tag, version) in tags {
-        let t = &tag.as_bytes()[..tag.len().min(u16::MAX as usize)];
-        out.extend_from_slice(&(t.len() as u16).to_le_bytes());
+        let t = tag.as_bytes();
+        out.extend_from_slice(&u16::try_from(t.len()).unwrap_or(u16::MAX).to_le_bytes());
         out.extend_from_slice(t);
         out.extend_from_slice(&version.to_le_bytes());
     }
@@ -91,11 +124,11 @@ pub fn encode(
             out[flags_at] |= FLAG_LZ4;
             out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             out.extend_from_slice(&compressed);
-            return out;
+            return Ok(out);
         }
     }
     out.extend_from_slice(payload);
-    out
+    Ok(out)
 }
 
 struct Reader<'a> {
@@ -127,8 +160,23 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes an envelope.
+/// lz4 turns at most this many bytes out of each compressed byte (a run
+/// extension byte stands for 255 more): a size prefix claiming more than this
+/// over the compressed length is a lie, refused before anything is allocated.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// Decodes an envelope whose payload may decompress to at most
+/// [`MAX_PAYLOAD`] bytes.
 pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+    decode_limited(bytes, MAX_PAYLOAD)
+}
+
+/// Decodes an envelope whose payload is at most `max_payload` bytes once
+/// decompressed (the engine passes its `max_value_size`: it never writes a
+/// larger payload). The size prefix of a compressed payload is checked
+/// against that limit and against the compressed length before anything is
+/// allocated.
+pub fn decode_limited(bytes: &[u8], max_payload: usize) -> Result<Envelope<'_>, DecodeError> {
     if bytes.len() < 4 || &bytes[..2] != MAGIC {
         return Err(DecodeError::Foreign);
     }
@@ -165,8 +213,16 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
             return Err(DecodeError::Corrupt("negative entry with payload".into()));
         }
         let raw = r.u32()? as usize;
-        if raw > MAX_PAYLOAD {
-            return Err(DecodeError::Corrupt("payload too large".into()));
+        if raw > max_payload.min(MAX_PAYLOAD) {
+            return Err(DecodeError::Corrupt(format!(
+                "payload of {raw} bytes is over the limit of {max_payload}"
+            )));
+        }
+        if raw > r.b.len().saturating_mul(LZ4_MAX_RATIO).saturating_add(16) {
+            return Err(DecodeError::Corrupt(format!(
+                "size prefix {raw} impossible for {} compressed bytes",
+                r.b.len()
+            )));
         }
         let out = lz4_flex::block::decompress(r.b, raw)
             .map_err(|e| DecodeError::Corrupt(format!("lz4: {e}")))?;
@@ -175,6 +231,12 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
         }
         Cow::Owned(out)
     } else {
+        if r.b.len() > max_payload {
+            return Err(DecodeError::Corrupt(format!(
+                "payload of {} bytes is over the limit of {max_payload}",
+                r.b.len()
+            )));
+        }
         if negative && !r.b.is_empty() {
             return Err(DecodeError::Corrupt("negative entry with payload".into()));
         }
@@ -204,7 +266,7 @@ mod tests {
     #[test]
     fn round_trips_plain_compressed_negative_and_tagged() {
         let tags = vec![("products".to_owned(), 9), ("category:lamps".to_owned(), 0)];
-        let small = encode(false, times(), &tags, b"hello", 1024);
+        let small = encode(false, times(), &tags, b"hello", 1024).expect("encode");
         let e = decode(&small).expect("decode");
         assert_eq!(
             (e.negative, e.times, &e.tags[..], &*e.payload),
@@ -212,28 +274,79 @@ mod tests {
         );
 
         let big = vec![b'a'; 10_000];
-        let enc = encode(false, times(), &[], &big, 1024);
+        let enc = encode(false, times(), &[], &big, 1024).expect("encode");
         assert!(enc.len() < 1000, "repetitive payload compresses");
         assert_eq!(&*decode(&enc).expect("decode").payload, &big[..]);
 
-        let neg_bytes = encode(true, times(), &[], b"", 0);
+        let neg_bytes = encode(true, times(), &[], b"", 0).expect("encode");
         let neg = decode(&neg_bytes).expect("decode");
         assert!(neg.negative && neg.payload.is_empty());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Issue 11, case 4: a 42-byte value whose size prefix claims 256 MiB.
+    #[test]
+    fn a_lying_size_prefix_allocates_nothing() {
+        let bytes = hex(&format!("5443010200{}00000010", "00".repeat(33)));
+        assert_eq!(bytes.len(), 42);
+        for limit in [MAX_PAYLOAD, 1024 * 1024] {
+            match decode_limited(&bytes, limit) {
+                Err(DecodeError::Corrupt(why)) => assert!(
+                    why.contains("size prefix") || why.contains("limit"),
+                    "{why}"
+                ),
+                other => panic!("expected corrupt, got {other:?}"),
+            }
+        }
+        // A real compressed payload decodes under a limit it fits, and is
+        // refused under one it does not.
+        let big = vec![b'a'; 100_000];
+        let enc = encode(false, times(), &[], &big, 16).expect("encode");
+        assert_eq!(
+            decode_limited(&enc, 100_000).expect("fits").payload.len(),
+            100_000
+        );
+        assert!(decode_limited(&enc, 99_999).is_err());
+        let plain = encode(false, times(), &[], b"0123456789", 1024).expect("encode");
+        assert!(decode_limited(&plain, 10).is_ok());
+        assert!(decode_limited(&plain, 9).is_err());
+    }
+
+    /// Issue 11, case 5: tags are recorded exactly or not at all.
+    #[test]
+    fn tags_past_the_limits_are_refused_not_cut() {
+        let long = "t".repeat(MAX_TAG_LEN + 1);
+        assert!(encode(false, times(), &[(long, 1)], b"v", 1024).is_err());
+        let edge = "t".repeat(MAX_TAG_LEN);
+        let ok = encode(false, times(), &[(edge.clone(), 1)], b"v", 1024).expect("fits");
+        assert_eq!(decode(&ok).expect("decode").tags, [(edge, 1)]);
+        let many: Vec<(String, u64)> = (0..=MAX_TAGS).map(|i| (i.to_string(), 0)).collect();
+        assert!(encode(false, times(), &many, b"v", 1024).is_err());
+        let utf8 = [("category:café".to_owned(), 3)];
+        let e = encode(false, times(), &utf8, b"v", 1024).expect("utf-8 tag");
+        assert_eq!(decode(&e).expect("decode").tags, utf8);
     }
 
     #[test]
     fn bad_bytes_are_errors_never_panics() {
         assert_eq!(decode(b"").unwrap_err(), DecodeError::Foreign);
         assert_eq!(decode(b"{\"json\":1}").unwrap_err(), DecodeError::Foreign);
-        let mut future = encode(false, times(), &[], b"x", 1024);
+        let mut future = encode(false, times(), &[], b"x", 1024).expect("encode");
         future[2] = 2;
         assert_eq!(decode(&future).unwrap_err(), DecodeError::FutureVersion(2));
-        let good = encode(false, times(), &[("t".into(), 1)], &vec![7u8; 5000], 16);
+        let good =
+            encode(false, times(), &[("t".into(), 1)], &vec![7u8; 5000], 16).expect("encode");
         for cut in 0..good.len().min(200) {
             let _ = decode(&good[..cut]);
         }
         // A hostile size prefix does not allocate gigabytes.
-        let mut hostile = encode(false, times(), &[], &vec![1u8; 4096], 16);
+        let mut hostile = encode(false, times(), &[], &vec![1u8; 4096], 16).expect("encode");
         let at = HEADER;
         hostile[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&hostile).is_err());

@@ -103,6 +103,7 @@ counters! {
     refreshes: Plain => "tiercache_refreshes_total"; "Background refreshes started by refresh-ahead."
     fills_revoked: Plain => "tiercache_fills_revoked_total"; "Loaded values not stored because an invalidation overtook the load."
     oversized: Plain => "tiercache_oversized_total"; "Values served but not cached because they exceed the size limit."
+    unrecordable_tags: Plain => "tiercache_unrecordable_tags_total"; "Values served but not cached because their tags cannot be recorded exactly (too many, or too long)."
     corrupt_values: Plain => "tiercache_corrupt_values_total"; "Shared-tier values that failed to decode (deleted)."
     foreign_versions: Plain => "tiercache_foreign_versions_total"; "Shared-tier values written by a newer format version (left alone)."
     evictions: Plain => "tiercache_local_evictions_total"; "Local entries evicted for size."

@@ -489,7 +489,8 @@ async fn a_corrupt_shared_value_is_a_miss_deleted_and_counted() {
         &[],
         b"x",
         1024,
-    );
+    )
+    .unwrap();
     future[2] = 99;
     tier.put_raw(&sk, Bytes::from(future), Duration::from_secs(60));
     let v = c
@@ -510,7 +511,8 @@ async fn a_corrupt_shared_value_is_a_miss_deleted_and_counted() {
         &[],
         &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
         1024,
-    );
+    )
+    .unwrap();
     let sk2 = c.key_format().storage_key(&12u64);
     tier.put_raw(&sk2, Bytes::from(bad_payload), Duration::from_secs(60));
     assert_eq!(c.get(&12).await, None);

@@ -10,6 +10,15 @@ use crate::codec::{Codec, Postcard};
 use crate::error::ConfigError;
 use crate::shared::{InProcessSharedTier, SharedTier};
 
+/// The longest any duration may be: an entry's life, its grace, a timeout.
+///
+/// 2^31 seconds (about 68 years), the value RFC 9111 section 1.2.2 tells
+/// caches to use for any larger delta-seconds. Every duration from outside
+/// (a config value, an entry's TTL, an origin's header, a stored envelope's
+/// times) is clamped to it before any clock arithmetic, so none can
+/// overflow an `Instant` or a millisecond count.
+pub(crate) const MAX_LIFE: Duration = Duration::from_secs(1 << 31);
+
 /// Validated settings of one cache.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -272,6 +281,26 @@ impl<K, V> CacheBuilder<K, V> {
         }
         if c.ttl.is_zero() {
             return Err(ConfigError::new("ttl", "must be greater than zero"));
+        }
+        for (field, d) in [
+            ("ttl", Some(c.ttl)),
+            ("negative_ttl", Some(c.negative_ttl)),
+            ("local_ttl", c.local_ttl),
+            ("soft_ttl", c.soft_ttl),
+            ("grace", Some(c.grace)),
+            ("lease_ttl", c.lease_ttl),
+            ("lease_wait", Some(c.lease_wait)),
+            ("soft_timeout", c.soft_timeout),
+            ("hard_timeout", Some(c.hard_timeout)),
+            ("unsynced_local_ttl", Some(c.unsynced_local_ttl)),
+            ("bus_liveness", Some(c.bus_liveness)),
+        ] {
+            if d.is_some_and(|d| d > MAX_LIFE) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be at most {} s (about 68 years)", MAX_LIFE.as_secs()),
+                ));
+            }
         }
         for (field, j) in [
             ("ttl_jitter", c.ttl_jitter),

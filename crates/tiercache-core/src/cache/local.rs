@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use quanta::Instant;
 
+use super::config::MAX_LIFE;
 use crate::envelope::Times;
 use crate::key::{KeyHash, KeyHashBuilder, TagHash};
 
@@ -75,21 +76,21 @@ impl<V> LocalData<V> {
         weight: usize,
     ) -> Self {
         let now = Instant::now();
-        let at = |ms: u64| now + Duration::from_millis(ms.saturating_sub(now_ms));
-        let fresh = match now.checked_add(cap) {
-            Some(limit) => at(times.fresh_ms).min(limit),
-            None => at(times.fresh_ms),
+        // `times` may come from the shared tier (any bytes at all) or from
+        // a TTL an origin chose: each span is clamped before it touches the
+        // clock, so no value can overflow an `Instant`.
+        let at = |ms: u64| {
+            let ahead = Duration::from_millis(ms.saturating_sub(now_ms)).min(MAX_LIFE * 2);
+            now.checked_add(ahead).unwrap_or(now)
         };
+        let fresh = at(times.fresh_ms).min(now.checked_add(cap.min(MAX_LIFE)).unwrap_or(now));
         let soft = (times.soft_ms < times.fresh_ms).then(|| at(times.soft_ms).min(fresh));
         let stale = at(times.stale_ms).max(fresh);
+        let age = Duration::from_millis(now_ms.saturating_sub(times.written_ms)).min(MAX_LIFE);
         Self {
             value,
             written_ms: times.written_ms,
-            written: now
-                .checked_sub(Duration::from_millis(
-                    now_ms.saturating_sub(times.written_ms),
-                ))
-                .unwrap_or(now),
+            written: now.checked_sub(age).unwrap_or(now),
             soft,
             fresh,
             stale,

@@ -255,6 +255,7 @@ pub(crate) struct Inner<K, V> {
     seq: AtomicU64,
     pub(crate) messages: MessageCodec,
     last_shared_log_ms: AtomicU64,
+    last_tags_log_ms: AtomicU64,
     tag_index: std::sync::Mutex<HashMap<TagHash, Vec<KeyHash>>>,
     pub(crate) applied: tokio::sync::broadcast::Sender<Applied>,
     _key: PhantomData<fn(K)>,
@@ -278,9 +279,23 @@ pub struct Applied {
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// Whether a warning rate-limited by `last` (the time it was last logged)
+/// is due: at most one per [`LOG_EVERY_MS`], however many threads ask.
+fn log_due(last: &AtomicU64) -> bool {
+    let now = now_ms();
+    let seen = last.load(Ordering::Relaxed);
+    now.saturating_sub(seen) >= LOG_EVERY_MS
+        && last
+            .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// The interval of rate-limited warnings.
+const LOG_EVERY_MS: u64 = 10_000;
 
 fn jittered(base: Duration, jitter: f64) -> Duration {
     if jitter <= 0.0 {
@@ -1082,19 +1097,27 @@ where
 
     pub(crate) fn shared_error(&self, e: &SharedError) {
         self.stats.shared_errors(1);
-        let now = now_ms();
-        let last = self.last_shared_log_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 10_000
-            && self
-                .last_shared_log_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if log_due(&self.last_shared_log_ms) {
             tracing::warn!(
                 ns = %self.config.namespace,
                 error = %e,
                 total_errors = self.stats.snapshot().shared_errors,
                 "shared tier failing; serving from the local tier and the origin"
+            );
+        }
+    }
+
+    /// A value not stored because its tags cannot be recorded exactly:
+    /// counted, logged once per interval.
+    fn unrecordable_tags(&self, sk: &str, e: &crate::error::EncodeError) {
+        self.stats.unrecordable_tags(1);
+        if log_due(&self.last_tags_log_ms) {
+            tracing::warn!(
+                ns = %self.config.namespace,
+                key = sk,
+                error = %e,
+                total = self.stats.snapshot().unrecordable_tags,
+                "value served but not cached: its tags cannot be recorded exactly"
             );
         }
     }
@@ -1116,7 +1139,7 @@ where
     /// Decodes and checks a shared-tier value: corrupt ones are deleted and
     /// counted, newer formats left alone, tag-invalidated ones ignored.
     async fn accept_shared(&self, sk: &str, bytes: &[u8]) -> SharedFind<V> {
-        let env = match envelope::decode(bytes) {
+        let env = match envelope::decode_limited(bytes, self.config.max_value_size) {
             Ok(e) => e,
             Err(DecodeError::FutureVersion(v)) => {
                 self.stats.foreign_versions(1);
@@ -1154,7 +1177,13 @@ where
         let value = if env.negative {
             None
         } else {
-            match self.codec.decode(&env.payload) {
+            // A codec that panics on some bytes makes them corrupt, like any
+            // other undecodable value: deleted and counted, never a panic in
+            // the caller's request.
+            let decoded =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.decode(&env.payload)))
+                    .unwrap_or_else(|_| Err(DecodeError::Corrupt("the codec panicked".into())));
+            match decoded {
                 Ok(v) => Some(Arc::new(v)),
                 Err(e) => return self.corrupt(sk, &e).await,
             }
@@ -1412,10 +1441,12 @@ where
         let c = &self.config;
         let now = now_ms();
         let negative = value.is_none();
+        // A per-entry TTL can come from outside (an origin's `max-age`):
+        // clamped before any arithmetic, like every duration here.
         let base = if negative {
             c.negative_ttl
         } else {
-            ttl.unwrap_or(c.ttl)
+            ttl.unwrap_or(c.ttl).min(config::MAX_LIFE)
         };
         if base.is_zero() {
             self.abort_fill(sk, ticket).await;
@@ -1429,16 +1460,17 @@ where
                 c.ttl_jitter
             },
         );
-        let life_ms = life.as_millis() as u64;
-        let fresh_ms = now + life_ms;
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let life_ms = millis(life);
+        let fresh_ms = now.saturating_add(life_ms);
         let soft_ms = match c.soft_ttl {
-            Some(s) if !negative => now + (s.as_millis() as u64).min(life_ms),
+            Some(s) if !negative => now.saturating_add(millis(s).min(life_ms)),
             _ => fresh_ms,
         };
         let stale_ms = if negative {
             fresh_ms
         } else {
-            fresh_ms + c.grace.as_millis() as u64
+            fresh_ms.saturating_add(millis(c.grace))
         };
         let times = Times {
             written_ms: now,
@@ -1448,9 +1480,18 @@ where
         };
         let mut payload = Vec::new();
         if let Some(v) = &value
-            && let Err(e) = self.codec.encode(v, &mut payload)
+            && let Err(e) =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.encode(v, &mut payload)))
+                    .unwrap_or_else(|_| Err(crate::error::EncodeError("the codec panicked".into())))
         {
             tracing::warn!(key = sk, error = %e, "value could not be encoded; not cached");
+            self.abort_fill(sk, ticket).await;
+            return now;
+        }
+        // Tags that cannot be recorded exactly are never stored: a cut tag
+        // would never match its invalidation.
+        if let Err(e) = envelope::check_tags(tags.iter().map(String::as_str)) {
+            self.unrecordable_tags(sk, &e);
             self.abort_fill(sk, ticket).await;
             return now;
         }
@@ -1482,8 +1523,17 @@ where
             }
         }
         let tagged: Vec<(String, u64)> = tags.iter().cloned().zip(versions).collect();
-        let bytes = envelope::encode(negative, times, &tagged, &payload, c.compress_at);
-        if bytes.len() > c.max_value_size {
+        let bytes = match envelope::encode(negative, times, &tagged, &payload, c.compress_at) {
+            Ok(b) => b,
+            Err(e) => {
+                self.unrecordable_tags(sk, &e);
+                self.abort_fill(sk, ticket).await;
+                return now;
+            }
+        };
+        // Both bounds: readers refuse a payload that decompresses past
+        // `max_value_size` (a size prefix is never taken on trust).
+        if bytes.len() > c.max_value_size || payload.len() > c.max_value_size {
             self.stats.oversized(1);
             self.abort_fill(sk, ticket).await;
             return now;
@@ -1669,6 +1719,7 @@ where
             seq: AtomicU64::new(0),
             messages,
             last_shared_log_ms: AtomicU64::new(0),
+            last_tags_log_ms: AtomicU64::new(0),
             tag_index: std::sync::Mutex::new(HashMap::new()),
             applied: tokio::sync::broadcast::channel(4096).0,
             config,
