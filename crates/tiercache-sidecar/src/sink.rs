@@ -324,7 +324,7 @@ impl Sinks {
         let now = now_us();
         for t in &m.lag_samples {
             metrics::histogram!("tiercache_sidecar_lag_seconds")
-                .record(((now - t).max(0) as f64) / 1e6);
+                .record((now.saturating_sub(*t).max(0) as f64) / 1e6);
         }
         metrics::counter!("tiercache_sidecar_invalidations_sent_total", "namespace" => m.namespace.clone())
             .increment(1);

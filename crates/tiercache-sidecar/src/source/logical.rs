@@ -56,10 +56,20 @@ const PEEK_TIMEOUT: Duration = Duration::from_secs(120);
 const SLOT_LAG: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8 \
                         FROM pg_replication_slots WHERE slot_name = $1";
 
-/// Parses `X/Y` (hex) into a 64-bit LSN.
+/// Parses `X/Y` (each 1 to 8 hex digits, Postgres's `pg_lsn` text) into a
+/// 64-bit LSN; `None` for anything else (a sign, a wider half, other
+/// characters), never a truncated value.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    Some((u64::from(lsn_half(hi)?) << 32) | u64::from(lsn_half(lo)?))
+}
+
+/// One half of an LSN: 1 to 8 hex digits.
+fn lsn_half(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(s, 16).ok()
 }
 
 /// Formats a 64-bit LSN as `X/Y`.
@@ -266,6 +276,18 @@ async fn session(sc: &Sidecar, shutdown: &Shutdown) -> Result<(), SessionEnd> {
                 .map_err(&lost)?;
             status.applied();
             tracing::debug!(lsn = %format_lsn(lsn), changes = decoded.changes, "slot advanced");
+        } else {
+            // Rows arrived but none of them lets the slot move (`decode`
+            // logged why, e.g. an LSN that cannot be parsed or passed): the
+            // slot stays where it is and the same rows come again. Wait
+            // instead of peeking them in a tight loop.
+            tracing::warn!(
+                rows = lines.len(),
+                "read rows but none lets the slot advance; the slot stays put"
+            );
+            if !shutdown.sleep(poll).await {
+                return Ok(());
+            }
         }
     }
 }
@@ -333,20 +355,62 @@ enum Pending {
     Explicit(ExplicitInvalidation),
 }
 
+/// Where the slot may move once a batch is applied: past a row, or to it.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// To the row's LSN (a `COMMIT`).
+    At,
+    /// Just past it (a non-transactional message).
+    After,
+}
+
+/// Moves `out.advance_to` up to the row at `lsn_text` (never down). An LSN
+/// that cannot be parsed, or that has no successor (`FFFFFFFF/FFFFFFFF`), is
+/// logged and counted and moves nothing: the row's changes are still in the
+/// batch, and the slot will not be moved past them on their account (they
+/// are read again: at least once). Nothing wraps around to LSN 0.
+fn advance(out: &mut Decoded, lsn_text: &str, mark: Mark) {
+    let to = match (parse_lsn(lsn_text), mark) {
+        (Some(lsn), Mark::At) => Some(lsn),
+        (Some(lsn), Mark::After) => {
+            let next = lsn.checked_add(1);
+            if next.is_none() {
+                tracing::error!(
+                    lsn = %lsn_text,
+                    "a message at the last possible LSN: the slot cannot move past it"
+                );
+            }
+            next
+        }
+        (None, _) => {
+            tracing::error!(
+                lsn = %lsn_text,
+                "unparseable LSN from peek: the slot is not moved on this row's account"
+            );
+            None
+        }
+    };
+    match to {
+        Some(lsn) => out.advance_to = Some(out.advance_to.map_or(lsn, |a| a.max(lsn))),
+        None => {
+            metrics::counter!("tiercache_sidecar_errors_total", "op" => "decode").increment(1);
+        }
+    }
+}
+
 /// Decodes `(lsn, data)` rows of `pg_logical_slot_peek_changes` into
 /// invalidations. Changes count only once their transaction's `COMMIT` is
 /// read (peek returns whole transactions).
+///
+/// Never panics, whatever the rows hold. A line that cannot be parsed is
+/// logged, counted and skipped; a row's LSN is only used to say where the
+/// slot may move ([`Decoded::advance_to`]), so a row whose LSN cannot be
+/// parsed (or, at `FFFFFFFF/FFFFFFFF`, passed) is still decoded but moves
+/// nothing.
 pub fn decode(rows: &[(String, String)], rules: &RuleSet) -> Decoded {
     let mut out = Decoded::default();
     let mut pending: Vec<Pending> = Vec::new();
-    let advance = |out: &mut Decoded, lsn: u64| {
-        out.advance_to = Some(out.advance_to.map_or(lsn, |a| a.max(lsn)));
-    };
-    for (lsn_text, data) in rows {
-        let Some(lsn) = parse_lsn(lsn_text) else {
-            tracing::error!(lsn = %lsn_text, "unparseable LSN from peek");
-            continue;
-        };
+    for (lsn, data) in rows {
         let record = match test_decoding::parse(data) {
             Ok(r) => r,
             Err(e) => {
@@ -390,7 +454,7 @@ pub fn decode(rows: &[(String, String)], rules: &RuleSet) -> Decoded {
                     if !transactional {
                         // A heartbeat (or someone else's message): nothing
                         // to apply; the slot may move just past it.
-                        advance(&mut out, lsn + 1);
+                        advance(&mut out, lsn, Mark::After);
                     }
                     continue;
                 }
@@ -399,7 +463,7 @@ pub fn decode(rows: &[(String, String)], rules: &RuleSet) -> Decoded {
                     Ok(inv) if transactional => pending.push(Pending::Explicit(inv)),
                     Ok(inv) => {
                         out.batch.push(rules.plan_explicit(inv, Some(now_us())));
-                        advance(&mut out, lsn + 1);
+                        advance(&mut out, lsn, Mark::After);
                     }
                     Err(e) => {
                         metrics::counter!("tiercache_sidecar_errors_total", "op" => "message")
@@ -409,12 +473,17 @@ pub fn decode(rows: &[(String, String)], rules: &RuleSet) -> Decoded {
                              {{\"namespace\":..,\"keys\":[..],\"tags\":[..]}}: {content:?}"
                         );
                         if !transactional {
-                            advance(&mut out, lsn + 1);
+                            advance(&mut out, lsn, Mark::After);
                         }
                     }
                 }
             }
             Record::Commit { time_us } => {
+                if time_us.is_none() && data.contains("(at ") {
+                    metrics::counter!("tiercache_sidecar_errors_total", "op" => "decode")
+                        .increment(1);
+                    tracing::warn!("unparseable commit time, using the time it was read: {data:?}");
+                }
                 let t = time_us.or_else(|| Some(now_us()));
                 for p in pending.drain(..) {
                     let planned: Vec<Planned> = match p {
@@ -425,7 +494,7 @@ pub fn decode(rows: &[(String, String)], rules: &RuleSet) -> Decoded {
                         out.batch.push(p);
                     }
                 }
-                advance(&mut out, lsn);
+                advance(&mut out, lsn, Mark::At);
             }
         }
     }
@@ -546,5 +615,200 @@ mod tests {
         let sql = crate::setup_sql(&c).unwrap();
         assert!(sql.contains("pg_create_logical_replication_slot('tiercache', 'test_decoding')"));
         assert!(sql.contains("ALTER TABLE \"public\".\"products\" REPLICA IDENTITY FULL;"));
+    }
+
+    #[test]
+    fn lsn_parse_rejects_what_would_truncate_or_wrap() {
+        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("ab/cd"), Some(0xab_0000_00cd));
+        for bad in [
+            "100000000/0",
+            "0/100000000",
+            "+1/2",
+            "1/+2",
+            "-1/2",
+            "/1",
+            "1/",
+            "1/2/3",
+            "1 /2",
+            "0x1/2",
+            "١/2",
+            "",
+        ] {
+            assert_eq!(parse_lsn(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_at_the_last_lsn_does_not_wrap_the_slot_to_zero() {
+        // Issue 11 case 7: `lsn + 1` at FFFFFFFF/FFFFFFFF.
+        let heartbeat = "message: transactional: 0 prefix: tiercache-heartbeat, sz: 0 content:";
+        let d = decode(&rows(&[("FFFFFFFF/FFFFFFFF", heartbeat)]), &rules());
+        assert_eq!(d.advance_to, None);
+        // An explicit non-transactional invalidation there is still applied;
+        // only the slot does not move past it.
+        let content = r#"{"namespace":"other","keys":["x"]}"#;
+        let msg = format!(
+            "message: transactional: 0 prefix: tiercache, sz: {} content:{content}",
+            content.len()
+        );
+        let d = decode(
+            &rows(&[
+                ("0/10", "BEGIN 1"),
+                ("0/10", "table public.products: INSERT: id[bigint]:1"),
+                ("0/20", "COMMIT 1"),
+                ("FFFFFFFF/FFFFFFFF", &msg),
+            ]),
+            &rules(),
+        );
+        assert_eq!(d.advance_to, Some(0x20));
+        let m = d.batch.messages();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].namespace, "other");
+        // One below the last LSN still moves just past it.
+        let d = decode(&rows(&[("FFFFFFFF/FFFFFFFE", heartbeat)]), &rules());
+        assert_eq!(d.advance_to, Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_row_with_an_unparseable_lsn_is_decoded_but_moves_nothing() {
+        let change = "table public.products: INSERT: id[bigint]:1 category[text]:'a'";
+        // A change row: its LSN is not needed; the change is not dropped.
+        let d = decode(
+            &rows(&[("0/1", "BEGIN 1"), ("1/+2", change), ("0/3", "COMMIT 1")]),
+            &rules(),
+        );
+        assert_eq!(d.batch.messages().len(), 1);
+        assert_eq!(d.advance_to, Some(3));
+        // A commit row: its changes are in the batch, the slot stays.
+        let d = decode(
+            &rows(&[
+                ("0/1", "BEGIN 1"),
+                ("0/2", change),
+                ("100000000/3", "COMMIT 1"),
+            ]),
+            &rules(),
+        );
+        assert_eq!(d.batch.messages().len(), 1);
+        assert_eq!(d.advance_to, None);
+    }
+
+    #[test]
+    fn a_commit_with_an_overflowing_time_is_applied_at_read_time() {
+        let before = now_us();
+        let d = decode(
+            &rows(&[
+                ("0/1", "BEGIN 1"),
+                ("0/2", "table public.products: INSERT: id[bigint]:1"),
+                ("0/3", "COMMIT(at 2-1-8 9:7:9+5:223372036854775807)"),
+            ]),
+            &rules(),
+        );
+        assert_eq!(d.advance_to, Some(3));
+        let m = d.batch.messages();
+        assert_eq!(m.len(), 1);
+        let t = m[0].source_time_us.unwrap();
+        assert!(t >= before && t <= now_us(), "{t}");
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config as PropConfig;
+
+        // Failures are not persisted (no proptest-regressions files in the
+        // source tree): a failing input is turned into a named unit test.
+        fn config(cases: u32) -> PropConfig {
+            PropConfig {
+                cases,
+                failure_persistence: None,
+                ..PropConfig::default()
+            }
+        }
+
+        /// LSN text: well-formed (including the extremes), near-valid
+        /// (random widths, signs) or anything.
+        fn lsn_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => any::<u64>().prop_map(format_lsn),
+                1 => prop_oneof![
+                    Just(u64::MAX),
+                    Just(u64::MAX - 1),
+                    Just(0),
+                    Just(0xFFFF_FFFF),
+                ]
+                .prop_map(format_lsn),
+                1 => "[+-]?[0-9a-fA-F]{0,18}/[+-]?[0-9a-fA-F]{0,18}",
+                1 => ".{0,20}",
+            ]
+        }
+
+        fn data_line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("BEGIN 1".to_owned()),
+                Just("COMMIT 1".to_owned()),
+                "COMMIT 1 \\(at [0-9]{1,7}-[0-9]{1,3}-[0-9]{1,3} [0-9]{1,12}:[0-9]{1,3}:[0-9]{1,3}(\\.[0-9]{1,8})?[+-][0-9]{1,20}(:[0-9]{1,20})?\\)",
+                "table public\\.(products|audit): (INSERT|UPDATE|DELETE): id\\[bigint\\]:[0-9]{1,5}( category\\[text\\]:'[a-z]{0,3}')?",
+                "table public\\.(products|audit), public\\.b: TRUNCATE: \\(no-flags\\)",
+                (
+                    prop_oneof![Just("0"), Just("1")],
+                    prop_oneof![Just("tiercache"), Just("tiercache-heartbeat"), Just("x")],
+                    prop_oneof![
+                        Just(String::new()),
+                        Just(r#"{"namespace":"p","keys":["1"],"tags":["t"]}"#.to_owned()),
+                        ".{0,10}",
+                    ],
+                )
+                    .prop_map(|(tx, prefix, content)| format!(
+                        "message: transactional: {tx} prefix: {prefix}, sz: {} content:{content}",
+                        content.len()
+                    )),
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn parse_lsn_never_panics(s in any::<String>()) {
+                let _ = parse_lsn(&s);
+            }
+
+            #[test]
+            fn lsn_round_trips_for_every_u64(lsn in any::<u64>()) {
+                prop_assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn));
+            }
+
+            #[test]
+            fn parse_lsn_matches_the_reference(
+                hi in "[0-9a-fA-F]{0,12}",
+                lo in "[0-9a-fA-F]{0,12}",
+            ) {
+                let want = if (1..=8).contains(&hi.len()) && (1..=8).contains(&lo.len()) {
+                    Some((u64::from_str_radix(&hi, 16).unwrap() << 32)
+                        | u64::from_str_radix(&lo, 16).unwrap())
+                } else {
+                    None
+                };
+                prop_assert_eq!(parse_lsn(&format!("{hi}/{lo}")), want);
+            }
+
+            #[test]
+            fn decode_never_panics_and_never_wraps(
+                rows in proptest::collection::vec((lsn_text(), data_line()), 0..12),
+            ) {
+                let d = decode(&rows, &rules());
+                if let Some(a) = d.advance_to {
+                    // The slot only ever moves to a row's own LSN or just
+                    // past it: never to a wrapped or invented position.
+                    let ok = rows.iter().filter_map(|(l, _)| parse_lsn(l)).any(|l| {
+                        a == l || l.checked_add(1) == Some(a)
+                    });
+                    prop_assert!(ok, "advance_to {a:#x} from {rows:?}");
+                }
+            }
+        }
     }
 }

@@ -183,6 +183,23 @@ enum Payload {
     Explicit(ExplicitInvalidation),
 }
 
+/// The end of the `ts` range a payload may carry: 10000-01-01T00:00:00Z, in
+/// ms since the epoch.
+const MAX_TS_MS: f64 = 253_402_300_800_000.0;
+
+/// A payload's `ts` (ms since the epoch, with a fraction) as µs: `None` when
+/// it is not a time a trigger can have read (before 1970, from year 10000 on,
+/// or not finite), so no outside number reaches the clock arithmetic of the
+/// lag metric saturated or wrapped.
+fn ts_to_us(ms: f64) -> Option<i64> {
+    if !(0.0..MAX_TS_MS).contains(&ms) {
+        return None;
+    }
+    // At most 2.6e17 µs here: the conversion is exact in range (truncating
+    // the sub-µs fraction, as before).
+    Some((ms * 1000.0) as i64)
+}
+
 fn to_row(m: HashMap<String, Option<String>>) -> Row {
     m.into_iter()
         .map(|(k, v)| (k, v.map_or(Value::Null, Value::Text)))
@@ -191,6 +208,10 @@ fn to_row(m: HashMap<String, Option<String>>) -> Row {
 
 /// Decodes notification payloads into invalidations; returns the batch and
 /// the number of row changes of tables without rules.
+///
+/// Never panics, whatever the payloads hold: a payload that is not one of
+/// the two JSON shapes, or has an unknown `op`, is logged, counted and
+/// skipped; an implausible `ts` is replaced by the time it was read.
 pub fn decode(payloads: &[String], rules: &RuleSet) -> (Batch, u64) {
     let mut batch = Batch::new();
     let mut ignored = 0;
@@ -205,9 +226,18 @@ pub fn decode(payloads: &[String], rules: &RuleSet) -> (Batch, u64) {
                     ignored += 1;
                     continue;
                 }
-                let t =
-                    p.ts.map(|ms| (ms * 1000.0) as i64)
-                        .or_else(|| Some(now_us()));
+                let t = Some(match p.ts {
+                    None => now_us(),
+                    Some(ms) => ts_to_us(ms).unwrap_or_else(|| {
+                        metrics::counter!("tiercache_sidecar_errors_total", "op" => "decode")
+                            .increment(1);
+                        tracing::warn!(
+                            ts = ms,
+                            "notification ts out of range, using the time it was read"
+                        );
+                        now_us()
+                    }),
+                });
                 let change = if p.overflow {
                     metrics::counter!("tiercache_sidecar_notify_overflow_total").increment(1);
                     tracing::warn!(
@@ -411,5 +441,164 @@ mod tests {
         assert!(sql.contains("pg_notify('tiercache', payload)"));
         assert!(sql.contains("CREATE TRIGGER \"tiercache_notify\" AFTER INSERT OR UPDATE OR DELETE ON \"public\".\"products\""));
         assert!(sql.contains("AFTER TRUNCATE"));
+    }
+
+    #[test]
+    fn out_of_range_ts_is_replaced_by_read_time() {
+        assert_eq!(ts_to_us(1000.5), Some(1_000_500));
+        assert_eq!(ts_to_us(0.0), Some(0));
+        for bad in [
+            -1.0,
+            -1e300,
+            1e300,
+            1e19,
+            MAX_TS_MS,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert_eq!(ts_to_us(bad), None, "{bad}");
+        }
+        let rules = RuleSet::from_config(&config()).unwrap();
+        for ts in ["-1e300", "1e300", "-9223372036854775808", "1e19", "-0.5"] {
+            let before = now_us();
+            let (batch, _) = decode(
+                &[format!(
+                    r#"{{"schema":"public","table":"products","op":"INSERT","ts":{ts},"new":{{"id":"1"}}}}"#
+                )],
+                &rules,
+            );
+            let m = batch.messages();
+            assert_eq!(m.len(), 1, "{ts}");
+            let t = m[0].source_time_us.unwrap();
+            assert!(t >= before && t <= now_us(), "{ts}: {t}");
+        }
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config as PropConfig;
+
+        // Failures are not persisted (no proptest-regressions files in the
+        // source tree): a failing input is turned into a named unit test.
+        fn prop_config(cases: u32) -> PropConfig {
+            PropConfig {
+                cases,
+                failure_persistence: None,
+                ..PropConfig::default()
+            }
+        }
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("public".to_owned()),
+                Just("products".to_owned()),
+                Just("id".to_owned()),
+                Just("category".to_owned()),
+                ".{0,8}",
+            ]
+        }
+
+        fn row() -> impl Strategy<Value = Option<HashMap<String, Option<String>>>> {
+            proptest::option::of(proptest::collection::hash_map(
+                text(),
+                proptest::option::of(".{0,8}"),
+                0..4,
+            ))
+        }
+
+        /// A row payload as the trigger builds it, with random fields and
+        /// any `ts` (serde_json writes NaN and infinities as `null`).
+        fn row_payload() -> impl Strategy<Value = String> {
+            (
+                (text(), text()),
+                prop_oneof![
+                    Just("INSERT".to_owned()),
+                    Just("UPDATE".to_owned()),
+                    Just("DELETE".to_owned()),
+                    Just("TRUNCATE".to_owned()),
+                    ".{0,8}",
+                ],
+                proptest::option::of(prop_oneof![
+                    any::<f64>(),
+                    0.0..MAX_TS_MS,
+                    Just(-1e300),
+                    Just(1e300),
+                    Just(i64::MIN as f64),
+                ]),
+                (row(), row()),
+                any::<bool>(),
+            )
+                .prop_map(|((schema, table), op, ts, (old, new), overflow)| {
+                    let mut v = serde_json::json!({
+                        "schema": schema, "table": table, "op": op, "ts": ts,
+                        "old": old, "new": new,
+                    });
+                    if overflow {
+                        v["overflow"] = serde_json::Value::Bool(true);
+                    }
+                    v.to_string()
+                })
+        }
+
+        fn explicit_payload() -> impl Strategy<Value = String> {
+            (
+                text(),
+                proptest::collection::vec(".{0,8}", 0..4),
+                proptest::collection::vec(".{0,8}", 0..4),
+                any::<bool>(),
+            )
+                .prop_map(|(namespace, keys, tags, created)| {
+                    serde_json::json!({
+                        "namespace": namespace, "keys": keys, "tags": tags, "created": created,
+                    })
+                    .to_string()
+                })
+        }
+
+        fn payload() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => row_payload(),
+                1 => explicit_payload(),
+                // Near-valid: a valid payload cut short, or with a number
+                // of random width as `ts`.
+                1 => (row_payload(), any::<proptest::sample::Index>()).prop_map(|(p, i)| {
+                    let mut cut = i.index(p.len() + 1);
+                    while !p.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    p[..cut].to_owned()
+                }),
+                1 => "-?[0-9]{1,40}(\\.[0-9]{0,20})?(e-?[0-9]{1,4})?".prop_map(|n| format!(
+                    r#"{{"schema":"public","table":"products","op":"DELETE","ts":{n},"old":{{"id":"1"}}}}"#
+                )),
+                1 => any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(prop_config(256))]
+
+            #[test]
+            fn decode_never_panics_and_times_stay_in_range(
+                payloads in proptest::collection::vec(payload(), 0..6),
+            ) {
+                let rules = RuleSet::from_config(&config()).unwrap();
+                let before = now_us();
+                let (batch, ignored) = decode(&payloads, &rules);
+                let after = now_us();
+                prop_assert!(ignored <= payloads.len() as u64);
+                for m in batch.messages() {
+                    for &t in m.lag_samples.iter().chain(m.source_time_us.iter()) {
+                        // Either the payload's own plausible ts, or the
+                        // time it was read.
+                        prop_assert!(
+                            (0..=MAX_TS_MS as i64 * 1000).contains(&t) || (before..=after).contains(&t),
+                            "{t}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -333,15 +333,34 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// The earliest year [`parse_timestamptz`] accepts (AD 1: Postgres prints
+/// earlier dates with a ` BC` suffix, which is not accepted).
+pub const TIMESTAMP_MIN_YEAR: i64 = 1;
+/// The latest year [`parse_timestamptz`] accepts (Postgres's own limit;
+/// times after 294247-01-10 04:00:54.775807 UTC do not fit in `i64` µs and
+/// give `None`).
+pub const TIMESTAMP_MAX_YEAR: i64 = 294_276;
+/// The largest UTC offset, in hours, [`parse_timestamptz`] accepts
+/// (Postgres's limit is 15:59:59).
+pub const TIMESTAMP_MAX_OFFSET_HOURS: i64 = 15;
+
 /// Parses Postgres's ISO timestamptz text (`2024-05-01 12:34:56.123456+00`,
 /// `+05:30`, `-03:00:00`) into µs since the Unix epoch.
+///
+/// Every field must be ASCII digits only, of bounded width, within its range:
+/// year [`TIMESTAMP_MIN_YEAR`]..=[`TIMESTAMP_MAX_YEAR`] (up to 6 digits),
+/// month 1-12, day 1 to the month's length, hour 0-23, minute and second
+/// 0-59 (1 or 2 digits each), an optional fraction of 1 to 6 digits, and an
+/// offset `±HH[:MM[:SS]]` of at most [`TIMESTAMP_MAX_OFFSET_HOURS`] hours.
+/// Anything else, including a result that does not fit in `i64`, is `None`:
+/// no input panics or wraps.
 pub fn parse_timestamptz(s: &str) -> Option<i64> {
     let s = s.trim();
     let (date, rest) = s.split_once(' ')?;
     let mut d = date.split('-');
-    let year: i64 = d.next()?.parse().ok()?;
-    let month: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
+    let year = field(d.next()?, 6, TIMESTAMP_MIN_YEAR, TIMESTAMP_MAX_YEAR)?;
+    let month = field(d.next()?, 2, 1, 12)?;
+    let day = field(d.next()?, 2, 1, days_in_month(year, month)?)?;
     if d.next().is_some() {
         return None;
     }
@@ -349,35 +368,97 @@ pub fn parse_timestamptz(s: &str) -> Option<i64> {
     let sign_at = rest.find(['+', '-'])?;
     let (time, offset) = rest.split_at(sign_at);
     let mut t = time.split(':');
-    let hour: i64 = t.next()?.parse().ok()?;
-    let minute: i64 = t.next()?.parse().ok()?;
+    let hour = field(t.next()?, 2, 0, 23)?;
+    let minute = field(t.next()?, 2, 0, 59)?;
     let sec_text = t.next()?;
-    let (sec, frac) = sec_text.split_once('.').unwrap_or((sec_text, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut micros: i64 = 0;
-    for (i, c) in frac.chars().take(6).enumerate() {
-        micros += i64::from(c.to_digit(10)? as u8) * 10i64.pow(5 - i as u32);
+    if t.next().is_some() {
+        return None;
     }
+    let (sec, frac) = match sec_text.split_once('.') {
+        Some((sec, frac)) => (sec, Some(frac)),
+        None => (sec_text, None),
+    };
+    let sec = field(sec, 2, 0, 59)?;
+    let micros = match frac {
+        None => 0,
+        Some(frac) => {
+            // `frac` is 1 to 6 digits: `.5` is 500000 µs.
+            let digits = field(frac, 6, 0, 999_999)?;
+            let scale = 10i64.checked_pow(u32::try_from(6usize.checked_sub(frac.len())?).ok()?)?;
+            digits.checked_mul(scale)?
+        }
+    };
+    // `offset` starts with the (one-byte) sign found above.
     let neg = offset.starts_with('-');
-    let mut o = offset[1..].split(':');
-    let oh: i64 = o.next()?.parse().ok()?;
-    let om: i64 = o.next().map_or(Some(0), |x| x.parse().ok())?;
-    let os: i64 = o.next().map_or(Some(0), |x| x.parse().ok())?;
-    let off = (oh * 3600 + om * 60 + os) * if neg { -1 } else { 1 };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + sec - off;
-    Some(secs * 1_000_000 + micros)
+    let mut o = offset.get(1..)?.split(':');
+    let oh = field(o.next()?, 2, 0, TIMESTAMP_MAX_OFFSET_HOURS)?;
+    let om = o.next().map_or(Some(0), |x| field(x, 2, 0, 59))?;
+    let os = o.next().map_or(Some(0), |x| field(x, 2, 0, 59))?;
+    if o.next().is_some() {
+        return None;
+    }
+    let off = oh
+        .checked_mul(3600)?
+        .checked_add(om.checked_mul(60)?)?
+        .checked_add(os)?;
+    let off = if neg { off.checked_neg()? } else { off };
+    let days = days_from_civil(year, month, day)?;
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(hour.checked_mul(3600)?)?
+        .checked_add(minute.checked_mul(60)?)?
+        .checked_add(sec)?
+        .checked_sub(off)?;
+    secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// A number field of a timestamp: 1 to `max_width` ASCII digits (no sign,
+/// no spaces) whose value is within `min..=max`.
+fn field(s: &str, max_width: usize, min: i64, max: i64) -> Option<i64> {
+    if s.is_empty() || s.len() > max_width || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // At most `max_width` (≤ 18) digits: the parse cannot overflow, and
+    // `ok()` covers it anyway.
+    let n: i64 = s.parse().ok()?;
+    (min..=max).contains(&n).then_some(n)
+}
+
+/// The number of days of `month` (1-12) of proleptic Gregorian `year`.
+fn days_in_month(year: i64, month: i64) -> Option<i64> {
+    Some(match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 => {
+            let leap = year.checked_rem_euclid(4)? == 0
+                && (year.checked_rem_euclid(100)? != 0 || year.checked_rem_euclid(400)? == 0);
+            if leap { 29 } else { 28 }
+        }
+        _ => return None,
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`), `None` if the arithmetic would overflow.
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    let y = if m <= 2 { y.checked_sub(1)? } else { y };
+    let era = y.checked_div_euclid(400)?;
+    let yoe = y.checked_rem_euclid(400)?;
+    let mp = m.checked_add(9)?.checked_rem_euclid(12)?;
+    let doy = mp
+        .checked_mul(153)?
+        .checked_add(2)?
+        .checked_div(5)?
+        .checked_add(d)?
+        .checked_sub(1)?;
+    let doe = yoe
+        .checked_mul(365)?
+        .checked_add(yoe.checked_div(4)?)?
+        .checked_sub(yoe.checked_div(100)?)?
+        .checked_add(doy)?;
+    era.checked_mul(146_097)?
+        .checked_add(doe)?
+        .checked_sub(719_468)
 }
 
 #[cfg(test)]
@@ -552,6 +633,386 @@ mod tests {
         for i in 0..good.len() {
             if good.is_char_boundary(i) {
                 let _ = parse(&good[..i]);
+            }
+        }
+    }
+
+    #[test]
+    fn overflowing_timestamps_are_none_not_a_panic() {
+        // Issue 11 case 7: each of these overflowed `i64` arithmetic.
+        assert_eq!(parse_timestamptz("7-7-4 3:5:9+9999999999999999"), None);
+        assert_eq!(parse_timestamptz("7-5-2 9844679083:9:4+6"), None);
+        assert_eq!(parse_timestamptz("2-1-8 9:7:9+5:223372036854775807"), None);
+        assert_eq!(parse_timestamptz("9223372036854775807-1-1 0:0:0+0"), None);
+        assert_eq!(parse_timestamptz("2024-05-01 00:00:00.9999999999+00"), None);
+        // The last day Postgres can represent does not fit in i64 µs; the
+        // last µs that does is i64::MAX.
+        assert_eq!(parse_timestamptz("294276-12-31 23:59:59.999999+00"), None);
+        assert_eq!(
+            parse_timestamptz("294247-01-10 04:00:54.775807+00"),
+            Some(i64::MAX)
+        );
+        assert_eq!(parse_timestamptz("294247-01-10 04:00:54.775808+00"), None);
+        assert_eq!(parse_timestamptz("294247-01-10 04:00:55-00:00:01"), None);
+        assert_eq!(
+            parse_timestamptz("294247-01-10 04:00:55.775807+00:00:01"),
+            Some(i64::MAX)
+        );
+        // ... but a year within the range does.
+        assert_eq!(
+            parse_timestamptz("200000-01-01 00:00:00+00"),
+            Some(6_249_223_180_800_000_000)
+        );
+    }
+
+    #[test]
+    fn commit_with_an_overflowing_timestamp_is_still_a_commit() {
+        // The commit must not be lost (its transaction's changes are applied
+        // at the COMMIT line): only its time is unknown.
+        assert_eq!(
+            parse("COMMIT(at 2-1-8 9:7:9+5:223372036854775807)").unwrap(),
+            Record::Commit { time_us: None }
+        );
+        assert_eq!(
+            parse("COMMIT 7 (at 7-7-4 3:5:9+9999999999999999)").unwrap(),
+            Record::Commit { time_us: None }
+        );
+        assert_eq!(
+            parse("COMMIT 7 (at 7-5-2 9844679083:9:4+6)").unwrap(),
+            Record::Commit { time_us: None }
+        );
+    }
+
+    #[test]
+    fn timestamp_fields_are_bounded() {
+        for bad in [
+            "2024-13-01 00:00:00+00",
+            "2024-00-01 00:00:00+00",
+            "2024-02-30 00:00:00+00",
+            "2023-02-29 00:00:00+00",
+            "2024-04-31 00:00:00+00",
+            "2024-01-00 00:00:00+00",
+            "2024-01-01 24:00:00+00",
+            "2024-01-01 00:60:00+00",
+            "2024-01-01 00:00:60+00",
+            "2024-01-01 00:00:00+16",
+            "2024-01-01 00:00:00+00:60",
+            "2024-01-01 00:00:00+00:00:60",
+            "2024-01-01 00:00:00+00:00:00:00",
+            "2024-01-01 00:00:00:00+00",
+            "2024-01-01 00:00:00.+00",
+            "2024-01-01 00:00:00.1234567+00",
+            "2024-01-01 00:00:00.12a+00",
+            "2024-01-01 00:00:00+",
+            "2024-01-01 00:00:00",
+            "2024-+1-01 00:00:00+00",
+            "2024-01-01 +1:00:00+00",
+            "2024-01-01 00:00:00++1",
+            "0000-01-01 00:00:00+00",
+            "1000000-01-01 00:00:00+00",
+            "0001-01-01 00:00:00+00 BC",
+            "2024-01-01-01 00:00:00+00",
+            "2024-01-01 00:00:00+00 ",
+            "2024-01-01 ٣:00:00+00",
+        ] {
+            // (A trailing space is trimmed, so that one parses.)
+            if bad.ends_with(' ') {
+                assert!(parse_timestamptz(bad).is_some(), "{bad:?}");
+            } else {
+                assert_eq!(parse_timestamptz(bad), None, "{bad:?}");
+            }
+        }
+        assert_eq!(
+            parse_timestamptz("2024-02-29 00:00:00+00"),
+            Some(1_709_164_800_000_000)
+        );
+        assert_eq!(
+            parse_timestamptz("1969-12-31 23:59:59.5+00"),
+            Some(-500_000)
+        );
+        assert_eq!(
+            parse_timestamptz("0001-01-01 00:00:00+00"),
+            Some(-62_135_596_800_000_000)
+        );
+        assert_eq!(
+            parse_timestamptz("2024-05-01 12:34:56.123456+15:59:59"),
+            Some(1_714_566_896_123_456 - 57_599_000_000)
+        );
+    }
+
+    mod proptests {
+        use super::super::*;
+        use chrono::{FixedOffset, NaiveDate, TimeZone};
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        // Failures are not persisted (no proptest-regressions files in the
+        // source tree): a failing input is turned into a named unit test.
+        fn config(cases: u32) -> Config {
+            Config {
+                cases,
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        /// A number field: mostly a value in `0..=max` printed as Postgres
+        /// does (zero-padded to `width`), sometimes one just out of range
+        /// with random zero padding, sometimes any digits of width 1 to 20.
+        fn num(max: u64, width: usize) -> impl Strategy<Value = String> {
+            prop_oneof![
+                12 => (0..=max).prop_map(move |v| format!("{v:0width$}")),
+                1 => (0..=max.saturating_add(2), 0usize..=3).prop_map(|(v, pad)| {
+                    format!("{}{v}", "0".repeat(pad))
+                }),
+                1 => "[0-9]{1,20}",
+            ]
+        }
+
+        /// A near-valid timestamp's pieces: (year, month, day), (hour,
+        /// minute, second, fraction), (sign, offset hours, minutes, seconds).
+        type Parts = (
+            (String, String, String),
+            (String, String, String, Option<String>),
+            (char, String, Option<String>, Option<String>),
+        );
+
+        fn ts_parts() -> impl Strategy<Value = Parts> {
+            (
+                (
+                    prop_oneof![num(3000, 4), num(300_000, 4)],
+                    num(12, 2),
+                    num(31, 2),
+                ),
+                (
+                    num(23, 2),
+                    num(59, 2),
+                    num(59, 2),
+                    proptest::option::of(prop_oneof![4 => "[0-9]{1,6}", 1 => "[0-9]{7,9}"]),
+                ),
+                (
+                    prop_oneof![Just('+'), Just('-')],
+                    num(15, 2),
+                    proptest::option::of(num(59, 2)),
+                    proptest::option::of(num(59, 2)),
+                ),
+            )
+        }
+
+        fn render(p: &Parts) -> String {
+            let ((y, mo, d), (h, mi, s, frac), (sign, oh, om, os)) = p;
+            let mut out = format!("{y}-{mo}-{d} {h}:{mi}:{s}");
+            if let Some(f) = frac {
+                out.push('.');
+                out.push_str(f);
+            }
+            out.push(*sign);
+            out.push_str(oh);
+            if let Some(om) = om {
+                out.push(':');
+                out.push_str(om);
+                if let Some(os) = os {
+                    out.push(':');
+                    out.push_str(os);
+                }
+            }
+            out
+        }
+
+        /// The reference: the documented field rules, then chrono (on the
+        /// year shifted by whole 400-year Gregorian cycles of 146097 days
+        /// where chrono's range ends), in i128.
+        fn reference(p: &Parts) -> Option<i64> {
+            fn f(s: &str, width: usize, min: u32, max: u32) -> Option<u32> {
+                if s.len() > width {
+                    return None;
+                }
+                let v: u32 = s.parse().ok()?;
+                (min..=max).contains(&v).then_some(v)
+            }
+            const CYCLE_US: i128 = 146_097 * 86_400 * 1_000_000;
+            let ((y, mo, d), (h, mi, s, frac), (sign, oh, om, os)) = p;
+            let year = f(y, 6, 1, 294_276)?;
+            let cycles = if year > 200_000 { (year - 1) / 400 } else { 0 };
+            let date = NaiveDate::from_ymd_opt(
+                i32::try_from(year - cycles * 400).ok()?,
+                f(mo, 2, 1, 12)?,
+                f(d, 2, 1, 31)?,
+            )?;
+            let micros = match frac {
+                None => 0,
+                Some(fr) if fr.len() <= 6 => {
+                    fr.parse::<u32>().ok()? * 10u32.pow(6 - fr.len() as u32)
+                }
+                Some(_) => return None,
+            };
+            let time =
+                date.and_hms_micro_opt(f(h, 2, 0, 23)?, f(mi, 2, 0, 59)?, f(s, 2, 0, 59)?, micros)?;
+            let (om, os) = match om {
+                None => (0, 0),
+                Some(om) => (
+                    f(om, 2, 0, 59)?,
+                    os.as_deref().map_or(Some(0), |x| f(x, 2, 0, 59))?,
+                ),
+            };
+            let off = i32::try_from(f(oh, 2, 0, 15)? * 3600 + om * 60 + os).ok()?;
+            let tz = FixedOffset::east_opt(if *sign == '-' { -off } else { off })?;
+            let us = tz.from_local_datetime(&time).single()?.timestamp_micros();
+            i64::try_from(i128::from(us) + i128::from(cycles) * CYCLE_US).ok()
+        }
+
+        /// A test_decoding-like line around the grammar, with random numbers.
+        fn near_valid_line() -> impl Strategy<Value = String> {
+            let ident = prop_oneof!["[a-z_][a-z0-9_$]{0,8}", "\"([^\"]|\"\"){0,8}\"", ".{0,4}",];
+            let value = prop_oneof![
+                "[0-9]{1,25}",
+                "'([^']|''){0,10}'",
+                "B'[01]{0,8}'",
+                Just("null".to_owned()),
+                Just("unchanged-toast-datum".to_owned()),
+                ".{0,6}",
+            ];
+            let column = (ident.clone(), "[a-z \\[\\]]{0,12}", value)
+                .prop_map(|(n, t, v)| format!("{n}[{t}]:{v}"));
+            let columns = proptest::collection::vec(column, 0..5).prop_map(|c| c.join(" "));
+            prop_oneof![
+                (ts_parts(), "[0-9]{0,25}")
+                    .prop_map(|(p, xid)| format!("COMMIT {xid} (at {})", render(&p))),
+                "[0-9]{0,25}".prop_map(|xid| format!("BEGIN {xid}")),
+                (
+                    ident.clone(),
+                    ident.clone(),
+                    prop_oneof![
+                        Just("INSERT"),
+                        Just("UPDATE"),
+                        Just("DELETE"),
+                        Just("TRUNCATE"),
+                        Just("UPSERT"),
+                        Just(""),
+                    ],
+                    columns.clone(),
+                    proptest::option::of(columns),
+                )
+                    .prop_map(|(s, t, op, a, b)| match b {
+                        Some(b) => format!("table {s}.{t}: {op}: old-key: {a} new-tuple: {b}"),
+                        None => format!("table {s}.{t}: {op}: {a}"),
+                    }),
+                (
+                    "[0-9]{1,3}",
+                    ".{0,12}",
+                    prop_oneof!["[0-9]{1,25}", Just(String::new())],
+                    ".{0,12}",
+                )
+                    .prop_map(|(tx, prefix, sz, content)| format!(
+                        "message: transactional: {tx} prefix: {prefix}, sz: {sz} content:{content}"
+                    )),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn parse_never_panics_on_any_string(s in any::<String>()) {
+                let _ = parse(&s);
+            }
+
+            #[test]
+            fn parse_never_panics_on_prefixed_garbage(
+                head in prop_oneof![
+                    Just("BEGIN"), Just("COMMIT"), Just("COMMIT (at "), Just("message: "),
+                    Just("message: transactional: 1 prefix: "), Just("table "),
+                    Just("table public.t: INSERT: "), Just("table public.t: UPDATE: old-key: "),
+                ],
+                tail in any::<String>(),
+            ) {
+                let _ = parse(&format!("{head}{tail}"));
+            }
+
+            #[test]
+            fn parse_never_panics_on_near_valid_lines(line in near_valid_line()) {
+                let r = parse(&line);
+                // Every prefix and suffix (on char boundaries) too.
+                for (i, _) in line.char_indices() {
+                    let _ = parse(&line[..i]);
+                    let _ = parse(&line[i..]);
+                }
+                if let Ok(Record::Message { content, .. }) = r {
+                    prop_assert!(line.ends_with(&content));
+                }
+            }
+
+            #[test]
+            fn timestamptz_never_panics_on_any_string(s in any::<String>()) {
+                let _ = parse_timestamptz(&s);
+            }
+
+            #[test]
+            fn commit_time_is_the_timestamp_of_its_line(p in ts_parts()) {
+                let text = render(&p);
+                let line = format!("COMMIT 7 (at {text})");
+                prop_assert_eq!(
+                    parse(&line),
+                    Ok(Record::Commit { time_us: parse_timestamptz(&text) })
+                );
+            }
+
+            #[test]
+            fn near_valid_timestamps_match_the_reference(p in ts_parts()) {
+                prop_assert_eq!(parse_timestamptz(&render(&p)), reference(&p), "{}", render(&p));
+            }
+
+            #[test]
+            fn valid_timestamps_match_chrono(
+                year in 1i32..=262_000,
+                month in 1u32..=12,
+                day in 1u32..=31,
+                hms in (0u32..24, 0u32..60, 0u32..60),
+                frac_digits in 0usize..=6,
+                frac in 0u32..1_000_000,
+                offset in -(15 * 3600 + 59 * 60 + 59)..=(15 * 3600 + 59 * 60 + 59i32),
+                offset_form in 0u8..3,
+            ) {
+                let (h, mi, s) = hms;
+                let valid = NaiveDate::from_ymd_opt(year, month, day);
+                let frac_text = format!("{frac:06}");
+                let frac_text = &frac_text[..frac_digits];
+                let micros = if frac_digits == 0 {
+                    0
+                } else {
+                    frac_text.parse::<u32>().unwrap() * 10u32.pow(6 - frac_digits as u32)
+                };
+                // Drop the offset parts the chosen form leaves out.
+                let a = offset.unsigned_abs();
+                let (oh, om, os) = match offset_form {
+                    0 => (a / 3600, 0, 0),
+                    1 => (a / 3600, a / 60 % 60, 0),
+                    _ => (a / 3600, a / 60 % 60, a % 60),
+                };
+                let sign = if offset < 0 { '-' } else { '+' };
+                let mut text = format!("{year:04}-{month:02}-{day:02} {h:02}:{mi:02}:{s:02}");
+                if frac_digits > 0 {
+                    text.push('.');
+                    text.push_str(frac_text);
+                }
+                text.push_str(&format!("{sign}{oh:02}"));
+                if offset_form >= 1 {
+                    text.push_str(&format!(":{om:02}"));
+                }
+                if offset_form >= 2 {
+                    text.push_str(&format!(":{os:02}"));
+                }
+                let got = parse_timestamptz(&text);
+                match valid {
+                    None => prop_assert_eq!(got, None, "{}", text),
+                    Some(date) => {
+                        let off = i32::try_from(oh * 3600 + om * 60 + os).unwrap();
+                        let tz = FixedOffset::east_opt(if offset < 0 { -off } else { off }).unwrap();
+                        let local = date.and_hms_micro_opt(h, mi, s, micros).unwrap();
+                        let want = tz.from_local_datetime(&local).single().unwrap().timestamp_micros();
+                        prop_assert_eq!(got, Some(want), "{}", text);
+                    }
+                }
             }
         }
     }
