@@ -37,9 +37,13 @@
 
 pub mod generic;
 pub mod http;
+mod rate_log;
 
 pub use generic::{CacheLayer, CacheService};
-pub use http::{CacheBody, CacheHandle, CachedResponse, HttpCache, HttpCacheLayer, ResponseCodec};
+pub use http::{
+    CacheBody, CacheHandle, CachedResponse, HttpCache, HttpCacheLayer, ResponseCodec,
+    TooManyHeaders,
+};
 
 /// The boxed error of the generic layer (as in tower's own middleware).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

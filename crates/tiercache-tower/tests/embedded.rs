@@ -20,5 +20,5 @@ with_rules!(embedded);
 
 #[test]
 fn every_rule_is_listed() {
-    assert_eq!(common::all().len(), 20);
+    assert_eq!(common::all().len(), 23);
 }

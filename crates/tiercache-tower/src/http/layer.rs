@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -9,6 +10,7 @@ use tower_layer::Layer;
 use super::handle::CacheHandle;
 use super::response::CachedResponse;
 use super::service::HttpCache;
+use crate::rate_log::LogEvery;
 
 /// The settings of an [`HttpCacheLayer`], shared by its services and handles.
 #[derive(Clone)]
@@ -24,6 +26,12 @@ pub(crate) struct Config {
     pub(crate) max_body_size: usize,
     pub(crate) request_no_cache: bool,
     pub(crate) cache_authorized: bool,
+    /// Responses not stored because their tags cannot be recorded.
+    pub(crate) tags_rejected: Arc<AtomicU64>,
+    pub(crate) tags_log: LogEvery,
+    /// Requests on which the cache failed internally (and failed open).
+    pub(crate) internal_failures: Arc<AtomicU64>,
+    pub(crate) failure_log: LogEvery,
 }
 
 /// An HTTP response cache in front of an `http::Request` / `http::Response`
@@ -100,6 +108,10 @@ impl HttpCacheLayer {
                 max_body_size: 512 * 1024,
                 request_no_cache: false,
                 cache_authorized: false,
+                tags_rejected: Arc::default(),
+                tags_log: LogEvery::default(),
+                internal_failures: Arc::default(),
+                failure_log: LogEvery::default(),
             }),
         }
     }

@@ -109,5 +109,5 @@ pub use body::CacheBody;
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
 pub use layer::HttpCacheLayer;
-pub use response::{CachedResponse, ResponseCodec};
+pub use response::{CachedResponse, MAX_HEADERS, ResponseCodec, TooManyHeaders};
 pub use service::HttpCache;

@@ -31,7 +31,7 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive, None),
                 };
-                let age = || arg.map(|a| a.parse::<u64>().unwrap_or(0));
+                let age = || arg.map(delta_seconds);
                 if name.eq_ignore_ascii_case("no-store") {
                     cc.no_store = true;
                 } else if name.eq_ignore_ascii_case("no-cache") {
@@ -53,6 +53,16 @@ impl CacheControl {
     pub(crate) fn shared_max_age(&self) -> Option<Duration> {
         self.s_maxage.or(self.max_age).map(Duration::from_secs)
     }
+}
+
+/// A `delta-seconds` value (RFC 9111 1.2.2): digits only; one too large to
+/// represent is the largest (the engine clamps it further); anything else
+/// is malformed and counts as 0 (stale).
+fn delta_seconds(arg: &str) -> u64 {
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    arg.parse::<u64>().unwrap_or(u64::MAX)
 }
 
 /// Whether a request asks to bypass stored responses (`Cache-Control:
@@ -96,22 +106,81 @@ pub(crate) fn split_list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// Removes the tags header and returns the tags it named (comma or space
-/// separated, duplicates dropped, order kept).
-pub(crate) fn take_tags(headers: &mut HeaderMap, name: &HeaderName) -> Vec<String> {
+/// Why a response's tags cannot be recorded exactly (the response is then
+/// not stored: a tag dropped or changed would never match its invalidation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TagError {
+    /// The header's bytes are not UTF-8.
+    NotUtf8,
+    /// A `%` not followed by two hex digits, or an escape that decodes to
+    /// bytes that are not UTF-8.
+    BadEscape,
+}
+
+impl TagError {
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            TagError::NotUtf8 => "the tags header is not UTF-8",
+            TagError::BadEscape => "a tag has a malformed percent-escape",
+        }
+    }
+}
+
+/// Removes the tags header and returns the tags it named: comma or space
+/// separated, each percent-decoded (RFC 3986: `caf%C3%A9` is `café`; raw
+/// UTF-8 is accepted too), duplicates dropped, order kept.
+///
+/// # Errors
+///
+/// [`TagError`] when the tags cannot be recorded exactly. The header is
+/// removed either way.
+pub(crate) fn take_tags(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+) -> Result<Vec<String>, TagError> {
     let mut tags: Vec<String> = Vec::new();
     if let header::Entry::Occupied(e) = headers.entry(name) {
         let (_, values) = e.remove_entry_mult();
         for value in values {
-            let Ok(value) = value.to_str() else { continue };
-            for tag in value.split([',', ' ', '\t']).filter(|t| !t.is_empty()) {
-                if !tags.iter().any(|t| t == tag) {
-                    tags.push(tag.to_owned());
-                }
-            }
+            parse_tags(value.as_bytes(), &mut tags)?;
         }
     }
-    tags
+    // Duplicates dropped in one pass (a header may name many thousands).
+    let mut seen = std::collections::HashSet::with_capacity(tags.len());
+    tags.retain(|t| seen.insert(t.clone()));
+    Ok(tags)
+}
+
+/// Adds the tags of one header value to `tags`, duplicates included (see
+/// [`take_tags`]).
+pub(crate) fn parse_tags(value: &[u8], tags: &mut Vec<String>) -> Result<(), TagError> {
+    let value = std::str::from_utf8(value).map_err(|_| TagError::NotUtf8)?;
+    for raw in value.split([',', ' ', '\t']).filter(|t| !t.is_empty()) {
+        tags.push(percent_decode(raw)?);
+    }
+    Ok(())
+}
+
+/// `s` with its `%XX` escapes decoded.
+fn percent_decode(s: &str) -> Result<String, TagError> {
+    if !s.contains('%') {
+        return Ok(s.to_owned());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or(TagError::BadEscape)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| TagError::BadEscape)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| TagError::BadEscape)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| TagError::BadEscape)
 }
 
 /// Headers that describe one connection, never a stored response (RFC 9110
@@ -212,7 +281,10 @@ mod tests {
         assert!(!vary_covered(&map(&[("vary", "*")]), &configured));
         let mut h = map(&[("x-cache-tags", "a, b c"), ("x-cache-tags", "a,d")]);
         let name = HeaderName::from_static("x-cache-tags");
-        assert_eq!(take_tags(&mut h, &name), ["a", "b", "c", "d"]);
+        assert_eq!(
+            take_tags(&mut h, &name),
+            Ok(vec!["a".into(), "b".into(), "c".into(), "d".into()])
+        );
         assert!(h.is_empty());
         let etag = HeaderValue::from_static("\"abc\"");
         assert!(none_match(
@@ -221,5 +293,36 @@ mod tests {
         ));
         assert!(none_match(&HeaderValue::from_static("*"), &etag));
         assert!(!none_match(&HeaderValue::from_static("\"abd\""), &etag));
+    }
+
+    /// Issue 11, case 5: UTF-8 and percent-encoded tags are recorded
+    /// exactly; tags that cannot be are an error, never silently dropped.
+    #[test]
+    fn tags_are_utf8_or_percent_encoded_or_refused() {
+        let name = HeaderName::from_static("x-cache-tags");
+        let mut h = HeaderMap::new();
+        h.append(
+            &name,
+            HeaderValue::from_bytes("products category:café".as_bytes()).expect("value"),
+        );
+        assert_eq!(
+            take_tags(&mut h, &name),
+            Ok(vec!["products".into(), "category:café".into()])
+        );
+        let mut h = map(&[("x-cache-tags", "category:caf%C3%A9 100%25 products")]);
+        assert_eq!(
+            take_tags(&mut h, &name),
+            Ok(vec![
+                "category:café".into(),
+                "100%".into(),
+                "products".into()
+            ])
+        );
+        for bad in [&b"a%"[..], b"a%4", b"a%zz", b"%ff%fe", b"ok \xff"] {
+            let mut h = HeaderMap::new();
+            h.append(&name, HeaderValue::from_bytes(bad).expect("value"));
+            assert!(take_tags(&mut h, &name).is_err(), "{bad:?}");
+            assert!(h.is_empty(), "the header is removed either way");
+        }
     }
 }

@@ -32,15 +32,46 @@ impl fmt::Debug for CachedResponse {
     }
 }
 
+/// Most header fields (values, counting each of a repeated name) a stored
+/// response may carry, the cache's own three included. A response with more
+/// is not stored; stored bytes claiming more are corrupt. It bounds what a
+/// decode allocates, and keeps every map far below `http`'s own limit (a
+/// `HeaderMap` panics past 32,768 entries).
+pub const MAX_HEADERS: usize = 1024;
+
+/// A response the cache cannot hold: it carries more than [`MAX_HEADERS`]
+/// header fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{count} header fields, more than the {MAX_HEADERS} a stored response may carry")]
+pub struct TooManyHeaders {
+    /// The response's header fields, with the cache's own.
+    pub count: usize,
+}
+
+/// Whether a response with `headers` fits [`MAX_HEADERS`] once stored (with
+/// the cache's own fields and a `content-length`).
+pub(crate) fn headers_fit(headers: &HeaderMap) -> bool {
+    headers.len().saturating_add(OWN_HEADERS + 1) <= MAX_HEADERS
+}
+
 impl CachedResponse {
     /// A cached response. `etag`: the origin's, or `None` for a strong one
     /// computed from the body (`"` + xxh3-128 hex + `"`).
+    ///
+    /// # Errors
+    ///
+    /// [`TooManyHeaders`] when `headers`, with the `etag`, `x-cache` and
+    /// `age` the cache adds, hold more than [`MAX_HEADERS`] fields.
     pub fn new(
         status: StatusCode,
         mut headers: HeaderMap,
         body: Bytes,
         etag: Option<HeaderValue>,
-    ) -> Self {
+    ) -> Result<Self, TooManyHeaders> {
+        let count = headers.len().saturating_add(OWN_HEADERS);
+        if count > MAX_HEADERS {
+            return Err(TooManyHeaders { count });
+        }
         let etag = etag.unwrap_or_else(|| strong_etag(&body));
         for (name, value) in headers.iter_mut() {
             intern(name, value);
@@ -53,12 +84,12 @@ impl CachedResponse {
             HeaderValue::from_static("hit"),
         );
         headers.insert(header::AGE, HeaderValue::from_static("0"));
-        Self {
+        Ok(Self {
             status,
             headers,
             body,
             etag,
-        }
+        })
     }
 
     /// The status.
@@ -91,12 +122,17 @@ impl CachedResponse {
     /// ([`ResponseCodec`]'s [`thread_copy`](Codec::thread_copy)), so those
     /// writes stay on the serving core's own memory.
     pub fn thread_copy(&self) -> Self {
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        // Never more than MAX_HEADERS fields (checked where one is made);
+        // the fallible calls keep even a broken invariant from panicking.
+        let mut headers =
+            HeaderMap::try_with_capacity(self.headers.len().min(MAX_HEADERS)).unwrap_or_default();
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
             let mut value = copy_value(value);
             intern(&name, &mut value);
-            headers.append(name, value);
+            if headers.try_append(name, value).is_err() {
+                return self.clone();
+            }
         }
         Self {
             status: self.status,
@@ -134,15 +170,20 @@ impl CachedResponse {
             .map_err(|e| corrupt(&e))?;
         let etag = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
         let count = r.len()?;
+        if count > MAX_HEADERS {
+            return Err(DecodeError::Corrupt(format!(
+                "{count} header fields, more than {MAX_HEADERS}"
+            )));
+        }
         if count > r.0.len() {
             return Err(DecodeError::Corrupt("header count past the end".into()));
         }
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = HeaderMap::try_with_capacity(count).map_err(|e| corrupt(&e))?;
         for _ in 0..count {
             let name = HeaderName::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
             let mut value = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
             intern(&name, &mut value);
-            headers.append(name, value);
+            headers.try_append(name, value).map_err(|e| corrupt(&e))?;
         }
         let body = Bytes::copy_from_slice(r.bytes()?);
         if !r.0.is_empty() {
@@ -263,6 +304,9 @@ pub(crate) fn strong_etag(body: &[u8]) -> HeaderValue {
 
 const FORMAT: u8 = 1;
 
+/// Fields the cache adds to every stored response: `etag`, `x-cache`, `age`.
+const OWN_HEADERS: usize = 3;
+
 fn corrupt(e: &dyn fmt::Display) -> DecodeError {
     DecodeError::Corrupt(e.to_string())
 }
@@ -375,6 +419,7 @@ mod tests {
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
         CachedResponse::new(StatusCode::OK, h, Bytes::from_static(b"{\"id\":1}"), None)
+            .expect("few headers")
     }
 
     #[test]
@@ -392,6 +437,39 @@ mod tests {
         assert!(ResponseCodec.decode(&longer).is_err());
     }
 
+    /// Issue 11, case 2: stored bytes with 32,769 header fields are a
+    /// decode error (the engine deletes them), never a panic.
+    #[test]
+    fn many_header_fields_are_an_error_not_a_panic() {
+        // `01 00c8 00 818002` then 32,769 zero bytes: status 200, an empty
+        // ETag, 32,769 headers (each an empty name, which the count check
+        // refuses before any map is made).
+        let mut planted = vec![0x01, 0x00, 0xc8, 0x00, 0x81, 0x80, 0x02];
+        planted.extend(std::iter::repeat_n(0u8, 32_769));
+        match ResponseCodec.decode(&planted) {
+            Err(DecodeError::Corrupt(why)) => assert!(why.contains("32769"), "{why}"),
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        // 32,769 values of one header, as an origin could send them: not
+        // storable, with a typed error.
+        let mut h = HeaderMap::new();
+        for _ in 0..32_769 {
+            h.append("x-many", HeaderValue::from_static("v"));
+        }
+        let err = CachedResponse::new(StatusCode::OK, h, Bytes::new(), None).unwrap_err();
+        assert_eq!(err.count, 32_769 + OWN_HEADERS);
+        // At the limit it is stored, and its bytes round-trip.
+        let mut h = HeaderMap::new();
+        for i in 0..MAX_HEADERS - OWN_HEADERS {
+            h.append("x-many", HeaderValue::from(i));
+        }
+        let r = CachedResponse::new(StatusCode::OK, h, Bytes::new(), None).expect("at the limit");
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        assert_eq!(CachedResponse::decode(&out).expect("decode"), r);
+        assert_eq!(r.thread_copy(), r);
+    }
+
     #[test]
     fn thread_copy_is_equal_and_unshared() {
         let mut h = HeaderMap::new();
@@ -401,7 +479,7 @@ mod tests {
         secret.set_sensitive(true);
         h.insert("x-secret", secret);
         let body = Bytes::from(vec![7u8; 100]);
-        let r = CachedResponse::new(StatusCode::OK, h, body, None);
+        let r = CachedResponse::new(StatusCode::OK, h, body, None).expect("few headers");
         let c = r.thread_copy();
         assert_eq!(c, r);
         assert_ne!(c.body().as_ptr(), r.body().as_ptr(), "body copied");

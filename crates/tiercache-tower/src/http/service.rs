@@ -1,10 +1,13 @@
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::channel::oneshot;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -19,9 +22,10 @@ use super::future::ResponseFuture;
 use super::handle::CacheHandle;
 use super::layer::Config;
 use super::policy::{
-    CacheControl, none_match, request_no_cache, strip_for_storage, take_tags, vary_covered,
+    CacheControl, TagError, none_match, request_no_cache, strip_for_storage, take_tags,
+    vary_covered,
 };
-use super::response::{CachedResponse, number_value};
+use super::response::{CachedResponse, headers_fit, number_value};
 
 /// `x-cache`, set on every response that went through a lookup.
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -104,18 +108,22 @@ where
         let revalidate = c.request_no_cache && request_no_cache(req.headers());
         // A fresh local hit is answered here: no service clone, no boxed
         // future, the key hashed from the request's parts as it stands.
+        // A panic in here is a cache failure, not the client's: the request
+        // goes on to the lookup, and from there to the service.
         if !revalidate
-            && let Some(Some(resp)) = c.cache.with_local(&key, |hit| {
-                hit.value.map(|cached| {
-                    respond(
-                        cached,
-                        Outcome::Hit(Tier::Local),
-                        hit.age,
-                        req.method() == Method::HEAD,
-                        req.headers().get(header::IF_NONE_MATCH),
-                    )
+            && let Ok(Some(Some(resp))) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                c.cache.with_local(&key, |hit| {
+                    hit.value.map(|cached| {
+                        respond(
+                            cached,
+                            Outcome::Hit(Tier::Local),
+                            hit.age,
+                            req.method() == Method::HEAD,
+                            req.headers().get(header::IF_NONE_MATCH),
+                        )
+                    })
                 })
-            })
+            }))
         {
             return ResponseFuture::ready(resp);
         }
@@ -161,23 +169,36 @@ where
     let mut slot = Some(req);
     // Made only when this caller leads a load: a hit allocates no channel.
     let mut own_rx: Option<oneshot::Receiver<Delivered<ResBody, S::Error>>> = None;
-    let fetched = config
-        .cache
-        .fetch(&key, || {
-            let (tx, rx) = oneshot::channel();
-            own_rx = Some(rx);
-            let call = slot.take().map(|mut req| {
-                // Conditional requests are answered by the cache: the origin
-                // is asked for the full response, which can be stored.
-                req.headers_mut().remove(header::IF_NONE_MATCH);
-                req.headers_mut().remove(header::IF_MODIFIED_SINCE);
-                req.extensions_mut()
-                    .insert(CacheHandle::new(Arc::clone(&config)));
-                svc.call(req)
-            });
-            load(Arc::clone(&config), call, head, tx)
-        })
-        .await;
+    let fetched = AssertUnwindSafe(config.cache.fetch(&key, || {
+        let (tx, rx) = oneshot::channel();
+        own_rx = Some(rx);
+        let call = slot.take().map(|mut req| {
+            // Conditional requests are answered by the cache: the origin
+            // is asked for the full response, which can be stored.
+            req.headers_mut().remove(header::IF_NONE_MATCH);
+            req.headers_mut().remove(header::IF_MODIFIED_SINCE);
+            req.extensions_mut()
+                .insert(CacheHandle::new(Arc::clone(&config)));
+            svc.call(req)
+        });
+        load(Arc::clone(&config), call, head, tx)
+    }))
+    .catch_unwind()
+    .await;
+    // The cache failed inside (a panic on something it stored): fail open
+    // as when Redis is down. The entry is dropped and the failure counted;
+    // the request goes to the service (or, if this caller already led a
+    // load, its own response is served).
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(_) => {
+            config.internal_failure(&key).await;
+            if let Some(Ok(Some(own))) = own_rx.map(|mut rx| rx.try_recv()) {
+                return own.map(|r| with_x_cache(r, MISS));
+            }
+            return forward(config, svc, slot, None).await;
+        }
+    };
     // This caller led the load and its response is not stored: it is served
     // as it is (a service error too, unless a stale value stands in).
     if let Some(own) = own_rx.and_then(|mut rx| rx.try_recv().ok().flatten()) {
@@ -283,7 +304,14 @@ where
         }
     };
     let (mut parts, body) = resp.into_parts();
-    let tags = take_tags(&mut parts.headers, &config.tags_header);
+    let tags = match take_tags(&mut parts.headers, &config.tags_header) {
+        Ok(tags) => tags,
+        Err(e) => {
+            config.tags_rejected(&e);
+            let _ = tx.send(Ok(Response::from_parts(parts, CacheBody::inner(body))));
+            return Err(Box::new(NotStored::new(e.as_str())));
+        }
+    };
     let Some(ttl) = config.storable(&parts) else {
         let status = parts.status;
         let _ = tx.send(Ok(Response::from_parts(parts, CacheBody::inner(body))));
@@ -316,7 +344,10 @@ where
                     number_value(u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
                 );
             }
-            let cached = CachedResponse::new(parts.status, parts.headers, bytes, etag);
+            // `storable` checked the count: this cannot fail (and if it
+            // did, the caller would get an error response, not a panic).
+            let cached = CachedResponse::new(parts.status, parts.headers, bytes, etag)
+                .map_err(|e| -> BoxError { Box::new(e) })?;
             let mut entry = Entry::new(cached).tags(tags);
             entry.ttl = ttl;
             Ok(Some(entry))
@@ -325,6 +356,48 @@ where
 }
 
 impl Config {
+    /// The cache panicked while answering `key`: counted, logged at most once
+    /// per interval, and the entry dropped everywhere (a panic there too is
+    /// swallowed: the request must still reach the service).
+    async fn internal_failure(&self, key: &String) {
+        metrics::counter!(
+            "tiercache_http_internal_failures_total",
+            "namespace" => self.cache.namespace().to_owned()
+        )
+        .increment(1);
+        let total = self.internal_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.failure_log.due() {
+            tracing::error!(
+                ns = self.cache.namespace(),
+                key = %key,
+                total,
+                "the cache failed internally; entry dropped, request sent to the service"
+            );
+        }
+        let _ = AssertUnwindSafe(self.cache.invalidate(key))
+            .catch_unwind()
+            .await;
+    }
+
+    /// A response not stored because its tags cannot be recorded exactly:
+    /// counted, and logged at most once per interval.
+    fn tags_rejected(&self, e: &TagError) {
+        metrics::counter!(
+            "tiercache_http_tags_rejected_total",
+            "namespace" => self.cache.namespace().to_owned()
+        )
+        .increment(1);
+        let total = self.tags_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.tags_log.due() {
+            tracing::warn!(
+                ns = self.cache.namespace(),
+                reason = e.as_str(),
+                total,
+                "response served but not cached: its tags cannot be recorded exactly"
+            );
+        }
+    }
+
     /// Whether a response may be stored, and for how long (`Some(None)`:
     /// the cache's TTL).
     fn storable(&self, parts: &http::response::Parts) -> Option<Option<Duration>> {
@@ -336,7 +409,7 @@ impl Config {
             return None;
         };
         let h = &parts.headers;
-        if h.contains_key(header::SET_COOKIE) || !vary_covered(h, &self.vary) {
+        if h.contains_key(header::SET_COOKIE) || !vary_covered(h, &self.vary) || !headers_fit(h) {
             return None;
         }
         let cc = CacheControl::parse(h);

@@ -209,6 +209,56 @@ async fn private_slow(State(calls): State<Calls>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "private")], format!("private {n}"))
 }
 
+/// `n` values of one header (an origin can send more than `http`'s map
+/// limit of distinct entries: repeated values do not count toward it).
+async fn many(State(calls): State<Calls>, Path(n): Path<usize>) -> Response<Body> {
+    let c = calls.bump(&format!("many:{n}"));
+    let mut resp = format!("many {c}").into_response();
+    for i in 0..n {
+        resp.headers_mut().append("x-many", i.into());
+    }
+    resp
+}
+
+/// A response tagged with the raw bytes of the (percent-decoded) path
+/// segment: `/tagged/products%20category%3Acaf%C3%A9` sends
+/// `x-cache-tags: products category:café` in UTF-8.
+async fn tagged(State(calls): State<Calls>, Path(tags): Path<String>) -> Response<Body> {
+    let n = calls.bump(&format!("tagged:{tags}"));
+    let mut resp = format!("tagged {n}").into_response();
+    resp.headers_mut().insert(
+        "x-cache-tags",
+        header::HeaderValue::from_bytes(tags.as_bytes()).unwrap(),
+    );
+    resp
+}
+
+/// A tag of `n` bytes.
+async fn long_tag(State(calls): State<Calls>, Path(n): Path<usize>) -> Response<Body> {
+    let c = calls.bump(&format!("longtag:{n}"));
+    let mut resp = format!("longtag {c}").into_response();
+    resp.headers_mut().insert(
+        "x-cache-tags",
+        header::HeaderValue::from_str(&"t".repeat(n)).unwrap(),
+    );
+    resp
+}
+
+/// A tags header that is not UTF-8.
+async fn bad_tags(State(calls): State<Calls>) -> Response<Body> {
+    let n = calls.bump("badtags");
+    let mut resp = format!("badtags {n}").into_response();
+    resp.headers_mut().insert(
+        "x-cache-tags",
+        header::HeaderValue::from_bytes(b"ok \xff").unwrap(),
+    );
+    resp
+}
+
+async fn planted(State(calls): State<Calls>) -> impl IntoResponse {
+    format!("origin {}", calls.bump("planted"))
+}
+
 /// The test app with `layer` on every route.
 pub fn router(layer: HttpCacheLayer, calls: &Calls) -> Router {
     Router::new()
@@ -223,6 +273,11 @@ pub fn router(layer: HttpCacheLayer, calls: &Calls) -> Router {
         .route("/flaky", routing::get(flaky))
         .route("/slow", routing::get(slow))
         .route("/private", routing::get(private_slow))
+        .route("/many/{n}", routing::get(many))
+        .route("/tagged/{tags}", routing::get(tagged))
+        .route("/badtags", routing::get(bad_tags))
+        .route("/longtag/{n}", routing::get(long_tag))
+        .route("/planted", routing::get(planted))
         .layer(layer)
         .with_state(calls.clone())
 }
@@ -984,6 +1039,126 @@ pub async fn generic_singleflight_and_waiters_errors(env: Env) {
     assert_eq!(own, 1, "the leader gets the service's own error");
 }
 
+// ------------------------------------------- hardening (issue 11)
+
+/// An instance of the same cache with its local tier off: every read goes
+/// to the shared tier and decodes what is stored there.
+async fn shared_only(env: &Env, ns: &str) -> Cache<String, CachedResponse> {
+    env.http_cache_in(ns, |b| b.local_capacity(0)).await
+}
+
+/// An origin's `max-age` far past what a clock can add: the response is
+/// stored (clamped) and every later read, on any instance, answers 200.
+pub async fn origin_huge_max_age(env: Env) {
+    let calls = Calls::default();
+    let ns = Env::namespace("huge-max-age");
+    let a = router(
+        HttpCacheLayer::new(env.http_cache_in(&ns, |b| b).await),
+        &calls,
+    );
+    let b = router(HttpCacheLayer::new(shared_only(&env, &ns).await), &calls);
+    for v in [
+        "max-age=99999999999",
+        "max-age=18446744073709551615",
+        "s-maxage=18446744073709551615",
+        "max-age=99999999999999999999999999",
+    ] {
+        let uri = format!("/cc?v={v}");
+        let first = get(&a, &uri).await;
+        assert_eq!(first.status, StatusCode::OK, "{v}");
+        assert_eq!(first.x_cache(), "miss", "{v}");
+        for app in [&a, &b, &b] {
+            let again = get(app, &uri).await;
+            assert_eq!(again.status, StatusCode::OK, "{v}");
+            assert_eq!(again.text(), first.text(), "{v}");
+        }
+    }
+    // RFC 9111 1.2.2: a delta too large to represent is taken as the
+    // largest one, not as 0.
+    assert_eq!(calls.get("cc:max-age=99999999999999999999999999"), 1);
+}
+
+/// 32,769 values of one header: the response is served, not stored (and
+/// so never read back into a map that would panic); a stored value with
+/// that many fields is corrupt: deleted, and the request goes to the origin.
+pub async fn many_header_values(env: Env) {
+    let calls = Calls::default();
+    let ns = Env::namespace("many-headers");
+    let cache = env.http_cache_in(&ns, |b| b).await;
+    let a = router(HttpCacheLayer::new(cache.clone()), &calls);
+    let b = router(HttpCacheLayer::new(shared_only(&env, &ns).await), &calls);
+    for app in [&a, &b, &a] {
+        let r = get(app, "/many/32769").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers.get_all("x-many").iter().count(), 32_769);
+    }
+    assert_eq!(calls.get("many:32769"), 3, "not stored");
+    // A modest count is stored as usual.
+    assert_eq!(get(&a, "/many/10").await.x_cache(), "miss");
+    assert_eq!(get(&b, "/many/10").await.x_cache(), "hit");
+    // The issue's bytes, planted in the shared tier under a URL's key.
+    let sk = cache.key_format().storage_key("GET /planted");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let times = tiercache_core::envelope::Times {
+        written_ms: now,
+        soft_ms: now + 60_000,
+        fresh_ms: now + 60_000,
+        stale_ms: now + 60_000,
+    };
+    let mut poison = vec![0x01, 0x00, 0xc8, 0x00, 0x81, 0x80, 0x02];
+    poison.extend(std::iter::repeat_n(0u8, 32_769));
+    let bytes = tiercache_core::envelope::encode(false, times, &[], &poison, usize::MAX).unwrap();
+    env.tier
+        .set(&sk, Bytes::from(bytes), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r = get(&b, "/planted").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "origin 1"));
+    // Deleted: the origin's answer took its place.
+    let r = get(&b, "/planted").await;
+    assert_eq!((r.x_cache(), r.text().as_str()), ("hit", "origin 1"));
+}
+
+/// Tags in UTF-8 (raw or percent-encoded) are recorded exactly, so their
+/// invalidation reaches the response; tags that cannot be recorded keep
+/// the response out of the cache.
+pub async fn tags_recorded_exactly_or_not_stored(env: Env) {
+    let calls = Calls::default();
+    let layer = HttpCacheLayer::new(env.http_cache("tags-exact").await);
+    let handle = layer.handle();
+    let app = router(layer, &calls);
+    let raw = "/tagged/products%20category%3Acaf%C3%A9";
+    let escaped = "/tagged/category%3Acaf%25C3%25A9";
+    for uri in [raw, escaped] {
+        assert_eq!(get(&app, uri).await.x_cache(), "miss");
+        assert_eq!(get(&app, uri).await.x_cache(), "hit");
+    }
+    handle.invalidate_tag("category:café").await;
+    for uri in [raw, escaped] {
+        let again = get(&app, uri).await;
+        assert_eq!(again.x_cache(), "miss", "{uri} invalidated by its tag");
+        assert!(again.header("x-cache-tags").is_none());
+    }
+    // A tag that cannot be recorded: the response is served, never stored.
+    for uri in ["/longtag/65536", "/tagged/bad%25zz", "/badtags"] {
+        for _ in 0..2 {
+            let r = get(&app, uri).await;
+            assert_eq!(r.status, StatusCode::OK, "{uri}");
+            assert_eq!(r.x_cache(), "miss", "{uri}");
+            assert!(r.header("x-cache-tags").is_none());
+        }
+    }
+    assert_eq!(calls.get("badtags"), 2);
+    assert_eq!(calls.get("longtag:65536"), 2);
+    // At the limit, stored.
+    assert_eq!(get(&app, "/longtag/65535").await.x_cache(), "miss");
+    assert_eq!(get(&app, "/longtag/65535").await.x_cache(), "hit");
+    assert_eq!(calls.get("tagged:bad%zz"), 2);
+}
+
 /// A rule: an async test body taking the environment.
 pub type Rule = fn(Env) -> BoxFuture<'static, ()>;
 
@@ -1011,7 +1186,10 @@ macro_rules! with_rules {
             http_service_errors_not_cached,
             http_poll_ready_honoured,
             generic_layer,
-            generic_singleflight_and_waiters_errors
+            generic_singleflight_and_waiters_errors,
+            origin_huge_max_age,
+            many_header_values,
+            tags_recorded_exactly_or_not_stored
         );
     };
 }
