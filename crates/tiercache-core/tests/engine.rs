@@ -1138,3 +1138,55 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
     let e = Cache::<u64, String>::builder("ok").build().unwrap_err();
     assert_eq!(e.field, "runtime");
 }
+
+/// An entry's own refresh-ahead point and grace override the cache's: a
+/// read past `refresh_after` serves it and refreshes it once in the
+/// background, handing the loader the value it replaces; past its TTL and
+/// within its own grace, a failing origin gets the stale value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_entry_refresh_after_and_grace() {
+    let (c, _, _) = cache(&ns());
+    let seen: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+    let load = |next: &'static str, seen: Arc<std::sync::Mutex<Vec<Option<String>>>>| {
+        move |old: Option<Arc<String>>| async move {
+            seen.lock().unwrap().push(old.as_deref().cloned());
+            Ok::<_, OriginDown>(Some(
+                Entry::new(next.to_string())
+                    .ttl(Duration::from_millis(300))
+                    .refresh_after(Duration::from_millis(100))
+                    .grace(Duration::from_secs(30)),
+            ))
+        }
+    };
+    let f = c.fetch_revalidating(&1, load("v1", seen.clone())).await.unwrap();
+    assert_eq!(f.value.as_deref().map(String::as_str), Some("v1"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Past refresh_after: served as it is, refreshed in the background.
+    let f = c.fetch_revalidating(&1, load("v2", seen.clone())).await.unwrap();
+    assert_eq!(f.value.as_deref().map(String::as_str), Some("v1"));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while c.get(&1).await.as_deref().map(String::as_str) != Some("v2") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("refreshed");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![None, Some("v1".to_string())],
+        "the refresh was handed the value it replaces"
+    );
+    // Past the TTL, within the entry's grace: a failing origin gets it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let f = c
+        .fetch_revalidating(&1, |old: Option<Arc<String>>| async move {
+            assert_eq!(old.as_deref().map(String::as_str), Some("v2"));
+            Err::<Option<Entry<String>>, _>(OriginDown)
+        })
+        .await
+        .unwrap();
+    assert_eq!(f.outcome, Outcome::Stale);
+    assert_eq!(f.value.as_deref().map(String::as_str), Some("v2"));
+    // lookup never loads: a stale entry is not found.
+    assert!(c.lookup(&1).await.is_none());
+}

@@ -54,6 +54,13 @@ pub struct Entry<V> {
     pub tags: Vec<String>,
     /// A TTL for this entry instead of the cache's (still jittered).
     pub ttl: Option<Duration>,
+    /// Refresh-ahead for this entry instead of the cache's `soft_ttl`: once
+    /// this old (and still fresh), a read serves it and refreshes it in the
+    /// background, once. At or past the TTL: no refresh-ahead.
+    pub refresh_after: Option<Duration>,
+    /// How long past its TTL this entry may be served stale (the origin
+    /// failing or slow) instead of the cache's `grace`.
+    pub grace: Option<Duration>,
 }
 
 impl<V> Entry<V> {
@@ -63,6 +70,8 @@ impl<V> Entry<V> {
             value,
             tags: Vec::new(),
             ttl: None,
+            refresh_after: None,
+            grace: None,
         }
     }
 
@@ -87,6 +96,34 @@ impl<V> Entry<V> {
         self.ttl = Some(ttl);
         self
     }
+
+    /// Sets this entry's refresh-ahead point ([`refresh_after`](Self::refresh_after)).
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.refresh_after = Some(after);
+        self
+    }
+
+    /// Sets this entry's grace ([`grace`](Self::grace)).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = Some(grace);
+        self
+    }
+
+    fn life(&self) -> Life {
+        Life {
+            ttl: self.ttl,
+            refresh_after: self.refresh_after,
+            grace: self.grace,
+        }
+    }
+}
+
+/// An entry's own times, where it has any (else the cache's settings).
+#[derive(Clone, Copy, Debug, Default)]
+struct Life {
+    ttl: Option<Duration>,
+    refresh_after: Option<Duration>,
+    grace: Option<Duration>,
 }
 
 impl<V> From<V> for Entry<V> {
@@ -357,6 +394,13 @@ where
         self.inner.stats.snapshot()
     }
 
+    /// How long past its TTL an entry may be served stale by default (the
+    /// builder's [`grace`](CacheBuilder::grace); an [`Entry`] may set its
+    /// own).
+    pub fn grace(&self) -> Duration {
+        self.inner.config.grace
+    }
+
     /// Whether the local tier is currently trusted (the bus is live).
     pub fn local_trusted(&self) -> bool {
         self.inner.mode() == LocalMode::Trusted
@@ -455,23 +499,62 @@ where
     /// The fresh value under `key`, from either tier; never calls the origin.
     /// `None` when absent, expired, or cached as "no such item".
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.lookup(key).await.and_then(|f| f.value)
+    }
+
+    /// The fresh entry under `key` from either tier, with how it was found
+    /// and its age; never calls the origin. `None` when absent or expired;
+    /// a cached "no such item" is `Some` with no value.
+    ///
+    /// ```
+    /// use tiercache_core::{Cache, Outcome, Tier};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String, u32> = Cache::builder("doc-lookup").build()?;
+    /// assert!(cache.lookup(&"a".to_string()).await.is_none());
+    /// cache.insert(&"a".to_string(), 1).await;
+    /// let found = cache.lookup(&"a".to_string()).await.ok_or("a hit")?;
+    /// assert_eq!(found.outcome, Outcome::Hit(Tier::Local));
+    /// assert_eq!(found.value.as_deref(), Some(&1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn lookup(&self, key: &K) -> Option<Fetched<V>> {
         // Hashing is for the local tier only: skipped when there is none
         // (`h` is then never used).
         let h = match &self.inner.local {
             Some(_) => self.inner.keys.hash(key),
             None => KeyHash(0),
         };
-        if let Some(value) = self.inner.local_fresh(&h) {
-            return value;
+        let local = self.inner.with_fresh_local(&h, |e| {
+            self.inner.stats.local_hits(1);
+            if e.value.is_none() {
+                self.inner.stats.negative_hits(1);
+            }
+            Fetched {
+                value: e.value.clone(),
+                outcome: Outcome::Hit(Tier::Local),
+                written_ms: e.written_ms,
+                age: Some(quanta::Instant::now().saturating_duration_since(e.written)),
+            }
+        });
+        if local.is_some() {
+            return local;
         }
         let sk = self.inner.keys.storage_key(key);
         let mark = self.inner.fence.mark();
         match self.inner.shared_find(&sk).await {
             SharedFind::Fresh(d) => {
                 self.inner.stats.shared_hits(1);
-                let value = d.value.clone();
+                if d.value.is_none() {
+                    self.inner.stats.negative_hits(1);
+                }
+                let found = Fetched {
+                    value: d.value.clone(),
+                    outcome: Outcome::Hit(Tier::Shared),
+                    written_ms: d.times.written_ms,
+                    age: None,
+                };
                 self.inner.fill_local_decoded(h, mark, d);
-                value
+                Some(found)
             }
             _ => {
                 self.inner.stats.misses(1);
@@ -525,6 +608,49 @@ where
         Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
+        self.fetch_revalidating(key, |_| loader()).await
+    }
+
+    /// [`fetch`](Self::fetch) with a loader that is given the value it
+    /// replaces, when there is one at hand: the stale value (past its TTL,
+    /// within grace) on a load, the current value on a refresh-ahead. An
+    /// HTTP cache uses it to revalidate (a conditional request) instead of
+    /// loading the whole response again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache_core::{Cache, Entry};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u64, String> = Cache::builder("doc-revalidating")
+    ///     .ttl(Duration::from_millis(20)).ttl_jitter(0.0)
+    ///     .grace(Duration::from_secs(60))
+    ///     .build()?;
+    /// let load = |old: Option<std::sync::Arc<String>>| async move {
+    ///     let next = match old.as_deref() {
+    ///         Some(v) => format!("{v}+"),     // revalidated from the old value
+    ///         None => "v1".to_string(),
+    ///     };
+    ///     Ok::<_, std::convert::Infallible>(Some(Entry::new(next)))
+    /// };
+    /// assert_eq!(cache.fetch_revalidating(&1, load).await?.value.as_deref().map(String::as_str), Some("v1"));
+    /// tokio::time::sleep(Duration::from_millis(50)).await;
+    /// assert_eq!(cache.fetch_revalidating(&1, load).await?.value.as_deref().map(String::as_str), Some("v1+"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch`](Self::fetch).
+    pub async fn fetch_revalidating<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Fetched<V>, Error>
+    where
+        F: FnOnce(Option<Arc<V>>) -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
         let inner = &self.inner;
         let h = inner.keys.hash(key);
         let mut stale = None;
@@ -542,7 +668,8 @@ where
                     inner.stats.negative_hits(1);
                 }
                 if refresh {
-                    self.refresh(key, h, loader);
+                    let current = e.value.clone();
+                    self.refresh(key, h, move || loader(current));
                 }
                 return Ok(Fetched {
                     value: e.value,
@@ -575,7 +702,7 @@ where
         loader: F,
     ) -> Result<Fetched<V>, Error>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Option<Arc<V>>) -> Fut,
         Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
@@ -607,9 +734,10 @@ where
                     age: None,
                 };
                 let refresh = d.times.soft_ms < d.times.fresh_ms && now_ms() >= d.times.soft_ms;
+                let current = d.value.clone();
                 inner.fill_local_decoded(h, mark, d);
                 if refresh {
-                    self.refresh_at(sk, h, loader);
+                    self.refresh_at(sk, h, move || loader(current));
                 }
                 return Ok(out);
             }
@@ -644,7 +772,8 @@ where
                         });
                     }
                     Err(leader) => {
-                        self.spawn_load(leader, sk, h, loader());
+                        let old = stale.as_ref().and_then(|st| st.value.clone());
+                        self.spawn_load(leader, sk, h, loader(old));
                         (w, Outcome::Loaded)
                     }
                 }
@@ -879,9 +1008,10 @@ where
         if let Some(b) = &inner.bloom {
             b.add(h);
         }
+        let life = entry.life();
         let value = Arc::new(entry.value);
         inner
-            .fill(&sk, h, mark, ticket, Some(value), entry.tags, entry.ttl)
+            .fill(&sk, h, mark, ticket, Some(value), entry.tags, life)
             .await;
         inner.publish(vec![key.render()], Vec::new(), true).await;
     }
@@ -1300,7 +1430,7 @@ where
             }
             Ok(None) => {
                 let written_ms = self
-                    .fill(&sk, h, mark, ticket, None, Vec::new(), None)
+                    .fill(&sk, h, mark, ticket, None, Vec::new(), Life::default())
                     .await;
                 Ok(Loaded {
                     value: None,
@@ -1308,6 +1438,7 @@ where
                 })
             }
             Ok(Some(entry)) => {
+                let life = entry.life();
                 let value = Arc::new(entry.value);
                 if let Some(b) = &self.bloom {
                     b.add(h);
@@ -1320,7 +1451,7 @@ where
                         ticket,
                         Some(Arc::clone(&value)),
                         entry.tags,
-                        entry.ttl,
+                        life,
                     )
                     .await;
                 Ok(Loaded {
@@ -1378,7 +1509,7 @@ where
                 b.add(h);
             }
             let written_ms = self
-                .fill(&sk, h, mark, ticket, value.clone(), Vec::new(), None)
+                .fill(&sk, h, mark, ticket, value.clone(), Vec::new(), Life::default())
                 .await;
             leader.complete(Ok(Loaded { value, written_ms }));
         }
@@ -1436,7 +1567,7 @@ where
         ticket: Option<FillTicket>,
         value: Option<Arc<V>>,
         tags: Vec<String>,
-        ttl: Option<Duration>,
+        life: Life,
     ) -> u64 {
         let c = &self.config;
         let now = now_ms();
@@ -1446,13 +1577,13 @@ where
         let base = if negative {
             c.negative_ttl
         } else {
-            ttl.unwrap_or(c.ttl).min(config::MAX_LIFE)
+            life.ttl.unwrap_or(c.ttl).min(config::MAX_LIFE)
         };
         if base.is_zero() {
             self.abort_fill(sk, ticket).await;
             return now;
         }
-        let life = jittered(
+        let lived = jittered(
             base,
             if negative {
                 c.negative_jitter
@@ -1461,16 +1592,17 @@ where
             },
         );
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let life_ms = millis(life);
+        let life_ms = millis(lived);
         let fresh_ms = now.saturating_add(life_ms);
-        let soft_ms = match c.soft_ttl {
+        let soft_ms = match life.refresh_after.or(c.soft_ttl) {
             Some(s) if !negative => now.saturating_add(millis(s).min(life_ms)),
             _ => fresh_ms,
         };
         let stale_ms = if negative {
             fresh_ms
         } else {
-            fresh_ms.saturating_add(millis(c.grace))
+            let grace = life.grace.unwrap_or(c.grace).min(config::MAX_LIFE);
+            fresh_ms.saturating_add(millis(grace))
         };
         let times = Times {
             written_ms: now,
