@@ -1158,11 +1158,17 @@ async fn per_entry_refresh_after_and_grace() {
             ))
         }
     };
-    let f = c.fetch_revalidating(&1, load("v1", seen.clone())).await.unwrap();
+    let f = c
+        .fetch_revalidating(&1, load("v1", seen.clone()))
+        .await
+        .unwrap();
     assert_eq!(f.value.as_deref().map(String::as_str), Some("v1"));
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Past refresh_after: served as it is, refreshed in the background.
-    let f = c.fetch_revalidating(&1, load("v2", seen.clone())).await.unwrap();
+    let f = c
+        .fetch_revalidating(&1, load("v2", seen.clone()))
+        .await
+        .unwrap();
     assert_eq!(f.value.as_deref().map(String::as_str), Some("v1"));
     tokio::time::timeout(Duration::from_secs(5), async {
         while c.get(&1).await.as_deref().map(String::as_str) != Some("v2") {

@@ -22,3 +22,9 @@ with_rules!(embedded);
 fn every_rule_is_listed() {
     assert_eq!(common::all().len(), 23);
 }
+
+/// The RFC conformance table (issue 12), every case at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rfc_conformance() {
+    common::rfc::run(common::Env::embedded()).await;
+}

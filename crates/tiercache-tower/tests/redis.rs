@@ -50,6 +50,27 @@ fn rules_on_redis() {
     drop(redis);
 }
 
+/// The RFC conformance table (issue 12) on one redis-server, every case at
+/// once (each in its own namespace).
+#[test]
+fn rfc_conformance_on_redis() {
+    let redis = RedisServer::start().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let env = Env {
+            tier: Arc::new(redis_tier(&redis.url()).await),
+            bus: Arc::new(InProcessBus::new()),
+        };
+        common::rfc::run(env).await;
+    });
+    drop(rt);
+    drop(redis);
+}
+
 /// Two instances, each with its own Redis and NATS connections: a tag
 /// invalidated through one router is dropped by the other.
 #[test]

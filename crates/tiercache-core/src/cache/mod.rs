@@ -1509,7 +1509,15 @@ where
                 b.add(h);
             }
             let written_ms = self
-                .fill(&sk, h, mark, ticket, value.clone(), Vec::new(), Life::default())
+                .fill(
+                    &sk,
+                    h,
+                    mark,
+                    ticket,
+                    value.clone(),
+                    Vec::new(),
+                    Life::default(),
+                )
                 .await;
             leader.complete(Ok(Loaded { value, written_ms }));
         }

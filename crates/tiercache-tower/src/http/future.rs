@@ -4,11 +4,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use http::{HeaderName, Response};
+use http::{HeaderName, HeaderValue, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::CacheBody;
+use super::response::CACHE_STATUS;
 
 pin_project! {
     /// The response future of [`HttpCache`](super::HttpCache).
@@ -29,7 +30,12 @@ pin_project! {
     {
         // Not cacheable (method, authorization): the inner future, with the
         // tags header stripped from its response.
-        Bypass { #[pin] fut: F, tags_header: HeaderName },
+        Bypass {
+            #[pin] fut: F,
+            tags_header: HeaderName,
+            own_targeted: Option<HeaderName>,
+            status: HeaderValue,
+        },
         // A cache lookup (and maybe a load).
         Cached { fut: BoxFuture<'static, Result<Response<CacheBody<B>>, E>> },
         // Answered inside `call` (a local hit).
@@ -38,9 +44,19 @@ pin_project! {
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
-    pub(super) fn bypass(fut: F, tags_header: HeaderName) -> Self {
+    pub(super) fn bypass(
+        fut: F,
+        tags_header: HeaderName,
+        own_targeted: Option<HeaderName>,
+        status: HeaderValue,
+    ) -> Self {
         Self {
-            kind: Kind::Bypass { fut, tags_header },
+            kind: Kind::Bypass {
+                fut,
+                tags_header,
+                own_targeted,
+                status,
+            },
         }
     }
 
@@ -81,8 +97,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Bypass { fut, tags_header } => fut.poll(cx).map_ok(|mut resp| {
-                resp.headers_mut().remove(&*tags_header);
+            KindProj::Bypass {
+                fut,
+                tags_header,
+                own_targeted,
+                status,
+            } => fut.poll(cx).map_ok(|mut resp| {
+                let h = resp.headers_mut();
+                h.remove(&*tags_header);
+                if let Some(own) = own_targeted.as_ref() {
+                    h.remove(own);
+                }
+                h.insert(CACHE_STATUS, status.clone());
                 resp.map(CacheBody::inner)
             }),
             KindProj::Cached { fut } => fut.as_mut().poll(cx),

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Request, Uri};
+use http::{Request, Uri};
 use tiercache_core::{Cache, CacheKey};
 
 use super::layer::Config;
@@ -65,13 +65,15 @@ impl CacheHandle {
         self.config.cache.invalidate(&key.to_owned()).await
     }
 
-    /// Drops the `GET` and `HEAD` responses of `uri` (path and query) as
-    /// requested without any vary header. With vary headers configured the
-    /// keys also hold those headers' values: invalidate by tag instead.
+    /// Drops every stored response of `uri` (path and query), all its
+    /// variants included, on every instance: what the layer does itself
+    /// after a successful unsafe request (RFC 9111 4.4).
     pub async fn invalidate_uri(&self, uri: &Uri) -> Option<u64> {
-        let empty = HeaderMap::new();
-        let keys = [Method::GET, Method::HEAD].map(|m| self.config.key(&m, uri, &empty).render());
-        self.config.cache.invalidate_many(&keys, &[]).await
+        let (key, tag) = super::service::uri_key_and_tag(&self.config, uri);
+        self.config
+            .cache
+            .invalidate_many(&[key], &[tag.as_str()])
+            .await
     }
 
     /// The cache key of a request, as the layer computes it.

@@ -77,6 +77,41 @@ impl CacheKey for RequestKey<'_> {
     }
 }
 
+/// The key of one variant of a response that varies on request headers the
+/// configuration does not key on (RFC 9111 4.1): the request's key, then
+/// ` ||` and, for each header the response named, `|name=value` (its field
+/// lines combined, whitespace around commas dropped) or `|name` when the
+/// request has none.
+#[derive(Clone, Copy)]
+pub(crate) struct VariantKey<'a> {
+    pub(crate) base: RequestKey<'a>,
+    pub(crate) names: &'a [HeaderName],
+}
+
+impl CacheKey for VariantKey<'_> {
+    fn write_key<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
+        self.base.write_key(out)?;
+        out.write_str(" ||")?;
+        for name in self.names {
+            out.write_char('|')?;
+            out.write_str(name.as_str())?;
+            let mut first = true;
+            for value in self.base.headers.get_all(name) {
+                out.write_char(if first { '=' } else { ',' })?;
+                first = false;
+                let mut members = value.as_bytes().split(|&b| b == b',').peekable();
+                while let Some(m) = members.next() {
+                    write_escaped(m.trim_ascii(), out)?;
+                    if members.peek().is_some() {
+                        out.write_char(',')?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The query's non-empty parameters, sorted, joined with `&`.
 fn write_sorted<W: fmt::Write + ?Sized>(q: &str, out: &mut W) -> fmt::Result {
     let mut stack = [""; STACK_PARAMS];
@@ -182,6 +217,41 @@ mod tests {
             key(&Method::GET, "/x", &h, &vary[..1], false),
             "GET /x |accept=%FF%25x%09,b"
         );
+    }
+
+    #[test]
+    fn rfc9111_4_1_variant_keys_normalise_and_tell_absent_from_empty() {
+        let uri: Uri = "/x".parse().expect("uri");
+        let names = [http::header::ACCEPT_ENCODING, http::header::ACCEPT_LANGUAGE];
+        let variant = |h: &HeaderMap| {
+            VariantKey {
+                base: RequestKey {
+                    method: &Method::GET,
+                    uri: &uri,
+                    headers: h,
+                    vary: &[],
+                    sort_query: false,
+                },
+                names: &names,
+            }
+            .render()
+        };
+        let mut a = HeaderMap::new();
+        a.insert("accept-encoding", HeaderValue::from_static("gzip,  br"));
+        let mut b = HeaderMap::new();
+        b.append("accept-encoding", HeaderValue::from_static("gzip"));
+        b.append("accept-encoding", HeaderValue::from_static(" br"));
+        assert_eq!(
+            variant(&a),
+            "GET /x |||accept-encoding=gzip,br|accept-language"
+        );
+        assert_eq!(variant(&a), variant(&b), "field lines combined");
+        let mut empty = a.clone();
+        empty.insert("accept-language", HeaderValue::from_static(""));
+        assert_ne!(variant(&a), variant(&empty), "absent is not empty");
+        let mut c = HeaderMap::new();
+        c.insert("accept-encoding", HeaderValue::from_static("gzip|br"));
+        assert_ne!(variant(&a), variant(&c));
     }
 
     #[test]

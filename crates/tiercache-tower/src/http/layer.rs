@@ -7,10 +7,14 @@ use http::{HeaderName, Method, StatusCode};
 use tiercache_core::Cache;
 use tower_layer::Layer;
 
+use super::freshness::DefaultTtl;
 use super::handle::CacheHandle;
 use super::response::CachedResponse;
 use super::service::HttpCache;
 use crate::rate_log::LogEvery;
+
+/// `CDN-Cache-Control` (RFC 9213).
+const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// The settings of an [`HttpCacheLayer`], shared by its services and handles.
 #[derive(Clone)]
@@ -26,6 +30,12 @@ pub(crate) struct Config {
     pub(crate) max_body_size: usize,
     pub(crate) request_no_cache: bool,
     pub(crate) cache_authorized: bool,
+    pub(crate) default_ttl: DefaultTtl,
+    /// Targeted cache-control fields (RFC 9213), most specific first.
+    pub(crate) targeted: Vec<HeaderName>,
+    /// Our own targeted field, stripped from responses.
+    pub(crate) own_targeted: Option<HeaderName>,
+    pub(crate) keep_for_revalidation: Duration,
     /// Responses not stored because their tags cannot be recorded.
     pub(crate) tags_rejected: Arc<AtomicU64>,
     pub(crate) tags_log: LogEvery,
@@ -61,7 +71,7 @@ pub(crate) struct Config {
 /// ```
 #[derive(Clone)]
 pub struct HttpCacheLayer {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
 }
 
 impl fmt::Debug for HttpCacheLayer {
@@ -79,6 +89,9 @@ impl fmt::Debug for HttpCacheLayer {
             .field("max_body_size", &c.max_body_size)
             .field("request_no_cache", &c.request_no_cache)
             .field("cache_authorized", &c.cache_authorized)
+            .field("default_ttl", &c.default_ttl)
+            .field("targeted", &c.targeted)
+            .field("keep_for_revalidation", &c.keep_for_revalidation)
             .finish()
     }
 }
@@ -108,6 +121,10 @@ impl HttpCacheLayer {
                 max_body_size: 512 * 1024,
                 request_no_cache: false,
                 cache_authorized: false,
+                default_ttl: DefaultTtl::CacheTtl,
+                targeted: vec![CDN_CACHE_CONTROL],
+                own_targeted: None,
+                keep_for_revalidation: Duration::from_secs(300),
                 tags_rejected: Arc::default(),
                 tags_log: LogEvery::default(),
                 internal_failures: Arc::default(),
@@ -187,6 +204,51 @@ impl HttpCacheLayer {
     /// Default off: such requests pass through.
     pub fn cache_authorized(self, cache: bool) -> Self {
         self.edit(|c| c.cache_authorized = cache)
+    }
+
+    /// Freshness for responses that carry none of their own (no
+    /// `s-maxage`, `max-age` or `Expires`):
+    ///
+    /// - `Some(d)`: they are fresh for `d`. Without this call, the cache's
+    ///   TTL: what an application's own handlers, which rarely set caching
+    ///   headers, want.
+    /// - `None`: shared-cache behaviour (RFC 9111 4.2.2). Only a response
+    ///   with a `Last-Modified` gets heuristic freshness, 10% of its age
+    ///   (at most a day), and only for the statuses the RFC allows (or with
+    ///   `public`); others are not stored. Use it in front of an origin you
+    ///   do not control.
+    ///
+    /// A response's own freshness always wins, and an `Expires` in the past
+    /// or one that is not a date makes it stale (not stored).
+    pub fn default_ttl(self, ttl: Option<Duration>) -> Self {
+        self.edit(|c| {
+            c.default_ttl = match ttl {
+                Some(d) => DefaultTtl::Fixed(d),
+                None => DefaultTtl::Heuristic,
+            }
+        })
+    }
+
+    /// A response header of this cache's own that, when present, replaces
+    /// `Cache-Control` for it (RFC 9213 targeted cache control), ahead of
+    /// `CDN-Cache-Control` (always honoured). It is removed from the
+    /// responses the layer sends. For example `Tiercache-Cache-Control:
+    /// max-age=600` caches for ten minutes what browsers get as
+    /// `Cache-Control: no-cache`.
+    pub fn targeted_cache_control(self, name: HeaderName) -> Self {
+        self.edit(|c| {
+            c.targeted = vec![name.clone(), CDN_CACHE_CONTROL];
+            c.own_targeted = Some(name);
+        })
+    }
+
+    /// How long past its freshness a response stays stored to be
+    /// revalidated with a conditional request (`If-None-Match` /
+    /// `If-Modified-Since`; a 304 refreshes it without its body). It is
+    /// served stale in that time only as `stale-if-error` or the cache's
+    /// grace allow, never past `must-revalidate`. Default 5 minutes.
+    pub fn keep_for_revalidation(self, keep: Duration) -> Self {
+        self.edit(|c| c.keep_for_revalidation = keep)
     }
 
     /// A handle to invalidate keys and tags (an axum extractor too). Take it

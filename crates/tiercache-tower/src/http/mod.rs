@@ -3,34 +3,70 @@
 //!
 //! # The rules
 //!
-//! - **Methods**: only `GET` and `HEAD` are looked up by default
-//!   ([`methods`](HttpCacheLayer::methods)); other requests pass through.
-//!   Requests with `Authorization` pass through unless
-//!   [`cache_authorized`](HttpCacheLayer::cache_authorized).
+//! The layer is an HTTP cache by RFC 9111, with one difference from a proxy,
+//! by choice: a response with no freshness information of its own is
+//! stored for the cache's TTL (an application's own handlers rarely set
+//! caching headers). [`default_ttl(None)`](HttpCacheLayer::default_ttl)
+//! gives shared-cache behaviour instead.
+//!
+//! - **Methods**: `GET` is looked up; `HEAD` is answered from the stored
+//!   `GET` response (its headers and validators, no body), and goes to the
+//!   origin unstored when there is none. Requests with `Authorization` pass
+//!   through unless [`cache_authorized`](HttpCacheLayer::cache_authorized).
+//! - **Invalidation after unsafe methods** (RFC 9111 4.4): a 2xx or 3xx
+//!   answer to `POST`, `PUT`, `DELETE`, `PATCH` (any method that is not
+//!   safe) drops the stored responses of its URI, and of the `Location` and
+//!   `Content-Location` it names on the same origin, on every instance,
+//!   before the answer is returned.
 //! - **Key**: method, path and query (parameters sorted with
 //!   [`sort_query`](HttpCacheLayer::sort_query)), then the request headers
 //!   configured with [`vary`](HttpCacheLayer::vary):
 //!   `GET /products/1?a=1 |accept=application/json`.
-//! - **Vary**: the configured headers are part of every key up front. A
-//!   response whose `Vary` names a header that is not configured (it would
-//!   need a different key), or `Vary: *`, is not stored.
-//! - **Statuses**: 200, 203, 204, 301 are stored; 404 and 410 are stored as
-//!   negatives (the response itself, for the negative TTL or a shorter
-//!   `max-age`). Others are not stored.
-//! - **Cache-Control** of the response: `no-store`, `private`, `no-cache`
-//!   are not stored; `s-maxage`, else `max-age`, is the TTL (0: not stored);
-//!   without either the cache's TTL applies. A response setting a cookie is
-//!   never stored.
+//! - **Vary** (RFC 9111 4.1): a response whose `Vary` names other request
+//!   headers is stored per variant: under its key a marker names the
+//!   headers, and each variant has a key of its own with those headers'
+//!   values (field lines combined, whitespace around commas dropped).
+//!   `Vary: *` is never reused.
+//! - **Freshness** (4.2): `s-maxage`, else `max-age`, else `Expires` minus
+//!   `Date`; an `Expires` in the past or that is not a date means stale.
+//!   The age a response already had (its `Age`, its `Date`, the time the
+//!   origin took) counts against it, and the `Age` served is that plus the
+//!   time stored. A response stale on arrival is not stored. Without
+//!   freshness information, see [`default_ttl`](HttpCacheLayer::default_ttl).
+//!   `CDN-Cache-Control` (RFC 9213), and a field of this cache's own
+//!   ([`targeted_cache_control`](HttpCacheLayer::targeted_cache_control)),
+//!   replace `Cache-Control` for this cache when present.
+//! - **Not stored**: `no-store`, `private`, `no-cache`, a `Set-Cookie`, a
+//!   206, a 5xx, a status not configured (200, 203, 204, 301 by default;
+//!   404 and 410 as negatives, for the negative TTL or a shorter
+//!   freshness).
+//! - **Validation** (4.3): the origin's `ETag` and `Last-Modified` are
+//!   kept. A stale response is kept a while
+//!   ([`keep_for_revalidation`](HttpCacheLayer::keep_for_revalidation)) and
+//!   revalidated with one conditional request per key (singleflight): a 304
+//!   refreshes its headers and freshness and its stored body is served. A
+//!   client's `If-None-Match` (or `If-Modified-Since`) is answered with 304
+//!   from a fresh stored response; with nothing stored it is forwarded.
+//! - **Stale**: `stale-while-revalidate` serves the stored response while
+//!   one background refresh runs; `stale-if-error` (or the cache's `grace`)
+//!   serves it when the origin fails. `must-revalidate`, `proxy-revalidate`
+//!   and `s-maxage` forbid serving it stale.
+//! - **Ranges**: a single `bytes` range of a stored 200 is served as 206
+//!   (416 when it cannot be satisfied); other range requests get the whole
+//!   200. A range request on a miss loads and stores the whole response.
 //! - **Tags**: the handler names the tags of its response in `x-cache-tags`
 //!   ([`tags_header`](HttpCacheLayer::tags_header)), comma or space
-//!   separated, like a CDN's surrogate keys; the layer records them and
-//!   removes the header from every response, stored or not.
-//!   [`CacheHandle::invalidate_tag`] drops them all, on every instance.
-//! - **Headers added**: `x-cache: hit | miss | stale` and `age` on every
-//!   response that went through a lookup; stored responses carry an `ETag`
-//!   (the origin's, or a strong one computed once at fill time from the
-//!   body's xxh3-128), and `If-None-Match` is answered with 304 from the
-//!   cache (conditional headers are not forwarded on a load).
+//!   separated (UTF-8, or percent-encoded), like a CDN's surrogate keys;
+//!   the layer records them and removes the header from every response,
+//!   stored or not. [`CacheHandle::invalidate_tag`] drops them all, on every
+//!   instance. A response whose tags cannot be recorded exactly is not
+//!   stored.
+//! - **Headers added**: `x-cache: hit | miss | stale` and `Cache-Status`
+//!   (RFC 9211: `tiercache; hit`, `tiercache; fwd=uri-miss`,
+//!   `tiercache; fwd=stale`, `fwd=bypass` or `fwd=method` on requests not
+//!   looked up), and `age`, on every response that went through a lookup.
+//!   Stored responses carry an `ETag`: the origin's, or a strong one
+//!   computed once from the body.
 //! - **Bodies** larger than [`max_body_size`](HttpCacheLayer::max_body_size)
 //!   stream through uncached, intact. A stored body is shared [`Bytes`]: a
 //!   hit clones a handle, never the bytes. A stored response carries its
@@ -44,10 +80,9 @@
 //! - **Errors** of the service are never stored. Requests waiting on a load
 //!   whose response could not be stored call the service themselves. A
 //!   response that is fine but may not be stored counts under
-//!   `tiercache_not_stored_total`, not as a failed load. A load
-//!   that panicked or passed the cache's hard timeout answers 500 / 504.
-//!   With the cache's `grace`, a service error or a 5xx response on an
-//!   expired entry serves the stale copy (`x-cache: stale`) instead.
+//!   `tiercache_not_stored_total`, not as a failed load. A load that
+//!   panicked or passed the cache's hard timeout answers 500 / 504. A panic
+//!   inside the cache sends the request on to the service.
 //!
 //! [`Bytes`]: bytes::Bytes
 //!
@@ -97,13 +132,17 @@
 //! ```
 
 mod body;
+pub(crate) mod freshness;
 mod future;
 mod handle;
-mod key;
-mod layer;
-mod policy;
-mod response;
-mod service;
+pub(crate) mod key;
+pub(crate) mod layer;
+pub(crate) mod load;
+pub(crate) mod policy;
+pub(crate) mod response;
+pub(crate) mod serve;
+pub(crate) mod service;
+pub(crate) mod store;
 
 pub use body::CacheBody;
 pub use future::ResponseFuture;

@@ -1,26 +1,47 @@
 //! What may be cached, for how long, and what is stored: `Cache-Control`,
 //! `Vary`, `Set-Cookie`, hop-by-hop headers, tags, `If-None-Match`.
 
-use std::time::Duration;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// The directives of `Cache-Control` this cache acts on.
+/// The directives of `Cache-Control` (or a targeted field, RFC 9213) this
+/// cache acts on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CacheControl {
     pub(crate) no_store: bool,
     pub(crate) no_cache: bool,
     pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
+    pub(crate) stale_while_revalidate: Option<u64>,
+    pub(crate) stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
     /// Parses every `Cache-Control` header of `headers`. Unknown directives
-    /// are ignored; a malformed age counts as 0 (not cacheable).
+    /// are ignored; a malformed age counts as 0 (stale).
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_field(headers, &header::CACHE_CONTROL).unwrap_or_default()
+    }
+
+    /// The directives for this cache: the first of the `targeted` fields
+    /// (RFC 9213: most specific first) that is present and valid, and only
+    /// it; else `Cache-Control`.
+    pub(crate) fn for_cache(headers: &HeaderMap, targeted: &[HeaderName]) -> Self {
+        targeted
+            .iter()
+            .find_map(|name| Self::parse_field(headers, name).filter(|cc| *cc != Self::default()))
+            .unwrap_or_else(|| Self::parse(headers))
+    }
+
+    /// The directives of every `name` field; `None` when there is none.
+    fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut values = headers.get_all(name).iter().peekable();
+        values.peek()?;
         let mut cc = CacheControl::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
+        for value in values {
             let Ok(value) = value.to_str() else {
                 // Unreadable: be safe.
                 cc.no_store = true;
@@ -31,34 +52,46 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive, None),
                 };
-                let age = || arg.map(delta_seconds);
-                if name.eq_ignore_ascii_case("no-store") {
+                let secs = || Some(arg.map_or(0, delta_seconds));
+                let is = |d: &str| name.eq_ignore_ascii_case(d);
+                if is("no-store") {
                     cc.no_store = true;
-                } else if name.eq_ignore_ascii_case("no-cache") {
+                } else if is("no-cache") {
                     cc.no_cache = true;
-                } else if name.eq_ignore_ascii_case("private") {
+                } else if is("private") {
                     cc.private = true;
-                } else if name.eq_ignore_ascii_case("max-age") {
-                    cc.max_age = cc.max_age.or(Some(age().unwrap_or(0)));
-                } else if name.eq_ignore_ascii_case("s-maxage") {
-                    cc.s_maxage = cc.s_maxage.or(Some(age().unwrap_or(0)));
+                } else if is("public") {
+                    cc.public = true;
+                } else if is("must-revalidate") {
+                    cc.must_revalidate = true;
+                } else if is("proxy-revalidate") {
+                    cc.proxy_revalidate = true;
+                } else if is("max-age") {
+                    cc.max_age = cc.max_age.or(secs());
+                } else if is("s-maxage") {
+                    cc.s_maxage = cc.s_maxage.or(secs());
+                } else if is("stale-while-revalidate") {
+                    cc.stale_while_revalidate = cc.stale_while_revalidate.or(secs());
+                } else if is("stale-if-error") {
+                    cc.stale_if_error = cc.stale_if_error.or(secs());
                 }
             }
         }
-        cc
+        Some(cc)
     }
 
-    /// The freshness the response asks a shared cache for: `s-maxage`, else
-    /// `max-age`.
-    pub(crate) fn shared_max_age(&self) -> Option<Duration> {
-        self.s_maxage.or(self.max_age).map(Duration::from_secs)
+    /// Whether a stale copy must never be served without the origin's
+    /// word (`must-revalidate`, or `proxy-revalidate` for a shared cache;
+    /// `s-maxage` implies `proxy-revalidate`, RFC 9111 5.2.2.10).
+    pub(crate) fn revalidate_when_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
     }
 }
 
 /// A `delta-seconds` value (RFC 9111 1.2.2): digits only; one too large to
 /// represent is the largest (the engine clamps it further); anything else
 /// is malformed and counts as 0 (stale).
-fn delta_seconds(arg: &str) -> u64 {
+pub(crate) fn delta_seconds(arg: &str) -> u64 {
     if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
         return 0;
     }
@@ -79,26 +112,29 @@ pub(crate) fn request_no_cache(headers: &HeaderMap) -> bool {
         .any(|d| d.eq_ignore_ascii_case("no-cache"))
 }
 
-/// Whether the response's `Vary` is covered by the configured headers (which
-/// are part of every key). `Vary: *`, or a header not configured: no.
-pub(crate) fn vary_covered(headers: &HeaderMap, configured: &[HeaderName]) -> bool {
+/// The request headers a response varies on beyond the `configured` ones
+/// (which are part of every key), lowercased, sorted and deduplicated:
+/// `Ok(vec![])` when the key already covers it. `Err(())` for `Vary: *`
+/// or a `Vary` that cannot be read: such a response is never reused.
+pub(crate) fn vary_extra(
+    headers: &HeaderMap,
+    configured: &[HeaderName],
+) -> Result<Vec<HeaderName>, ()> {
+    let mut extra: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::VARY) {
-        let Ok(value) = value.to_str() else {
-            return false;
-        };
+        let value = value.to_str().map_err(|_| ())?;
         for name in split_list(value) {
             if name == "*" {
-                return false;
+                return Err(());
             }
-            if !configured
-                .iter()
-                .any(|c| c.as_str().eq_ignore_ascii_case(name))
-            {
-                return false;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| ())?;
+            if !configured.contains(&name) && !extra.contains(&name) {
+                extra.push(name);
             }
         }
     }
-    true
+    extra.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(extra)
 }
 
 /// Items of a comma-separated header list, trimmed, empty ones skipped.
@@ -251,17 +287,17 @@ mod tests {
             "cache-control",
             "public, max-age=60, s-maxage=\"10\"",
         )]));
-        assert_eq!(cc.shared_max_age(), Some(Duration::from_secs(10)));
+        assert_eq!(cc.s_maxage.or(cc.max_age), Some(10));
         let cc = CacheControl::parse(&map(&[
             ("cache-control", "max-age=60"),
             ("cache-control", "Private"),
         ]));
         assert!(cc.private);
-        assert_eq!(cc.shared_max_age(), Some(Duration::from_secs(60)));
+        assert_eq!(cc.s_maxage.or(cc.max_age), Some(60));
         assert!(CacheControl::parse(&map(&[("cache-control", "no-store")])).no_store);
         assert_eq!(
-            CacheControl::parse(&map(&[("cache-control", "max-age=soon")])).shared_max_age(),
-            Some(Duration::ZERO)
+            CacheControl::parse(&map(&[("cache-control", "max-age=soon")])).max_age,
+            Some(0)
         );
         assert!(request_no_cache(&map(&[("pragma", "no-cache")])));
         assert!(!request_no_cache(&map(&[
@@ -273,12 +309,22 @@ mod tests {
     #[test]
     fn vary_and_tags_and_etags() {
         let configured = [header::ACCEPT];
-        assert!(vary_covered(&map(&[("vary", "Accept")]), &configured));
-        assert!(!vary_covered(
-            &map(&[("vary", "accept, cookie")]),
-            &configured
-        ));
-        assert!(!vary_covered(&map(&[("vary", "*")]), &configured));
+        assert_eq!(
+            vary_extra(&map(&[("vary", "Accept")]), &configured),
+            Ok(vec![])
+        );
+        assert_eq!(
+            vary_extra(
+                &map(&[
+                    ("vary", "cookie, accept"),
+                    ("vary", "Accept-Language, cookie")
+                ]),
+                &configured
+            ),
+            Ok(vec![header::ACCEPT_LANGUAGE, header::COOKIE])
+        );
+        assert_eq!(vary_extra(&map(&[("vary", "*")]), &configured), Err(()));
+        assert_eq!(vary_extra(&map(&[("vary", "a b")]), &configured), Err(()));
         let mut h = map(&[("x-cache-tags", "a, b c"), ("x-cache-tags", "a,d")]);
         let name = HeaderName::from_static("x-cache-tags");
         assert_eq!(

@@ -19,6 +19,29 @@ pub struct CachedResponse {
     headers: HeaderMap,
     body: Bytes,
     etag: HeaderValue,
+    meta: Meta,
+    /// The tags it was stored with (kept when a revalidation refreshes it).
+    tags: Vec<String>,
+    /// Not a response but a pointer to its variants (RFC 9111 4.1): the
+    /// request headers the response under this key varies on. Empty for a
+    /// response.
+    variants: Vec<HeaderName>,
+}
+
+/// What the cache knew of a response when it stored it (RFC 9111 4.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// Its age when it reached the cache (4.2.3's corrected initial age),
+    /// in seconds: every `Age` served adds the time it has been stored.
+    pub(crate) initial_age: u64,
+    /// Its freshness lifetime, in seconds.
+    pub(crate) lifetime: u64,
+    /// How long past its lifetime it may be served when the origin fails
+    /// (`stale-if-error`, or the cache's grace; 0 with `must-revalidate`).
+    pub(crate) stale_if_error: u64,
+    /// The ETag is the origin's (not one the cache computed): it may be
+    /// sent to the origin in `If-None-Match`.
+    pub(crate) origin_etag: bool,
 }
 
 impl fmt::Debug for CachedResponse {
@@ -28,6 +51,9 @@ impl fmt::Debug for CachedResponse {
             .field("headers", &self.headers)
             .field("body_len", &self.body.len())
             .field("etag", &self.etag)
+            .field("meta", &self.meta)
+            .field("tags", &self.tags)
+            .field("variants", &self.variants)
             .finish()
     }
 }
@@ -72,6 +98,10 @@ impl CachedResponse {
         if count > MAX_HEADERS {
             return Err(TooManyHeaders { count });
         }
+        let meta = Meta {
+            origin_etag: etag.is_some(),
+            ..Meta::default()
+        };
         let etag = etag.unwrap_or_else(|| strong_etag(&body));
         for (name, value) in headers.iter_mut() {
             intern(name, value);
@@ -84,12 +114,72 @@ impl CachedResponse {
             HeaderValue::from_static("hit"),
         );
         headers.insert(header::AGE, HeaderValue::from_static("0"));
+        // RFC 9211: the members of caches nearer the origin stay, ours last.
+        let cache_status = super::serve::appended(
+            headers.get(CACHE_STATUS),
+            HeaderValue::from_static(CACHE_STATUS_HIT),
+        );
+        headers.insert(CACHE_STATUS, cache_status);
         Ok(Self {
             status,
             headers,
             body,
             etag,
+            meta,
+            tags: Vec::new(),
+            variants: Vec::new(),
         })
+    }
+
+    /// The entry stored under a request's key when the response varies on
+    /// request headers the key does not hold: it names them, and each
+    /// variant is stored under its own key ([`VariantKey`](super::key::VariantKey)).
+    pub(crate) fn variants_marker(names: Vec<HeaderName>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            etag: HeaderValue::from_static("\"\""),
+            meta: Meta::default(),
+            tags: Vec::new(),
+            variants: names,
+        }
+    }
+
+    /// The request headers the variants vary on, when this is a marker
+    /// ([`variants_marker`](Self::variants_marker)).
+    pub(crate) fn variants(&self) -> Option<&[HeaderName]> {
+        (!self.variants.is_empty()).then_some(&self.variants[..])
+    }
+
+    /// This response with the tags it is stored under.
+    pub(crate) fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// The tags it was stored with.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// This response with what the cache knew of it when storing it.
+    pub(crate) fn with_meta(mut self, meta: Meta) -> Self {
+        self.meta = Meta {
+            origin_etag: self.meta.origin_etag,
+            ..meta
+        };
+        self
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Its age when it reached the cache (RFC 9111 4.2.3), which every
+    /// `Age` served from it includes.
+    pub fn initial_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.meta.initial_age)
     }
 
     /// The status.
@@ -139,6 +229,9 @@ impl CachedResponse {
             headers,
             body: Bytes::copy_from_slice(&self.body),
             etag: copy_value(&self.etag),
+            meta: self.meta,
+            tags: self.tags.clone(),
+            variants: self.variants.clone(),
         }
     }
 
@@ -146,6 +239,29 @@ impl CachedResponse {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(FORMAT);
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        put_len(
+            out,
+            usize::try_from(self.meta.initial_age).unwrap_or(usize::MAX),
+        );
+        put_len(
+            out,
+            usize::try_from(self.meta.lifetime).unwrap_or(usize::MAX),
+        );
+        put_len(
+            out,
+            usize::try_from(self.meta.stale_if_error).unwrap_or(usize::MAX),
+        );
+        out.push(u8::from(self.meta.origin_etag) | if self.variants.is_empty() { 0 } else { 2 });
+        put_len(out, self.tags.len());
+        for t in &self.tags {
+            put_bytes(out, t.as_bytes());
+        }
+        if !self.variants.is_empty() {
+            put_len(out, self.variants.len());
+            for n in &self.variants {
+                put_bytes(out, n.as_str().as_bytes());
+            }
+        }
         put_bytes(out, self.etag.as_bytes());
         put_len(out, self.headers.len());
         for (name, value) in &self.headers {
@@ -160,7 +276,7 @@ impl CachedResponse {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
         let format = r.take(1)?[0];
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_V1 {
             return Err(DecodeError::Corrupt(format!(
                 "cached response format {format}, expected {FORMAT}"
             )));
@@ -168,6 +284,45 @@ impl CachedResponse {
         let status = r.take(2)?;
         let status = StatusCode::from_u16(u16::from_be_bytes([status[0], status[1]]))
             .map_err(|e| corrupt(&e))?;
+        let mut tags = Vec::new();
+        let mut variants = Vec::new();
+        let meta = if format == FORMAT_V1 {
+            // Written before the cache kept ages: none known.
+            Meta::default()
+        } else {
+            let secs = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            let initial_age = secs(r.len()?);
+            let lifetime = secs(r.len()?);
+            let stale_if_error = secs(r.len()?);
+            let flags = r.take(1)?[0];
+            if flags > 3 {
+                return Err(DecodeError::Corrupt(format!("unknown flags {flags}")));
+            }
+            let n = r.len()?;
+            if n > r.0.len() {
+                return Err(DecodeError::Corrupt("tag count past the end".into()));
+            }
+            tags.reserve(n);
+            for _ in 0..n {
+                let t = std::str::from_utf8(r.bytes()?).map_err(|e| corrupt(&e))?;
+                tags.push(t.to_owned());
+            }
+            if flags & 2 != 0 {
+                let n = r.len()?;
+                if n == 0 || n > r.0.len() || n > MAX_HEADERS {
+                    return Err(DecodeError::Corrupt("bad variant header count".into()));
+                }
+                for _ in 0..n {
+                    variants.push(HeaderName::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?);
+                }
+            }
+            Meta {
+                initial_age,
+                lifetime,
+                stale_if_error,
+                origin_etag: flags & 1 != 0,
+            }
+        };
         let etag = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
         let count = r.len()?;
         if count > MAX_HEADERS {
@@ -194,6 +349,9 @@ impl CachedResponse {
             headers,
             body,
             etag,
+            meta,
+            tags,
+            variants,
         })
     }
 }
@@ -238,6 +396,7 @@ const COMMON_VALUES: &[&str] = &[
     "hit",
     "miss",
     "stale",
+    CACHE_STATUS_HIT,
 ];
 
 /// Swaps `value` for its static twin when it is one of [`COMMON_VALUES`],
@@ -302,10 +461,20 @@ pub(crate) fn strong_etag(body: &[u8]) -> HeaderValue {
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-const FORMAT: u8 = 1;
+/// The encoding written: status, meta (ages, lifetime, flags), ETag,
+/// headers, body.
+const FORMAT: u8 = 2;
+/// The encoding before meta; still read.
+const FORMAT_V1: u8 = 1;
 
-/// Fields the cache adds to every stored response: `etag`, `x-cache`, `age`.
-const OWN_HEADERS: usize = 3;
+/// Fields the cache adds to every stored response: `etag`, `x-cache`, `age`,
+/// `cache-status`.
+const OWN_HEADERS: usize = 4;
+
+/// `Cache-Status` (RFC 9211).
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Its value on a hit.
+pub(crate) const CACHE_STATUS_HIT: &str = "tiercache; hit";
 
 fn corrupt(e: &dyn fmt::Display) -> DecodeError {
     DecodeError::Corrupt(e.to_string())
@@ -441,9 +610,9 @@ mod tests {
     /// decode error (the engine deletes them), never a panic.
     #[test]
     fn many_header_fields_are_an_error_not_a_panic() {
-        // `01 00c8 00 818002` then 32,769 zero bytes: status 200, an empty
-        // ETag, 32,769 headers (each an empty name, which the count check
-        // refuses before any map is made).
+        // `01 00c8 00 818002` then 32,769 zero bytes: format 1, status 200,
+        // an empty ETag, 32,769 headers (each an empty name, which the count
+        // check refuses before any map is made).
         let mut planted = vec![0x01, 0x00, 0xc8, 0x00, 0x81, 0x80, 0x02];
         planted.extend(std::iter::repeat_n(0u8, 32_769));
         match ResponseCodec.decode(&planted) {

@@ -9,29 +9,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::channel::oneshot;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use tiercache_core::{CacheKey, Entry, Error, NotStored, Outcome, Tier};
+use tiercache_core::{CacheKey, Error, Outcome, Tier};
 use tower_service::Service;
 
-use crate::BoxError;
-
-use super::body::{CacheBody, Collected, collect_limited};
+use super::body::CacheBody;
 use super::future::ResponseFuture;
 use super::handle::CacheHandle;
+use super::key::{RequestKey, VariantKey};
 use super::layer::Config;
-use super::policy::{
-    CacheControl, TagError, none_match, request_no_cache, strip_for_storage, take_tags,
-    vary_covered,
+use super::load::{Built, Delivered, LoadCtx, Mode, conditional, load};
+use super::policy::request_no_cache;
+use super::response::{CACHE_STATUS, CachedResponse};
+use super::serve::{
+    Ask, AskOwned, MISS, STATUS_BYPASS, STATUS_METHOD, STATUS_MISS, X_CACHE, appended, respond,
 };
-use super::response::{CachedResponse, headers_fit, number_value};
-
-/// `x-cache`, set on every response that went through a lookup.
-pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-const HIT: HeaderValue = HeaderValue::from_static("hit");
-const MISS: HeaderValue = HeaderValue::from_static("miss");
-const STALE: HeaderValue = HeaderValue::from_static("stale");
 
 /// The service of [`HttpCacheLayer`](super::HttpCacheLayer).
 pub struct HttpCache<S> {
@@ -97,32 +91,40 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let c = &self.config;
+        let head = req.method() == Method::HEAD;
         let cacheable = c.methods.contains(req.method())
             && (c.cache_authorized || !req.headers().contains_key(header::AUTHORIZATION));
         if !cacheable {
             req.extensions_mut()
                 .insert(CacheHandle::new(Arc::clone(&self.config)));
-            return ResponseFuture::bypass(self.inner.call(req), c.tags_header.clone());
+            if !is_safe(req.method()) {
+                // RFC 9111 4.4: a non-error answer invalidates the URIs.
+                let targets = Targets::of(&req);
+                let fut = self.inner.call(req);
+                return ResponseFuture::cached(Box::pin(invalidate_after(
+                    Arc::clone(&self.config),
+                    fut,
+                    targets,
+                )));
+            }
+            return ResponseFuture::bypass(
+                self.inner.call(req),
+                c.tags_header.clone(),
+                c.own_targeted.clone(),
+                STATUS_BYPASS,
+            );
         }
-        let key = c.key(req.method(), req.uri(), req.headers());
+        // HEAD is answered from the stored GET response.
+        let method = if head { &Method::GET } else { req.method() };
+        let key = c.key(method, req.uri(), req.headers());
         let revalidate = c.request_no_cache && request_no_cache(req.headers());
         // A fresh local hit is answered here: no service clone, no boxed
         // future, the key hashed from the request's parts as it stands.
         // A panic in here is a cache failure, not the client's: the request
         // goes on to the lookup, and from there to the service.
         if !revalidate
-            && let Ok(Some(Some(resp))) = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                c.cache.with_local(&key, |hit| {
-                    hit.value.map(|cached| {
-                        respond(
-                            cached,
-                            Outcome::Hit(Tier::Local),
-                            hit.age,
-                            req.method() == Method::HEAD,
-                            req.headers().get(header::IF_NONE_MATCH),
-                        )
-                    })
-                })
+            && let Ok(Some(resp)) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                local_hit(c, key, Ask::of(req.headers(), head))
             }))
         {
             return ResponseFuture::ready(resp);
@@ -131,17 +133,271 @@ where
         // The ready service is the one to call; leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::cached(Box::pin(lookup(
-            Arc::clone(&self.config),
-            inner,
-            req,
-            key,
-            revalidate,
-        )))
+        let config = Arc::clone(&self.config);
+        ResponseFuture::cached(Box::pin(async move {
+            if head {
+                head_lookup(config, inner, req, key).await
+            } else {
+                lookup(config, inner, req, key, revalidate).await
+            }
+        }))
     }
 }
 
-type Delivered<B, E> = Result<Response<CacheBody<B>>, E>;
+/// What the local tier holds under a request's key.
+enum LocalFound<B: Body> {
+    Served(Response<CacheBody<B>>),
+    Variants(Arc<CachedResponse>),
+}
+
+/// A fresh local hit, answered: the response under the request's key, or
+/// the variant a marker there points to (RFC 9111 4.1).
+fn local_hit<B: Body>(
+    c: &Config,
+    key: RequestKey<'_>,
+    ask: Ask<'_>,
+) -> Option<Response<CacheBody<B>>> {
+    let found = c.cache.with_local(&key, |hit| {
+        let cached = hit.value?;
+        Some(match cached.variants() {
+            None => LocalFound::Served(respond(cached, Outcome::Hit(Tier::Local), hit.age, ask)),
+            Some(_) => LocalFound::Variants(Arc::clone(cached)),
+        })
+    })??;
+    match found {
+        LocalFound::Served(resp) => Some(resp),
+        LocalFound::Variants(marker) => {
+            let variant = VariantKey {
+                base: key,
+                names: marker.variants().unwrap_or_default(),
+            };
+            c.cache
+                .with_local(&variant, |hit| {
+                    hit.value
+                        .filter(|v| v.variants().is_none())
+                        .map(|cached| respond(cached, Outcome::Hit(Tier::Local), hit.age, ask))
+                })
+                .flatten()
+        }
+    }
+}
+
+/// Methods RFC 9110 9.2.1 calls safe: their answers never invalidate.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The cache key of `uri` as any request without vary headers has it, and
+/// the tag every stored variant of it carries when the key has vary headers.
+fn uri_key(config: &Config, uri: &Uri) -> String {
+    let empty = HeaderMap::new();
+    RequestKey {
+        method: &Method::GET,
+        uri,
+        headers: &empty,
+        vary: &[],
+        sort_query: config.sort_query,
+    }
+    .render()
+}
+
+/// The tag of every stored response for `uri` (see [`uri_key`]).
+pub(crate) fn uri_tag(config: &Config, uri: &Uri) -> String {
+    uri_key_and_tag(config, uri).1
+}
+
+/// [`uri_key`] and [`uri_tag`] at once.
+pub(crate) fn uri_key_and_tag(config: &Config, uri: &Uri) -> (String, String) {
+    let key = uri_key(config, uri);
+    let tag = format!("tc-uri:{}", key.strip_prefix("GET ").unwrap_or(&key));
+    (key, tag)
+}
+
+/// The URIs an unsafe request's answer invalidates (RFC 9111 4.4): its
+/// target, and the `Location` / `Content-Location` of the answer when they
+/// are on the same origin.
+struct Targets {
+    uri: Uri,
+    authority: Option<String>,
+}
+
+impl Targets {
+    fn of<B>(req: &Request<B>) -> Self {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_ascii_lowercase)
+            });
+        Self {
+            uri: req.uri().clone(),
+            authority,
+        }
+    }
+
+    /// The target URI and those of `headers` on the same origin.
+    fn uris(&self, headers: &HeaderMap) -> Vec<Uri> {
+        let mut out = vec![self.uri.clone()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(uri) = headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<Uri>().ok())
+            else {
+                continue;
+            };
+            let same_origin = match uri.authority() {
+                None => uri.path().starts_with('/'),
+                Some(a) => self
+                    .authority
+                    .as_deref()
+                    .is_some_and(|ours| a.as_str().eq_ignore_ascii_case(ours)),
+            };
+            if same_origin {
+                out.push(uri);
+            }
+        }
+        out
+    }
+}
+
+/// Calls the service with an unsafe request; a non-error answer invalidates
+/// its target URIs in both tiers and on every instance, before the answer
+/// is returned (so the client's next read sees its own write).
+async fn invalidate_after<F, ResBody, E>(
+    config: Arc<Config>,
+    fut: F,
+    targets: Targets,
+) -> Result<Response<CacheBody<ResBody>>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes>,
+{
+    let mut resp = fut.await?;
+    let status = resp.status();
+    if status.is_success() || status.is_redirection() {
+        let (keys, tags): (Vec<String>, Vec<String>) = targets
+            .uris(resp.headers())
+            .iter()
+            .map(|u| uri_key_and_tag(&config, u))
+            .unzip();
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let _ = AssertUnwindSafe(config.cache.invalidate_many(&keys, &tags))
+            .catch_unwind()
+            .await;
+    }
+    let h = resp.headers_mut();
+    h.remove(&config.tags_header);
+    if let Some(own) = &config.own_targeted {
+        h.remove(own);
+    }
+    h.insert(CACHE_STATUS, STATUS_METHOD);
+    Ok(resp.map(CacheBody::inner))
+}
+
+/// A `HEAD` request: a stored `GET` response answers it (its headers, its
+/// validators); otherwise it goes to the service and nothing is stored (a
+/// `HEAD` answer has no body to store, and no validator may be made from
+/// its empty one).
+async fn head_lookup<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    svc: S,
+    req: Request<ReqBody>,
+    key: String,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    ResBody: Body<Data = Bytes>,
+{
+    let mut found = AssertUnwindSafe(config.cache.lookup(&key))
+        .catch_unwind()
+        .await;
+    if let Ok(Some(f)) = &found
+        && let Some(names) = f.value.as_deref().and_then(CachedResponse::variants)
+    {
+        let variant = VariantKey {
+            base: config.key(&Method::GET, req.uri(), req.headers()),
+            names,
+        }
+        .render();
+        found = AssertUnwindSafe(config.cache.lookup(&variant))
+            .catch_unwind()
+            .await;
+    }
+    match found {
+        Ok(Some(f)) => {
+            if let Some(cached) = f.value.as_deref().filter(|c| c.variants().is_none()) {
+                let ask = AskOwned::of(req.headers(), true);
+                return Ok(respond(cached, f.outcome, f.age(), ask.borrow()));
+            }
+        }
+        Ok(None) => {}
+        Err(_) => config.internal_failure(&key).await,
+    }
+    forward(config, svc, Some(req), None).await
+}
+
+type Fetch =
+    Result<Result<tiercache_core::Fetched<CachedResponse>, Error>, Box<dyn std::any::Any + Send>>;
+
+/// One engine lookup of `key`, loading from the service on a miss (this
+/// caller's request, if it leads the load). A panic inside is returned, not
+/// propagated.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_key<S, ReqBody, ResBody>(
+    config: &Arc<Config>,
+    svc: &mut S,
+    key: &String,
+    slot: &mut Option<Request<ReqBody>>,
+    own_rx: &mut Option<oneshot::Receiver<Delivered<ResBody, S::Error>>>,
+    ask: &AskOwned,
+    mode: impl FnOnce(&Request<ReqBody>) -> Mode,
+) -> Fetch
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    AssertUnwindSafe(config.cache.fetch_revalidating(key, |old| {
+        let (tx, rx) = oneshot::channel();
+        *own_rx = Some(rx);
+        let mut ctx = None;
+        let call = slot.take().map(|mut req| {
+            ctx = Some(LoadCtx {
+                uri_tag: uri_tag(config, req.uri()),
+                tag_uri: !config.vary.is_empty(),
+                mode: mode(&req),
+                ask: ask.clone(),
+            });
+            conditional(&mut req, old.as_deref());
+            req.extensions_mut()
+                .insert(CacheHandle::new(Arc::clone(config)));
+            svc.call(req)
+        });
+        let ctx = ctx.unwrap_or_else(|| LoadCtx {
+            uri_tag: String::new(),
+            tag_uri: false,
+            mode: Mode::Variant {
+                names: Vec::new(),
+                primary: String::new(),
+            },
+            ask: AskOwned::default(),
+        });
+        load(Arc::clone(config), call, old, ctx, tx)
+    }))
+    .catch_unwind()
+    .await
+}
 
 async fn lookup<S, ReqBody, ResBody>(
     config: Arc<Config>,
@@ -158,8 +414,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
-    let head = req.method() == Method::HEAD;
-    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let ask = AskOwned::of(req.headers(), false);
     if revalidate {
         config.cache.invalidate(&key).await;
     }
@@ -169,22 +424,55 @@ where
     let mut slot = Some(req);
     // Made only when this caller leads a load: a hit allocates no channel.
     let mut own_rx: Option<oneshot::Receiver<Delivered<ResBody, S::Error>>> = None;
-    let fetched = AssertUnwindSafe(config.cache.fetch(&key, || {
-        let (tx, rx) = oneshot::channel();
-        own_rx = Some(rx);
-        let call = slot.take().map(|mut req| {
-            // Conditional requests are answered by the cache: the origin
-            // is asked for the full response, which can be stored.
-            req.headers_mut().remove(header::IF_NONE_MATCH);
-            req.headers_mut().remove(header::IF_MODIFIED_SINCE);
-            req.extensions_mut()
-                .insert(CacheHandle::new(Arc::clone(&config)));
-            svc.call(req)
-        });
-        load(Arc::clone(&config), call, head, tx)
-    }))
-    .catch_unwind()
+    let mut fetched = fetch_key(
+        &config,
+        &mut svc,
+        &key,
+        &mut slot,
+        &mut own_rx,
+        &ask,
+        |req| Mode::Primary {
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        },
+    )
     .await;
+    let mut failed_key = &key;
+    // A marker: the response varies on request headers; its variant for
+    // this request has a key of its own (RFC 9111 4.1).
+    let variant = match (&fetched, &slot) {
+        (Ok(Ok(f)), Some(req)) => {
+            f.value
+                .as_deref()
+                .and_then(CachedResponse::variants)
+                .map(|names| {
+                    let key = VariantKey {
+                        base: config.key(&Method::GET, req.uri(), req.headers()),
+                        names,
+                    }
+                    .render();
+                    (key, names.to_vec())
+                })
+        }
+        _ => None,
+    };
+    if let Some((variant_key, names)) = &variant {
+        let primary = key.clone();
+        fetched = fetch_key(
+            &config,
+            &mut svc,
+            variant_key,
+            &mut slot,
+            &mut own_rx,
+            &ask,
+            |_| Mode::Variant {
+                names: names.clone(),
+                primary,
+            },
+        )
+        .await;
+        failed_key = variant_key;
+    }
     // The cache failed inside (a panic on something it stored): fail open
     // as when Redis is down. The entry is dropped and the failure counted;
     // the request goes to the service (or, if this caller already led a
@@ -192,34 +480,46 @@ where
     let fetched = match fetched {
         Ok(f) => f,
         Err(_) => {
-            config.internal_failure(&key).await;
+            config.internal_failure(failed_key).await;
             if let Some(Ok(Some(own))) = own_rx.map(|mut rx| rx.try_recv()) {
-                return own.map(|r| with_x_cache(r, MISS));
+                return own.map(miss);
             }
             return forward(config, svc, slot, None).await;
         }
     };
-    // This caller led the load and its response is not stored: it is served
-    // as it is (a service error too, unless a stale value stands in).
+    // A stale copy stands in for a failed origin only as far as the
+    // response allows (`stale-if-error`, the cache's grace; never past
+    // `must-revalidate`).
+    let stale_ok = |f: &tiercache_core::Fetched<CachedResponse>| {
+        f.outcome == Outcome::Stale
+            && f.value.as_deref().is_some_and(|c| {
+                let m = c.meta();
+                let secs = Duration::from_secs;
+                m.stale_if_error > 0
+                    && secs(m.initial_age).saturating_add(f.age())
+                        <= secs(m.lifetime).saturating_add(secs(m.stale_if_error))
+            })
+    };
+    // This caller led the load and its response is not the stored one: it
+    // is served as it is (a service error too, unless a stale value stands
+    // in).
     if let Some(own) = own_rx.and_then(|mut rx| rx.try_recv().ok().flatten()) {
         match (own, &fetched) {
-            // The origin failed (an error or a 5xx) and grace has a stale
-            // copy: serve that instead.
-            (Err(_), Ok(f)) if f.outcome == Outcome::Stale => {}
-            (Ok(r), Ok(f)) if f.outcome == Outcome::Stale && r.status().is_server_error() => {}
-            (own, _) => return own.map(|r| with_x_cache(r, MISS)),
+            // The origin failed (an error or a 5xx) and a stale copy may
+            // stand in: serve that instead.
+            (Err(_), Ok(f)) if stale_ok(f) => {}
+            (Ok(r), Ok(f)) if stale_ok(f) && r.status().is_server_error() => {}
+            (own, _) => return own.map(miss),
         }
     }
     match fetched {
-        Ok(f) => match &f.value {
-            Some(cached) => Ok(respond(
-                cached,
-                f.outcome,
-                f.age(),
-                head,
-                if_none_match.as_ref(),
-            )),
-            None => forward(config, svc, slot, None).await,
+        Ok(f) => match f.value.as_deref() {
+            Some(cached)
+                if cached.variants().is_none() && (f.outcome != Outcome::Stale || stale_ok(&f)) =>
+            {
+                Ok(respond(cached, f.outcome, f.age(), ask.borrow()))
+            }
+            _ => forward(config, svc, slot, None).await,
         },
         Err(e) => forward(config, svc, slot, Some(e)).await,
     }
@@ -243,7 +543,10 @@ where
                 .insert(CacheHandle::new(Arc::clone(&config)));
             let mut resp = svc.call(req).await?;
             resp.headers_mut().remove(&config.tags_header);
-            Ok(with_x_cache(resp.map(CacheBody::inner), MISS))
+            if let Some(own) = &config.own_targeted {
+                resp.headers_mut().remove(own);
+            }
+            Ok(miss(resp.map(CacheBody::inner)))
         }
         None => {
             let status = match &error {
@@ -253,104 +556,7 @@ where
             tracing::warn!(error = ?error, %status, "response load failed");
             let mut resp = Response::new(CacheBody::empty());
             *resp.status_mut() = status;
-            Ok(with_x_cache(resp, MISS))
-        }
-    }
-}
-
-/// A load that failed (the engine counts a load error; within grace,
-/// waiters get the stale copy). A response the cache merely may not store is
-/// [`NotStored`] instead. Either way the caller that led the load gets its
-/// own response through the side channel.
-#[derive(Debug)]
-enum LoadFailed {
-    Service,
-    ServerError(StatusCode),
-    NoRequest,
-}
-
-impl fmt::Display for LoadFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoadFailed::Service => f.write_str("the inner service failed"),
-            LoadFailed::ServerError(s) => write!(f, "the inner service answered {s}"),
-            LoadFailed::NoRequest => f.write_str("no request to send"),
-        }
-    }
-}
-
-impl std::error::Error for LoadFailed {}
-
-async fn load<F, ResBody, E>(
-    config: Arc<Config>,
-    call: Option<F>,
-    head: bool,
-    tx: oneshot::Sender<Delivered<ResBody, E>>,
-) -> Result<Option<Entry<CachedResponse>>, BoxError>
-where
-    F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send + 'static,
-    E: Send + 'static,
-{
-    let Some(call) = call else {
-        return Err(Box::new(LoadFailed::NoRequest));
-    };
-    let resp = match call.await {
-        Ok(resp) => resp,
-        Err(e) => {
-            let _ = tx.send(Err(e));
-            return Err(Box::new(LoadFailed::Service));
-        }
-    };
-    let (mut parts, body) = resp.into_parts();
-    let tags = match take_tags(&mut parts.headers, &config.tags_header) {
-        Ok(tags) => tags,
-        Err(e) => {
-            config.tags_rejected(&e);
-            let _ = tx.send(Ok(Response::from_parts(parts, CacheBody::inner(body))));
-            return Err(Box::new(NotStored::new(e.as_str())));
-        }
-    };
-    let Some(ttl) = config.storable(&parts) else {
-        let status = parts.status;
-        let _ = tx.send(Ok(Response::from_parts(parts, CacheBody::inner(body))));
-        return Err(if status.is_server_error() {
-            Box::new(LoadFailed::ServerError(status))
-        } else {
-            Box::new(NotStored::new("the response may not be stored"))
-        });
-    };
-    match collect_limited(body, config.max_body_size).await {
-        Collected::Partial(body) => {
-            let _ = tx.send(Ok(Response::from_parts(parts, body)));
-            Err(Box::new(NotStored::new(
-                "the response body is too large or did not end cleanly",
-            )))
-        }
-        Collected::Complete(bytes) => {
-            let etag = strip_for_storage(&mut parts.headers);
-            // The length is known: stored, it spares every hit the server's
-            // own insertion (which would grow the cloned map). Not for HEAD
-            // (its empty body is not the length) nor statuses without a body.
-            if !head
-                && !parts.headers.contains_key(header::CONTENT_LENGTH)
-                && !parts.status.is_informational()
-                && parts.status != StatusCode::NO_CONTENT
-                && parts.status != StatusCode::NOT_MODIFIED
-            {
-                parts.headers.insert(
-                    header::CONTENT_LENGTH,
-                    number_value(u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
-                );
-            }
-            // `storable` checked the count: this cannot fail (and if it
-            // did, the caller would get an error response, not a panic).
-            let cached = CachedResponse::new(parts.status, parts.headers, bytes, etag)
-                .map_err(|e| -> BoxError { Box::new(e) })?;
-            let mut entry = Entry::new(cached).tags(tags);
-            entry.ttl = ttl;
-            Ok(Some(entry))
+            Ok(miss(resp))
         }
     }
 }
@@ -378,123 +584,18 @@ impl Config {
             .catch_unwind()
             .await;
     }
-
-    /// A response not stored because its tags cannot be recorded exactly:
-    /// counted, and logged at most once per interval.
-    fn tags_rejected(&self, e: &TagError) {
-        metrics::counter!(
-            "tiercache_http_tags_rejected_total",
-            "namespace" => self.cache.namespace().to_owned()
-        )
-        .increment(1);
-        let total = self.tags_rejected.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.tags_log.due() {
-            tracing::warn!(
-                ns = self.cache.namespace(),
-                reason = e.as_str(),
-                total,
-                "response served but not cached: its tags cannot be recorded exactly"
-            );
-        }
-    }
-
-    /// Whether a response may be stored, and for how long (`Some(None)`:
-    /// the cache's TTL).
-    fn storable(&self, parts: &http::response::Parts) -> Option<Option<Duration>> {
-        let negative = if self.statuses.contains(&parts.status) {
-            false
-        } else if self.negative_statuses.contains(&parts.status) {
-            true
-        } else {
-            return None;
-        };
-        let h = &parts.headers;
-        if h.contains_key(header::SET_COOKIE) || !vary_covered(h, &self.vary) || !headers_fit(h) {
-            return None;
-        }
-        let cc = CacheControl::parse(h);
-        if cc.no_store || cc.no_cache || cc.private {
-            return None;
-        }
-        let asked = cc.shared_max_age();
-        if asked.is_some_and(|t| t.is_zero()) {
-            return None;
-        }
-        Some(if negative {
-            Some(asked.map_or(self.negative_ttl, |t| t.min(self.negative_ttl)))
-        } else {
-            asked
-        })
-    }
 }
 
-fn with_x_cache<B>(mut resp: Response<B>, value: HeaderValue) -> Response<B> {
-    resp.headers_mut().insert(X_CACHE, value);
-    resp
-}
-
-/// A response from the cache: headers cloned from the stored map, the body
-/// a clone of the stored `Bytes`; or 304 when `If-None-Match` matches.
-fn respond<B: Body>(
-    cached: &CachedResponse,
-    outcome: Outcome,
-    age: Duration,
-    head: bool,
-    if_none_match: Option<&HeaderValue>,
-) -> Response<CacheBody<B>> {
-    // The stored map already says `hit`; only other outcomes overwrite it.
-    let (is_hit, x_cache) = match outcome {
-        Outcome::Hit(_) | Outcome::Rejected => (true, HIT),
-        Outcome::Stale => (false, STALE),
-        _ => (false, MISS),
-    };
-    let age = number_value(age.as_secs());
-    if let Some(inm) = if_none_match
-        && cached.status().is_success()
-        && none_match(inm, cached.etag())
-    {
-        let mut resp = Response::new(CacheBody::empty());
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        let h = resp.headers_mut();
-        for name in [
-            header::CACHE_CONTROL,
-            header::CONTENT_LOCATION,
-            header::DATE,
-            header::EXPIRES,
-            header::VARY,
-        ] {
-            for v in cached.headers().get_all(&name) {
-                h.append(name.clone(), v.clone());
-            }
-        }
-        h.insert(header::ETAG, cached.etag().clone());
-        h.insert(X_CACHE, x_cache);
-        h.insert(header::AGE, age);
+/// A response that went to the origin: `x-cache: miss` and its
+/// `Cache-Status` member after any from caches nearer the origin. One the
+/// cache built itself for a load it led has both already.
+fn miss<B>(mut resp: Response<B>) -> Response<B> {
+    if resp.extensions().get::<Built>().is_some() {
         return resp;
     }
-    let body = if head {
-        CacheBody::empty()
-    } else {
-        CacheBody::full(cached.body().clone())
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = cached.status();
     let h = resp.headers_mut();
-    // The stored map already holds etag, `x-cache: hit` and `age`: these
-    // overwrite in place.
-    *h = cached.headers().clone();
-    if !is_hit {
-        h.insert(X_CACHE, x_cache);
-    }
-    // In place, found by a walk over a handful of entries: no hashing.
-    match h
-        .iter_mut()
-        .find_map(|(name, value)| (name == header::AGE).then_some(value))
-    {
-        Some(slot) => *slot = age,
-        None => {
-            h.insert(header::AGE, age);
-        }
-    }
+    h.insert(X_CACHE, MISS);
+    let status = appended(h.get(CACHE_STATUS), STATUS_MISS);
+    h.insert(CACHE_STATUS, status);
     resp
 }

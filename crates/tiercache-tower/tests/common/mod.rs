@@ -22,6 +22,8 @@ use tiercache_core::{Bus, Cache, CacheBuilder, InProcessBus, InProcessSharedTier
 use tiercache_tower::{CacheHandle, CacheLayer, CachedResponse, HttpCacheLayer, ResponseCodec};
 use tower::{Service, ServiceExt};
 
+pub mod rfc;
+
 /// Where the caches of a test live: a shared tier and a bus.
 #[derive(Clone)]
 pub struct Env {
@@ -370,11 +372,12 @@ pub async fn hit_miss_and_age(env: Env) {
 pub async fn etag_and_304(env: Env) {
     let calls = Calls::default();
     let app = router(HttpCacheLayer::new(env.http_cache("etag").await), &calls);
-    // A conditional request on a miss: the origin is asked without it.
+    // A conditional request on a miss is forwarded as it is (RFC 9111
+    // 4.3.1); the origin's full answer is stored.
     let first = send(&app, req_with("/etag", "if-none-match", "\"nope\"")).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.text(), "etag body 1");
-    assert_eq!(calls.get("etag:conditional-reached-origin"), 0);
+    assert_eq!(calls.get("etag:conditional-reached-origin"), 1);
     let etag = first.header("etag").unwrap().to_owned();
     assert!(
         etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34,
@@ -432,16 +435,34 @@ pub async fn vary_unconfigured_and_star(env: Env) {
         HttpCacheLayer::new(env.http_cache("vary-star").await).vary([header::ACCEPT]),
         &calls,
     );
-    for path in ["/vary/*", "/vary/accept-language", "/vary/accept,%20cookie"] {
-        for _ in 0..3 {
-            let a = get(&app, path).await;
-            assert_eq!(a.status, StatusCode::OK);
-            assert_eq!(a.x_cache(), "miss", "{path}");
-        }
+    // `Vary: *`: never reused.
+    for _ in 0..3 {
+        let a = get(&app, "/vary/*").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.x_cache(), "miss");
     }
     assert_eq!(calls.get("vary:*"), 3);
-    assert_eq!(calls.get("vary:accept-language"), 3);
-    assert_eq!(calls.get("vary:accept, cookie"), 3);
+    // A header not configured: stored per variant of it (RFC 9111 4.1),
+    // never served to a request with another value.
+    for (path, name, count) in [
+        (
+            "/vary/accept-language",
+            "accept-language",
+            "vary:accept-language",
+        ),
+        ("/vary/accept,%20cookie", "cookie", "vary:accept, cookie"),
+    ] {
+        assert_eq!(get(&app, path).await.x_cache(), "miss", "{path}");
+        assert_eq!(get(&app, path).await.x_cache(), "hit", "{path}");
+        let fr = send(&app, req_with(path, name, "fr")).await;
+        assert_eq!(fr.x_cache(), "miss", "{path} fr");
+        let fr = send(&app, req_with(path, name, "fr")).await;
+        assert_eq!(fr.x_cache(), "hit", "{path} fr");
+        let de = send(&app, req_with(path, name, "de")).await;
+        assert_eq!(de.x_cache(), "miss", "{path} de");
+        assert_eq!(get(&app, path).await.x_cache(), "hit", "{path} without");
+        assert_eq!(calls.get(count), 3, "{path}");
+    }
 }
 
 pub async fn response_cache_control(env: Env) {
@@ -514,16 +535,22 @@ pub async fn methods(env: Env) {
         assert!(a.header("x-cache").is_none(), "POST is not looked up");
         assert!(a.header("x-cache-tags").is_none(), "tags stripped on POST");
     }
-    // HEAD is cached apart from GET.
+    // HEAD is answered from a stored GET; without one it goes to the
+    // origin and nothing is stored (no validator from an empty body).
     let h1 = send(&app, req("HEAD", "/plain")).await;
     assert_eq!(h1.x_cache(), "miss");
     assert!(h1.body.is_empty());
     let h2 = send(&app, req("HEAD", "/plain")).await;
-    assert_eq!(h2.x_cache(), "hit");
-    assert!(h2.body.is_empty());
-    assert_eq!(get(&app, "/plain").await.x_cache(), "miss");
+    assert_eq!(h2.x_cache(), "miss");
+    let g = get(&app, "/plain").await;
+    assert_eq!(g.x_cache(), "miss");
     assert_eq!(get(&app, "/plain").await.x_cache(), "hit");
-    assert_eq!(calls.get("plain"), 2);
+    let h3 = send(&app, req("HEAD", "/plain")).await;
+    assert_eq!(h3.x_cache(), "hit");
+    assert!(h3.body.is_empty());
+    assert_eq!(h3.header("etag"), g.header("etag"), "the GET's validator");
+    assert_eq!(h3.header("content-length"), g.header("content-length"));
+    assert_eq!(calls.get("plain"), 3);
     // Only GET configured: HEAD passes through.
     let calls = Calls::default();
     let app = router(
