@@ -6,6 +6,13 @@
 //! tiercache -p tiercache-sidecar --example products --bin tiercache-sidecar`),
 //! then spawns them with the servers' URLs; children are killed on drop.
 //!
+//! The app's read routes are behind `HttpCacheLayer` (namespace
+//! `products-http`: `x-cache`, `Cache-Status`, `age`, ETag/304), the product
+//! handler reads its row through the row cache (namespace `products`: Bloom
+//! guard, negatives, singleflight), and the sidecar's rules bridge a changed
+//! row to both: key `{id}` of the rows, tags `product:{id}` and
+//! `category:{category}` of the responses.
+//!
 //! Database reads are counted by the app itself
 //! (`products_db_reads_total{kind="by_id"}`, scraped from `/metrics` of both
 //! instances). Run with `--nocapture` to see the figures.
@@ -136,10 +143,16 @@ struct Http {
 struct Resp {
     status: u16,
     x_cache: Option<String>,
+    headers: http::HeaderMap,
     body: Bytes,
 }
 
 impl Resp {
+    /// A response header, as text.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
@@ -158,7 +171,20 @@ impl Http {
     }
 
     async fn send(&self, method: &str, url: &str, body: Option<&str>) -> Result<Resp, String> {
+        self.send_with(method, url, body, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
         let mut req = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -177,6 +203,7 @@ impl Http {
                 .get("x-cache")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            let headers = resp.headers().clone();
             let body = resp
                 .into_body()
                 .collect()
@@ -186,6 +213,7 @@ impl Http {
             Ok(Resp {
                 status,
                 x_cache,
+                headers,
                 body,
             })
         };
@@ -369,6 +397,7 @@ fn products_stack_end_to_end() {
 
     rt.block_on(async {
         bad_input(&http, &stack.urls[0]).await;
+        http_cache(&http, &stack, lo + 5, hi).await;
         staleness(&http, &stack, lo).await;
         list_follows_category_moves(&http, &stack, lo + 1).await;
         created_and_deleted(&http, &stack).await;
@@ -473,6 +502,12 @@ async fn held_everywhere(http: &Http, stack: &Stack, id: i64) {
         http.get(&format!("{u}/products/{id}")).await.expect("warm");
         let r = http.get(&format!("{u}/products/{id}")).await.expect("warm");
         assert_eq!(r.x_cache.as_deref(), Some("hit"), "second read should hit");
+        assert!(
+            r.header("cache-status")
+                .is_some_and(|s| s.starts_with("tiercache") && s.contains("hit")),
+            "Cache-Status of a hit: {:?}",
+            r.header("cache-status")
+        );
     }
 }
 
@@ -485,10 +520,112 @@ async fn renamed_everywhere(http: &Http, stack: &Stack, id: i64, new_name: &str)
             "UPDATE products SET name = '{new_name}', updated_at = now() WHERE id = {id}"
         ))
         .expect("update");
-    until_all(http, &stack.urls, &format!("/products/{id}"), |r| {
-        r.status == 200 && name_of(r) == new_name
+    // The tag bridge: the sidecar's `product:{id}` drops the cached
+    // response, so some instance's next read goes to the handler (a miss);
+    // the other may then find the new response in Redis.
+    let reloaded = std::cell::Cell::new(false);
+    let took = until_all(http, &stack.urls, &format!("/products/{id}"), |r| {
+        let new = r.status == 200 && name_of(r) == new_name;
+        if new && r.x_cache.as_deref() == Some("miss") {
+            reloaded.set(true);
+        }
+        new
     })
-    .await
+    .await;
+    assert!(
+        reloaded.get(),
+        "no instance reloaded product {id} after the UPDATE (x-cache: miss)"
+    );
+    took
+}
+
+/// The read routes are behind the response cache (`x-cache`,
+/// `Cache-Status`, `age`, ETag and 304, tags never shown to clients); a
+/// Bloom rejection is answered without Postgres and not stored; writes,
+/// `/healthz` and `/metrics` pass by the cache.
+async fn http_cache(http: &Http, stack: &Stack, id: i64, hi: i64) {
+    let (a, b) = (&stack.urls[0], &stack.urls[1]);
+    let path = format!("/products/{id}");
+    let r = http.get(&format!("{a}{path}")).await.expect("get");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.x_cache.as_deref(), Some("miss"), "first read of {path}");
+    assert!(
+        r.header("cache-status")
+            .is_some_and(|s| s.starts_with("tiercache") && s.contains("fwd=")),
+        "Cache-Status of a miss: {:?}",
+        r.header("cache-status")
+    );
+    assert_eq!(r.header("x-row-cache"), Some("loaded"));
+    assert_eq!(r.header("x-cache-tags"), None, "tags are not shown");
+    let etag = r.header("etag").expect("etag").to_owned();
+    let r = http.get(&format!("{a}{path}")).await.expect("get");
+    assert_eq!(r.x_cache.as_deref(), Some("hit"));
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert!(r.header("age").is_some(), "age on a hit");
+    assert_eq!(r.header("x-cache-tags"), None);
+    // The other instance finds it in Redis.
+    let r = http.get(&format!("{b}{path}")).await.expect("get");
+    assert_eq!(
+        r.x_cache.as_deref(),
+        Some("hit"),
+        "{path} on the other instance"
+    );
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = http
+        .send_with(
+            "GET",
+            &format!("{b}{path}"),
+            None,
+            &[("if-none-match", &etag)],
+        )
+        .await
+        .expect("conditional get");
+    assert_eq!(r.status, 304, "If-None-Match with the stored ETag");
+    assert!(r.body.is_empty());
+
+    // A Bloom rejection: no database read, and not stored (the id may be
+    // created any moment). The guard may let a missing id through (a false
+    // positive, 0.1%): take the first one it rejects.
+    let mut rejected = None;
+    for missing in (hi + 10_000_000..).step_by(7919).take(20) {
+        let r = http
+            .get(&format!("{a}/products/{missing}"))
+            .await
+            .expect("get");
+        assert_eq!(r.status, 404);
+        assert!(r.json()["error"].is_string());
+        if r.header("x-row-cache") == Some("bloom") {
+            assert_eq!(r.x_cache.as_deref(), Some("miss"));
+            rejected = Some(missing);
+            break;
+        }
+    }
+    let missing = rejected.expect("the Bloom guard rejects missing ids");
+    let r = http
+        .get(&format!("{a}/products/{missing}"))
+        .await
+        .expect("get");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-row-cache"), Some("bloom"));
+    assert_eq!(
+        r.x_cache.as_deref(),
+        Some("miss"),
+        "a rejection is not stored"
+    );
+
+    // Not through the cache.
+    for p in ["/healthz", "/metrics"] {
+        let r = http.get(&format!("{a}{p}")).await.expect("get");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.x_cache, None, "{p} passes by the cache");
+        assert_eq!(r.header("cache-status"), None, "{p} passes by the cache");
+    }
+    let r = http
+        .send("PUT", &format!("{a}/products/x"), Some("{}"))
+        .await
+        .expect("put");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("cache-status"), None, "writes pass by the cache");
 }
 
 /// A row changed with plain SQL is served new by both instances within 1 s.
@@ -503,9 +640,26 @@ async fn staleness(http: &Http, stack: &Stack, id: i64) {
     assert!(worst < Duration::from_secs(1), "max staleness {worst:?}");
 }
 
+/// `v` percent-encoded for a query string.
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Moving a product between categories drops both lists everywhere.
 async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
-    let (from, to) = ("e2e-from", "e2e-to");
+    // The second category needs percent-encoding both in the URL and in the
+    // app's `x-cache-tags` (a comma, spaces, `%`, non-ASCII): the tag the
+    // layer records must still be the sidecar's `category:{category}`.
+    let (from, to) = ("e2e-from", "e2e to, 100% café");
+    let (from_q, to_q) = (query_value(from), query_value(to));
     stack
         .pg
         .psql(&format!(
@@ -527,14 +681,14 @@ async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
     until_all(
         http,
         &stack.urls,
-        &format!("/products?category={from}"),
+        &format!("/products?category={from_q}"),
         |r| has(r, id),
     )
     .await;
     until_all(
         http,
         &stack.urls,
-        &format!("/products?category={to}"),
+        &format!("/products?category={to_q}"),
         |r| lacks(r, id),
     )
     .await;
@@ -542,13 +696,13 @@ async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
     // have been loaded before it), then cache both lists everywhere.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for u in &stack.urls {
-        for c in [from, to] {
+        for c in [&from_q, &to_q] {
             http.get(&format!("{u}/products?category={c}"))
                 .await
                 .expect("warm list");
         }
         let r = http
-            .get(&format!("{u}/products?category={from}"))
+            .get(&format!("{u}/products?category={from_q}"))
             .await
             .expect("list");
         assert_eq!(r.x_cache.as_deref(), Some("hit"));
@@ -562,14 +716,14 @@ async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
     let a = until_all(
         http,
         &stack.urls,
-        &format!("/products?category={from}"),
+        &format!("/products?category={from_q}"),
         |r| lacks(r, id),
     )
     .await;
     let b = until_all(
         http,
         &stack.urls,
-        &format!("/products?category={to}"),
+        &format!("/products?category={to_q}"),
         |r| has(r, id),
     )
     .await;
@@ -631,6 +785,34 @@ async fn created_and_deleted(http: &Http, stack: &Stack) {
     assert_eq!(r.status, 204);
     let took = until_all(http, &stack.urls, &path, |r| r.status == 404).await;
     println!("deleted product gone from both instances after {took:.1?}");
+    assert!(took < Duration::from_secs(1));
+
+    // The 404 of an id the database denied (the Bloom guard knows the id)
+    // is cached as a negative, tagged `product:{id}` ...
+    for u in &stack.urls {
+        let r = http.get(&format!("{u}{path}")).await.expect("get");
+        assert_eq!(r.status, 404);
+        if r.header("x-row-cache") == Some("bloom") {
+            // A Bloom rebuild since the insert: answered, not stored.
+            continue;
+        }
+        let r = http.get(&format!("{u}{path}")).await.expect("get");
+        assert_eq!(r.status, 404);
+        assert_eq!(r.x_cache.as_deref(), Some("hit"), "{u}{path}: a negative");
+    }
+    // ... so the row coming back with plain SQL drops it everywhere.
+    stack
+        .pg
+        .psql(&format!(
+            "INSERT INTO products (id, name, price_cents, category) \
+             VALUES ({id}, 'e2e lamp again', 1, 'e2e-new')"
+        ))
+        .expect("insert");
+    let took = until_all(http, &stack.urls, &path, |r| {
+        r.status == 200 && name_of(r) == "e2e lamp again"
+    })
+    .await;
+    println!("cached 404 replaced by the re-inserted row on both instances after {took:.1?}");
     assert!(took < Duration::from_secs(1));
 }
 

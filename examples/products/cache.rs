@@ -1,34 +1,57 @@
-//! The caches: products by id and lists by category, both in namespace
-//! `products`, sharing one Redis connection and one bus.
+//! The caches: an HTTP response cache in front of the read routes, and a row
+//! cache of products by id below it, sharing one Redis connection and one
+//! bus.
 //!
-//! | cache | key | tags | origin |
-//! |---|---|---|---|
-//! | `products` | the id (`42`) | — | `SELECT .. WHERE id = $1` |
-//! | `lists` | `list:<category>` | `category:<category>` | `SELECT .. WHERE category = $1` |
+//! | cache | namespace | key | tags | tiers |
+//! |---|---|---|---|---|
+//! | responses ([`HttpCacheLayer`]) | `products-http` | `GET /products/42`, `GET /products?category=books` | `product:42`, `category:books` (from `x-cache-tags`) | local + Redis |
+//! | rows (`Cache<i64, Product>`) | `products` | `42` | — | Redis only; Bloom guard on ids, negatives |
+//!
+//! A `GET` the response cache cannot answer runs its handler, and the
+//! product handler reads its row through the row cache: a Bloom rejection
+//! or a cached "no such row" never reaches Postgres, and one load per id
+//! per process (singleflight, a Redis lease across processes) serves every
+//! request waiting for it.
 //!
 //! The sidecar (examples/products/sidecar.toml) maps every changed row to
-//! key `{id}` and tag `category:{category}` of namespace `products`: the row's
-//! entry and its category's list (old and new category on a move) drop on
-//! every instance. The app itself never invalidates.
+//! key `{id}` of `products` (and, on an insert, "created", which feeds the
+//! Bloom guards), then to tags `product:{id}` and `category:{category}` (old
+//! and new row) of `products-http`, in that order. The app itself never
+//! invalidates.
+//!
+//! Why the row cache has no local tier: the two namespaces travel as two bus
+//! messages, and nothing orders their delivery on an instance. With a
+//! local row tier, an instance that applied the response message first
+//! could rebuild the response from its old local row and store it again,
+//! everywhere, until its TTL. Without one, a response rebuilt after the
+//! response message reads the row from Redis, where the sidecar deleted it
+//! before it sent the response message. The response cache's local tier
+//! answers the hot reads anyway.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiercache_core::{BloomGuardConfig, Bus, Cache, Outcome, SharedTier, Tier};
+use tiercache_core::{BloomGuardConfig, Bus, Cache, SharedTier};
 use tiercache_nats::NatsBus;
 use tiercache_redis::{RedisBus, RedisSharedTier};
+use tiercache_tower::{CachedResponse, HttpCacheLayer, ResponseCodec};
 
 use crate::config::Settings;
 use crate::db::{Db, Product};
 
-/// The namespace of both caches, as in the sidecar's rule.
-pub const NAMESPACE: &str = "products";
+/// The row cache's namespace, as in the sidecar's first rule.
+pub const ROWS_NAMESPACE: &str = "products";
+
+/// The response cache's namespace, as in the sidecar's second rule.
+pub const HTTP_NAMESPACE: &str = "products-http";
 
 /// Both caches.
 #[derive(Clone, Debug)]
 pub struct Caches {
+    /// Products by id: Redis only, Bloom guard, negatives.
     pub products: Cache<i64, Product>,
-    pub lists: Cache<String, Vec<Product>>,
+    /// The response cache of the read routes.
+    pub http: HttpCacheLayer,
     /// `redis`, or `embedded` without REDIS_URL.
     pub shared: &'static str,
     /// `nats`, `nats-jetstream`, `redis` or `embedded`.
@@ -85,60 +108,75 @@ pub async fn build(settings: &Settings, db: &Db) -> Result<Caches, BoxError> {
 
     let ttl = Duration::from_secs(settings.ttl_secs.max(1));
     let negative_ttl = Duration::from_secs(settings.negative_ttl_secs);
+    let grace = Duration::from_secs(60);
 
-    let mut products = Cache::<i64, Product>::builder(NAMESPACE)
+    let mut products = Cache::<i64, Product>::builder(ROWS_NAMESPACE)
+        // No local tier: see the module docs.
+        .local_capacity(0)
         .bloom_guard(bloom)
         .ttl(ttl)
         .ttl_jitter(0.2)
         .negative_ttl(negative_ttl)
         .negative_jitter(0.2)
-        .grace(Duration::from_secs(60));
-    let mut lists = Cache::<String, Vec<Product>>::builder(NAMESPACE)
+        .grace(grace);
+    let mut responses = Cache::<String, CachedResponse>::builder(HTTP_NAMESPACE)
         .ttl(ttl)
         .ttl_jitter(0.2)
-        .grace(Duration::from_secs(60));
+        .grace(grace)
+        .codec(ResponseCodec);
     if let Some(s) = shared {
         products = products.shared_tier_arc(Arc::clone(&s));
-        lists = lists.shared_tier_arc(s);
+        responses = responses.shared_tier_arc(s);
     }
     if let Some(b) = bus {
         products = products.bus_arc(Arc::clone(&b));
-        lists = lists.bus_arc(b);
+        responses = responses.bus_arc(b);
     }
+    let http = HttpCacheLayer::new(responses.build_with_codec()?)
+        // `?category=a&x=1` and `?x=1&category=a` share an entry.
+        .sort_query(true)
+        // A 404 the database confirmed; the handler marks a Bloom
+        // rejection `no-store` (see routes.rs).
+        .negative_ttl(negative_ttl);
+    // The handlers set no caching headers: without `default_ttl`, the
+    // response cache's own TTL (jittered) applies to what they answer.
     Ok(Caches {
         products: products.build()?,
-        lists: lists.build()?,
+        http,
         shared: shared_kind,
         bus: bus_kind,
     })
 }
 
-/// The list cache's key for a category.
-pub fn list_key(category: &str) -> String {
-    format!("list:{category}")
+/// The tag of every response that shows product `id` (its page, and its
+/// 404).
+pub fn product_tag(id: i64) -> String {
+    format!("product:{id}")
 }
 
-/// The tag of every entry that depends on a category.
+/// The tag of every response that lists a category, as the sidecar renders
+/// it from the row (`category:{category}`).
 pub fn category_tag(category: &str) -> String {
     format!("category:{category}")
 }
 
-/// The `x-cache-tier` header value of a hit: which part of the cache answered.
-pub fn x_cache_tier(outcome: Outcome) -> Option<&'static str> {
-    match outcome {
-        Outcome::Hit(Tier::Local) => Some("local"),
-        Outcome::Hit(Tier::Shared) => Some("shared"),
-        Outcome::Rejected => Some("bloom"),
-        _ => None,
+/// Tags for the `x-cache-tags` header: the layer splits the header on commas
+/// and whitespace and percent-decodes each tag, so those bytes (and `%`,
+/// and anything not printable ASCII) are percent-encoded here; the tag the
+/// layer records is then exactly `tag`.
+pub fn tags_header(tags: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        for b in tag.bytes() {
+            if b.is_ascii_graphic() && b != b'%' && b != b',' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
     }
-}
-
-/// The `x-cache` header value of a lookup.
-pub fn x_cache(outcome: Outcome) -> &'static str {
-    match outcome {
-        // A Bloom rejection is answered by the cache too.
-        Outcome::Hit(_) | Outcome::Rejected => "hit",
-        Outcome::Stale => "stale",
-        _ => "miss",
-    }
+    out
 }

@@ -1,7 +1,9 @@
 //! The products example: an axum API over Postgres, cached with tiercache
-//! (Redis shared tier, NATS bus, Bloom guard on ids, negative caching,
-//! jittered TTLs), kept fresh by `tiercache-sidecar` from Postgres's change
-//! stream. See examples/products/README.md for the walk-through.
+//! (an HTTP response cache in front of the read routes, a row cache with a
+//! Bloom guard on ids and negative caching below it, a Redis shared tier, a
+//! NATS bus, jittered TTLs), kept fresh by `tiercache-sidecar` from
+//! Postgres's change stream. See examples/products/README.md for the
+//! walk-through.
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:15432/postgres \

@@ -2,16 +2,32 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /products/{id}` | 200 the product, 404 `{"error"}`; `x-cache`, `x-cache-tier`, `age` |
-//! | `GET /products?category=C` | 200 an array (first 1000 by id); `x-cache`, `age` |
+//! | `GET /products/{id}` | 200 the product, 404 `{"error"}`; through the response cache |
+//! | `GET /products?category=C` | 200 an array (first 1000 by id); through the response cache |
 //! | `POST /products` | 201 the new product (`location` header) |
 //! | `PUT /products/{id}` | 200 the replaced product, 404 |
 //! | `DELETE /products/{id}` | 204, 404 |
 //! | `GET /healthz` | 200 `{"status":"ok",..}`, 503 while Postgres is unreachable |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Writes change Postgres only: the sidecar turns each change into
-//! invalidations for every instance.
+//! The two `GET` routes are plain handlers behind
+//! [`HttpCacheLayer`](tiercache_tower::HttpCacheLayer), which answers from
+//! the cache when it can and adds `x-cache`, `Cache-Status`, `age` and an
+//! `ETag` (and answers `If-None-Match` with 304). Each handler names the
+//! tags of its response in `x-cache-tags` (`product:{id}`,
+//! `category:{category}`), the same tags the sidecar derives from a changed
+//! row: that is the bridge from rows to cached responses. The product
+//! handler also says how the row cache below found the row, in
+//! `x-row-cache` (`shared`, `loaded`, `collapsed`, `stale`, `bloom`),
+//! stored with the response.
+//!
+//! Writes, `/healthz` and `/metrics` do not go through the layer, and
+//! writes change Postgres only: the sidecar turns each change, made here or
+//! with plain SQL, into invalidations for every instance. (The layer would
+//! drop the written URI's response after a write through it, RFC 9111 4.4,
+//! but the next read would rebuild it from the row still in Redis until the
+//! sidecar deletes it, and the lists are other URIs: one invalidation path,
+//! the sidecar's, is both simpler and complete.)
 
 use std::time::Instant;
 
@@ -19,15 +35,15 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use tiercache_core::{Entry, Fetched};
+use tiercache_core::{Entry, Outcome, Tier};
 
-use crate::cache::{Caches, category_tag, list_key, x_cache, x_cache_tier};
+use crate::cache::{Caches, category_tag, product_tag, tags_header};
 use crate::db::{Db, Product, ProductInput};
 use crate::error::ApiError;
 
@@ -39,16 +55,29 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
-/// The router.
+/// The header in which a handler names its response's tags (the layer's
+/// default; it removes the header from every response).
+const X_CACHE_TAGS: HeaderName = HeaderName::from_static("x-cache-tags");
+
+/// How the row cache found the row a product response was built from.
+const X_ROW_CACHE: HeaderName = HeaderName::from_static("x-row-cache");
+
+/// The router: the reads behind the response cache, the rest beside it.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/products", get(list_products).post(create_product))
+    let reads = Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product))
+        .route_layer(state.caches.http.clone());
+    let rest = Router::new()
+        .route("/products", post(create_product))
         .route(
             "/products/{id}",
-            get(get_product).put(replace_product).delete(delete_product),
+            put(replace_product).delete(delete_product),
         )
         .route("/healthz", get(healthz))
-        .route("/metrics", get(render_metrics))
+        .route("/metrics", get(render_metrics));
+    reads
+        .merge(rest)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -69,29 +98,26 @@ fn parse_id(raw: &str) -> ApiResult<i64> {
     }
 }
 
-/// Adds `x-cache: hit|miss|stale` and, on a hit, `x-cache-tier:
-/// local|shared|bloom`.
-fn cache_headers<T>(resp: &mut Response, fetched: &Fetched<T>) {
-    let h = resp.headers_mut();
-    h.insert(
-        "x-cache",
-        HeaderValue::from_static(x_cache(fetched.outcome)),
-    );
-    if let Some(tier) = x_cache_tier(fetched.outcome) {
-        h.insert("x-cache-tier", HeaderValue::from_static(tier));
-    }
+/// The `x-cache-tags` value of `tags`.
+fn tags_value(tags: &[&str]) -> HeaderValue {
+    // Percent-encoded printable ASCII: always a valid header value.
+    HeaderValue::from_str(&tags_header(tags)).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// A JSON response with the cache headers and `age` (seconds since the value
-/// was loaded from Postgres).
-fn cached_json<T: serde::Serialize>(fetched: &Fetched<T>, body: &T) -> Response {
-    let mut resp = Json(body).into_response();
-    cache_headers(&mut resp, fetched);
-    resp.headers_mut()
-        .insert(header::AGE, HeaderValue::from(fetched.age().as_secs()));
-    resp
+/// The `x-row-cache` value of a row lookup.
+fn row_cache(outcome: Outcome) -> HeaderValue {
+    HeaderValue::from_static(match outcome {
+        Outcome::Hit(Tier::Local) => "local",
+        Outcome::Hit(Tier::Shared) => "shared",
+        Outcome::Collapsed => "collapsed",
+        Outcome::Stale => "stale",
+        Outcome::Rejected => "bloom",
+        _ => "loaded",
+    })
 }
 
+/// `GET /products/{id}`: the row through the row cache (Bloom guard,
+/// negatives, singleflight), tagged `product:{id}`, found or not.
 async fn get_product(State(st): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&raw)?;
     let db = st.db.clone();
@@ -103,15 +129,24 @@ async fn get_product(State(st): State<AppState>, Path(raw): Path<String>) -> Api
         })
         .await
         .map_err(|e| ApiError::unavailable("loading a product failed", &e))?;
-    match &fetched.value {
-        Some(p) => Ok(cached_json(&fetched, p.as_ref())),
-        None => {
-            let mut resp =
-                ApiError::not_found(format!("product {id} does not exist")).into_response();
-            cache_headers(&mut resp, &fetched);
-            Ok(resp)
-        }
+    let mut resp = match &fetched.value {
+        Some(p) => Json(p.as_ref()).into_response(),
+        None => ApiError::not_found(format!("product {id} does not exist")).into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert(X_CACHE_TAGS, tags_value(&[&product_tag(id)]));
+    h.insert(X_ROW_CACHE, row_cache(fetched.outcome));
+    // Served, not stored:
+    // - a Bloom rejection: it costs nothing to answer again, and stored, it
+    //   could outlive the id's creation (the sidecar's "created" reaches the
+    //   guard and the stored 404 in two messages, one per namespace, in no
+    //   set order);
+    // - a row past its TTL, served within grace because Postgres failed: a
+    //   response built from it would start a fresh TTL of its own.
+    if matches!(fetched.outcome, Outcome::Rejected | Outcome::Stale) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    Ok(resp)
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +167,9 @@ fn check_category(c: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET /products?category=C`: straight from Postgres (the response cache
+/// in front collapses concurrent misses into one query per process),
+/// tagged `category:C`.
 async fn list_products(
     State(st): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -141,21 +179,13 @@ async fn list_products(
         .category
         .ok_or_else(|| ApiError::bad_request("query parameter `category` is required"))?;
     check_category(&category).map_err(ApiError::bad_request)?;
-    let db = st.db.clone();
-    let tag = category_tag(&category);
-    let fetched = st
-        .caches
-        .lists
-        .fetch(&list_key(&category), move || async move {
-            db.by_category(&category)
-                .await
-                .map(|rows| Some(Entry::new(rows).tag(tag)))
-        })
+    let rows = st
+        .db
+        .by_category(&category)
         .await
         .map_err(|e| ApiError::unavailable("loading a category failed", &e))?;
-    let empty = Vec::new();
-    let rows: &Vec<Product> = fetched.value.as_deref().unwrap_or(&empty);
-    Ok(cached_json(&fetched, rows))
+    let tags = tags_value(&[&category_tag(&category)]);
+    Ok(([(X_CACHE_TAGS, tags)], Json(rows)).into_response())
 }
 
 /// The body of `POST` and `PUT`.
@@ -241,7 +271,7 @@ async fn healthz(State(st): State<AppState>) -> Response {
         "database": db_ok,
         "shared_tier": st.caches.shared,
         "bus": st.caches.bus,
-        "bus_synced": products.local_trusted() && st.caches.lists.local_trusted(),
+        "bus_synced": products.local_trusted() && st.caches.http.cache().local_trusted(),
         "bloom_ready": products.bloom_ready(),
         "instance": format!("{:016x}", products.instance_id()),
     });
