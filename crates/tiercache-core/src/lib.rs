@@ -69,6 +69,9 @@ pub mod codec;
 pub mod conformance;
 pub mod envelope;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod key;
 pub mod message;
 pub mod shared;

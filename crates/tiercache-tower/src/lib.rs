@@ -35,6 +35,9 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod generic;
 pub mod http;
 mod rate_log;
