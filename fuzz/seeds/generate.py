@@ -160,8 +160,19 @@ def put_bytes(b):
     return varint(len(b)) + b
 
 
-def cached(status, etag, fields, body):
-    out = b"\x01" + struct.pack(">H", status) + put_bytes(etag) + varint(len(fields))
+def cached(status, etag, fields, body, meta=None, tags=(), variants=()):
+    """Format 1 without `meta`; format 2 (ages, tags, variants) with it."""
+    if meta is None:
+        out = b"\x01" + struct.pack(">H", status)
+    else:
+        initial_age, lifetime, stale_if_error, origin_etag = meta
+        flags = (1 if origin_etag else 0) | (2 if variants else 0)
+        out = b"\x02" + struct.pack(">H", status)
+        out += varint(initial_age) + varint(lifetime) + varint(stale_if_error) + bytes([flags])
+        out += varint(len(tags)) + b"".join(put_bytes(t.encode()) for t in tags)
+        if variants:
+            out += varint(len(variants)) + b"".join(put_bytes(v) for v in variants)
+    out += put_bytes(etag) + varint(len(fields))
     for n, v in fields:
         out += put_bytes(n) + put_bytes(v)
     return out + put_bytes(body)
@@ -188,6 +199,30 @@ write(
     ),
 )
 write("cached_response", "negative-404", cached(404, b'"0"', [(b"age", b"0")], b""))
+write(
+    "cached_response",
+    "valid-v2",
+    cached(
+        200,
+        b'"v1"',
+        [
+            (b"content-type", b"text/plain"),
+            (b"cache-control", b"max-age=60, stale-while-revalidate=30"),
+            (b"etag", b'"v1"'),
+            (b"x-cache", b"hit"),
+            (b"age", b"0"),
+            (b"cache-status", b"upstream; hit, tiercache; hit"),
+        ],
+        b"hello",
+        meta=(7, 60, U64_MAX, True),
+        tags=["products", "category:café"],
+    ),
+)
+write(
+    "cached_response",
+    "variants-marker",
+    cached(200, b'""', [], b"", meta=(0, 0, 0, False), variants=[b"accept-language", b"cookie"]),
+)
 
 # --- response_headers: "STATUS\nname: value\n...\n\nbody" ---------------------------
 
@@ -212,6 +247,12 @@ resp = {
     "vary-star": "200\nvary: *\n\n",
     "bad-escape": "200\nx-cache-tags: a%zz\n\n",
     "pragma": "200\npragma: no-cache\n\n",
+    "targeted": "200\ncache-control: no-store\ntiercache-cache-control: max-age=600\n"
+    "cdn-cache-control: private\n\nt",
+    "heuristic": "200\ndate: Sun, 09 Sep 2001 01:46:40 GMT\nlast-modified: Sat, 09 Sep 2000 01:46:40 GMT\n\nh",
+    "dates-differ": "200\nexpires: Thu, 01 Jan 2099 00:00:00 GMT\nexpires: 0\ndate: x\n\n",
+    "swr-negative": "404\ncache-control: max-age=600, stale-while-revalidate=60\n\n",
+    "age-huge": "200\nage: 18446744073709551616, 1\ncache-control: s-maxage=18446744073709551615\n\n",
 }
 for name, text in resp.items():
     write("response_headers", name, text)
@@ -254,6 +295,18 @@ layer = {
     "hop-by-hop": "GET /p\n\n200\nconnection: x-hop\nx-hop: 1\ntransfer-encoding: chunked\netag: \"e\"\n\nbody",
     "large-body": "GET /big\n\n200\n\n" + "b" * 20_000,
     "sorted-query": "GET /q?b=2&a=1&&c\naccept: a|b\n\n200\n\nq",
+    "range": "GET /r\nrange: bytes=2-5\n\n200\ncache-control: max-age=60\n\n0123456789",
+    "range-unsatisfiable": "GET /r\nrange: bytes=20-\n\n200\n\n0123456789",
+    "if-modified-since": "GET /p\nif-modified-since: Thu, 01 Jan 2099 00:00:00 GMT\n\n"
+    "200\nlast-modified: Sun, 09 Sep 2001 01:46:40 GMT\n\nbody",
+    "vary-variants": "GET /v\naccept-language: en\ncookie: a=1\n\n200\nvary: Accept-Language, Cookie\n\nv",
+    "swr": "GET /s\n\n200\ncache-control: max-age=60, stale-while-revalidate=30, stale-if-error=600\n\ns",
+    "must-revalidate": "GET /m\n\n200\ncache-control: max-age=60, must-revalidate\nage: 30\n\nm",
+    "expires-past": "GET /e\n\n200\nexpires: Sun, 09 Sep 2001 01:46:40 GMT\n\ne",
+    "expires-future": "GET /e\n\n200\ndate: Sun, 09 Sep 2001 01:46:40 GMT\nexpires: Thu, 01 Jan 2099 00:00:00 GMT\n\ne",
+    "cdn-cache-control": "GET /c\n\n200\ncache-control: no-store\ncdn-cache-control: max-age=60\n\nc",
+    "cache-status-upstream": "GET /u\n\n200\ncache-status: upstream; hit\nage: 99999999999999999999\n\nu",
+    "partial": "GET /p\n\n206\ncontent-range: bytes 0-1/10\n\n01",
 }
 for name, text in layer.items():
     write("http_layer", name, text)

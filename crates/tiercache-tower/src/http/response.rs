@@ -217,7 +217,9 @@ impl CachedResponse {
         let mut headers =
             HeaderMap::try_with_capacity(self.headers.len().min(MAX_HEADERS)).unwrap_or_default();
         for (name, value) in &self.headers {
-            let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
+            let name = static_name(name.as_str().as_bytes()).unwrap_or_else(|| {
+                HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone())
+            });
             let mut value = copy_value(value);
             intern(&name, &mut value);
             if headers.try_append(name, value).is_err() {
@@ -335,7 +337,11 @@ impl CachedResponse {
         }
         let mut headers = HeaderMap::try_with_capacity(count).map_err(|e| corrupt(&e))?;
         for _ in 0..count {
-            let name = HeaderName::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
+            let raw = r.bytes()?;
+            let name = match static_name(raw) {
+                Some(n) => n,
+                None => HeaderName::from_bytes(raw).map_err(|e| corrupt(&e))?,
+            };
             let mut value = HeaderValue::from_bytes(r.bytes()?).map_err(|e| corrupt(&e))?;
             intern(&name, &mut value);
             headers.try_append(name, value).map_err(|e| corrupt(&e))?;
@@ -353,6 +359,16 @@ impl CachedResponse {
             tags,
             variants,
         })
+    }
+}
+
+/// The cache's own header names, in static memory: cloning one on a hit
+/// writes no reference count (a name made from bytes is shared memory).
+fn static_name(bytes: &[u8]) -> Option<HeaderName> {
+    match bytes {
+        b"x-cache" => Some(HeaderName::from_static("x-cache")),
+        b"cache-status" => Some(CACHE_STATUS),
+        _ => None,
     }
 }
 
