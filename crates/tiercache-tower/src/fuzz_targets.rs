@@ -39,8 +39,8 @@ use crate::http::freshness::{self, DefaultTtl, Lifetime};
 use crate::http::key::{RequestKey, VariantKey};
 use crate::http::layer::Config;
 use crate::http::policy::{
-    CacheControl, none_match, request_no_cache, split_list, strip_for_storage, take_tags,
-    vary_extra,
+    CacheControl, NOT_STORED, none_match, request_no_cache, split_list, strip_for_storage,
+    take_tags, vary_extra,
 };
 use crate::http::response::{
     CACHE_STATUS, CACHE_STATUS_HIT, headers_fit, number_value, strong_etag,
@@ -66,22 +66,6 @@ const MAX_VALUE: usize = 1 << 20;
 const COMPRESS_AT: usize = 1024;
 /// The namespace of the caches here.
 const NS: &str = "fz";
-
-/// Headers a stored response never carries (hop-by-hop, and the cache's
-/// own), besides `set-cookie`, `etag` and those `Connection` names.
-const NOT_STORED: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "age",
-    "x-cache",
-];
 
 // ---------------------------------------------------------------------------
 // Heads from text

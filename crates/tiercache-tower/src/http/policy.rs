@@ -221,7 +221,7 @@ fn percent_decode(s: &str) -> Result<String, TagError> {
 
 /// Headers that describe one connection, never a stored response (RFC 9110
 /// 7.6.1), plus those the cache sets itself.
-const NOT_STORED: [&str; 11] = [
+pub(crate) const NOT_STORED: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-connection",
