@@ -1,15 +1,18 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use http::{HeaderName, HeaderValue, Response};
+use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::CacheBody;
+use super::layer::Config;
 use super::response::CACHE_STATUS;
+use super::serve::STATUS_BYPASS;
 
 pin_project! {
     /// The response future of [`HttpCache`](super::HttpCache).
@@ -30,12 +33,9 @@ pin_project! {
     {
         // Not cacheable (method, authorization): the inner future, with the
         // tags header stripped from its response.
-        Bypass {
-            #[pin] fut: F,
-            tags_header: HeaderName,
-            own_targeted: Option<HeaderName>,
-            status: HeaderValue,
-        },
+        // The layer's settings behind one pointer: every variant of this
+        // future is moved with it, a local hit's too.
+        Bypass { #[pin] fut: F, config: Arc<Config> },
         // A cache lookup (and maybe a load).
         Cached { fut: BoxFuture<'static, Result<Response<CacheBody<B>>, E>> },
         // Answered inside `call` (a local hit).
@@ -44,19 +44,9 @@ pin_project! {
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
-    pub(super) fn bypass(
-        fut: F,
-        tags_header: HeaderName,
-        own_targeted: Option<HeaderName>,
-        status: HeaderValue,
-    ) -> Self {
+    pub(super) fn bypass(fut: F, config: Arc<Config>) -> Self {
         Self {
-            kind: Kind::Bypass {
-                fut,
-                tags_header,
-                own_targeted,
-                status,
-            },
+            kind: Kind::Bypass { fut, config },
         }
     }
 
@@ -97,18 +87,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Bypass {
-                fut,
-                tags_header,
-                own_targeted,
-                status,
-            } => fut.poll(cx).map_ok(|mut resp| {
+            KindProj::Bypass { fut, config } => fut.poll(cx).map_ok(|mut resp| {
                 let h = resp.headers_mut();
-                h.remove(&*tags_header);
-                if let Some(own) = own_targeted.as_ref() {
+                h.remove(&config.tags_header);
+                if let Some(own) = &config.own_targeted {
                     h.remove(own);
                 }
-                h.insert(CACHE_STATUS, status.clone());
+                h.insert(CACHE_STATUS, STATUS_BYPASS);
                 resp.map(CacheBody::inner)
             }),
             KindProj::Cached { fut } => fut.as_mut().poll(cx),

@@ -23,9 +23,7 @@ use super::layer::Config;
 use super::load::{Built, Delivered, LoadCtx, Mode, conditional, load};
 use super::policy::request_no_cache;
 use super::response::{CACHE_STATUS, CachedResponse};
-use super::serve::{
-    Ask, AskOwned, MISS, STATUS_BYPASS, STATUS_METHOD, STATUS_MISS, X_CACHE, appended, respond,
-};
+use super::serve::{Ask, AskOwned, MISS, STATUS_METHOD, STATUS_MISS, X_CACHE, appended, respond};
 
 /// The service of [`HttpCacheLayer`](super::HttpCacheLayer).
 pub struct HttpCache<S> {
@@ -107,12 +105,7 @@ where
                     targets,
                 )));
             }
-            return ResponseFuture::bypass(
-                self.inner.call(req),
-                c.tags_header.clone(),
-                c.own_targeted.clone(),
-                STATUS_BYPASS,
-            );
+            return ResponseFuture::bypass(self.inner.call(req), Arc::clone(&self.config));
         }
         // HEAD is answered from the stored GET response.
         let method = if head { &Method::GET } else { req.method() };
