@@ -97,8 +97,17 @@ pub fn test_decoding(data: &[u8]) {
     match test_decoding::parse(&line) {
         Ok(Record::Message { content, .. }) => {
             assert!(line.ends_with(&content), "content is the line's end");
-            let sz = format!(", sz: {} content:", content.len());
-            assert!(line.contains(&sz), "the content's size is its sz");
+            // `sz: N content:` right before it, N its length (leading
+            // zeros allowed: found by this target).
+            let head = line[..line.len() - content.len()]
+                .strip_suffix(" content:")
+                .expect("` content:` before the content");
+            let digits = head.len() - head.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+            assert_eq!(
+                head[head.len() - digits..].parse::<usize>().ok(),
+                Some(content.len()),
+                "the content's size is its sz"
+            );
         }
         Ok(Record::Commit { time_us }) => {
             let rest = &line["COMMIT".len()..];
