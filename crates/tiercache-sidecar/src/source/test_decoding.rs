@@ -352,6 +352,9 @@ pub const TIMESTAMP_MAX_OFFSET_HOURS: i64 = 15;
 /// month 1-12, day 1 to the month's length, hour 0-23, minute and second
 /// 0-59 (1 or 2 digits each), an optional fraction of 1 to 6 digits, and an
 /// offset `±HH[:MM[:SS]]` of at most [`TIMESTAMP_MAX_OFFSET_HOURS`] hours.
+/// The year bounds hold for the UTC instant as well: `0001-01-01 02:00:00+05`
+/// is year 0 in UTC, which [`format_timestamptz`] could not print back, so it
+/// is `None`.
 /// Anything else, including a result that does not fit in `i64`, is `None`:
 /// no input panics or wraps.
 pub fn parse_timestamptz(s: &str) -> Option<i64> {
@@ -409,6 +412,10 @@ pub fn parse_timestamptz(s: &str) -> Option<i64> {
         .checked_add(minute.checked_mul(60)?)?
         .checked_add(sec)?
         .checked_sub(off)?;
+    // The offset can carry a time in year 1 into year 0 (UTC).
+    if secs < days_from_civil(TIMESTAMP_MIN_YEAR, 1, 1)?.checked_mul(86_400)? {
+        return None;
+    }
     secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
@@ -683,6 +690,30 @@ mod tests {
         );
     }
 
+    /// 0001-01-01T00:00:00Z in µs since the Unix epoch.
+    const YEAR_1_UTC_US: i64 = -62_135_596_800_000_000;
+
+    /// Fuzz finding (`fuzz/seeds/test_decoding/year-0-in-utc`): the year
+    /// bounds hold for the UTC instant, not only for the local date, so a
+    /// positive offset cannot carry year 1 into year 0.
+    #[test]
+    fn year_bounds_hold_after_the_offset() {
+        assert_eq!(parse_timestamptz("1-01-1 2:1:4+5:59"), None);
+        assert_eq!(parse_timestamptz("0001-01-01 00:00:00+00:00:01"), None);
+        assert_eq!(
+            parse_timestamptz("0001-01-01 00:00:00+00"),
+            Some(YEAR_1_UTC_US)
+        );
+        assert_eq!(
+            parse_timestamptz("0001-01-01 00:00:00-15:59:59"),
+            Some(YEAR_1_UTC_US + 57_599_000_000)
+        );
+        assert_eq!(
+            parse("COMMIT (at 1-01-1 2:1:4+5:59)"),
+            Ok(Record::Commit { time_us: None })
+        );
+    }
+
     #[test]
     fn timestamp_fields_are_bounded() {
         for bad in [
@@ -742,6 +773,7 @@ mod tests {
 
     mod proptests {
         use super::super::*;
+        use super::YEAR_1_UTC_US;
         use chrono::{FixedOffset, NaiveDate, TimeZone};
         use proptest::prelude::*;
         use proptest::test_runner::Config;
@@ -858,7 +890,9 @@ mod tests {
             let off = i32::try_from(f(oh, 2, 0, 15)? * 3600 + om * 60 + os).ok()?;
             let tz = FixedOffset::east_opt(if *sign == '-' { -off } else { off })?;
             let us = tz.from_local_datetime(&time).single()?.timestamp_micros();
-            i64::try_from(i128::from(us) + i128::from(cycles) * CYCLE_US).ok()
+            i64::try_from(i128::from(us) + i128::from(cycles) * CYCLE_US)
+                .ok()
+                .filter(|us| *us >= YEAR_1_UTC_US)
         }
 
         /// A test_decoding-like line around the grammar, with random numbers.
@@ -1010,7 +1044,8 @@ mod tests {
                         let tz = FixedOffset::east_opt(if offset < 0 { -off } else { off }).unwrap();
                         let local = date.and_hms_micro_opt(h, mi, s, micros).unwrap();
                         let want = tz.from_local_datetime(&local).single().unwrap().timestamp_micros();
-                        prop_assert_eq!(got, Some(want), "{}", text);
+                        let want = Some(want).filter(|us| *us >= YEAR_1_UTC_US);
+                        prop_assert_eq!(got, want, "{}", text);
                     }
                 }
             }
