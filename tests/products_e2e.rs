@@ -400,6 +400,7 @@ fn products_stack_end_to_end() {
         http_cache(&http, &stack, lo + 5, hi).await;
         staleness(&http, &stack, lo).await;
         list_follows_category_moves(&http, &stack, lo + 1).await;
+        created_reads_at_once(&http, &stack).await;
         created_and_deleted(&http, &stack).await;
         stampede(&http, &stack.urls, hi - 10).await;
         missing_ids(&http, &stack.urls, hi).await;
@@ -732,6 +733,59 @@ async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
         a + b
     );
     assert!(a + b < Duration::from_secs(1));
+}
+
+/// Read-your-writes on create (issue #13): the `Location` of a created
+/// product answers 200 at once on the instance that created it (its Bloom
+/// guard, negative cache and stored 404s learn the id before the 201), and
+/// on the other instance within the staleness bound.
+async fn created_reads_at_once(http: &Http, stack: &Stack) {
+    let bound = tiercache::core::DEFAULT_STALENESS_BOUND + Duration::from_millis(250);
+    let mut other_took = Vec::new();
+    for i in 0..15 {
+        let creator = &stack.urls[i % 2];
+        let other = &stack.urls[(i + 1) % 2];
+        let r = http
+            .send(
+                "POST",
+                &format!("{creator}/products"),
+                Some(r#"{"name":"ryw","price_cents":1,"category":"e2e-ryw"}"#),
+            )
+            .await
+            .expect("post");
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let location = r.header("location").expect("a Location").to_owned();
+        let r = http
+            .get(&format!("{creator}{location}"))
+            .await
+            .expect("get");
+        assert_eq!(
+            (r.status, name_of(&r).as_str()),
+            (200, "ryw"),
+            "create {i}: {location} right after its 201 on the instance that created it"
+        );
+        let created = Instant::now();
+        loop {
+            let r = http.get(&format!("{other}{location}")).await.expect("get");
+            if r.status == 200 {
+                other_took.push(created.elapsed());
+                break;
+            }
+            assert!(
+                created.elapsed() < bound,
+                "create {i}: {location} still {} on the other instance after {:?}",
+                r.status,
+                created.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    other_took.sort();
+    println!(
+        "created products read at once on their creator (15 of 15); on the other instance after {:?} (median) / {:?} (max)",
+        other_took[other_took.len() / 2],
+        other_took[other_took.len() - 1]
+    );
 }
 
 /// A product created through one instance is found by both (the sidecar's

@@ -21,13 +21,15 @@
 //! `x-row-cache` (`shared`, `loaded`, `collapsed`, `stale`, `bloom`),
 //! stored with the response.
 //!
-//! Writes, `/healthz` and `/metrics` do not go through the layer, and
-//! writes change Postgres only: the sidecar turns each change, made here or
-//! with plain SQL, into invalidations for every instance. (The layer would
-//! drop the written URI's response after a write through it, RFC 9111 4.4,
-//! but the next read would rebuild it from the row still in Redis until the
-//! sidecar deletes it, and the lists are other URIs: one invalidation path,
-//! the sidecar's, is both simpler and complete.)
+//! Writes, `/healthz` and `/metrics` do not go through the layer. Updates
+//! and deletes change Postgres only: the sidecar turns each change, made
+//! here or with plain SQL, into invalidations for every instance. (The layer
+//! would drop the written URI's response after a write through it, RFC 9111
+//! 4.4, but the next read would rebuild it from the row still in Redis until
+//! the sidecar deletes it, and the lists are other URIs: one invalidation
+//! path, the sidecar's, is both simpler and complete.) A create also tells
+//! the caches itself, so that its `Location` reads at once on every
+//! instance: the id's Bloom bit, its stored 404s and the category's list.
 
 use std::time::Instant;
 
@@ -231,6 +233,16 @@ async fn create_product(
         .insert(&input)
         .await
         .map_err(|e| ApiError::unavailable("insert failed", &e))?;
+    // Read-your-writes on create: this instance's Bloom guard and negative
+    // cache learn the id now, and so does a 404 of it stored by the layer
+    // (tag `product:{id}`); the messages tell the other instances at once.
+    // The sidecar's invalidations of the same row follow and change nothing.
+    st.caches.products.created(&p.id).await;
+    st.caches
+        .http
+        .handle()
+        .invalidate_tags(&[&product_tag(p.id), &category_tag(&p.category)])
+        .await;
     let location = HeaderValue::from_str(&format!("/products/{}", p.id))
         .unwrap_or_else(|_| HeaderValue::from_static("/products"));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(p)).into_response())

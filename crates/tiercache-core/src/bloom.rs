@@ -4,10 +4,20 @@
 //! Built from a key-universe loader (every key the origin has), kept current
 //! by "created" invalidations and local inserts, and rebuilt periodically so
 //! deleted keys stop costing false positives. It never answers "absent" for a
-//! key the origin has: until the first build finishes it answers "maybe" for
-//! everything, a build that fails keeps the previous filter, and keys created
-//! while a rebuild is running are added to the new filter before it is used.
+//! key the origin has:
+//! - until the first build finishes it answers "maybe" for everything;
+//! - a build that fails keeps the previous filter;
+//! - keys created while a rebuild is running are added to the new filter
+//!   before it is used;
+//! - while the bus is down or silent, "created" messages may be missed at
+//!   any moment: it answers "maybe" for everything;
+//! - after a loss signal (the bus disconnected, went silent, skipped a
+//!   sequence number or dropped messages, or came back; the shared tier
+//!   failed over), a "created" message may have been missed: it answers
+//!   "maybe" for everything until a rebuild that started after the signal
+//!   has completed, and that rebuild starts at once.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -88,6 +98,15 @@ pub(crate) struct BloomGuard {
     filter: RwLock<Option<Bloom<KeyHash>>>,
     /// Keys created while a rebuild is loading the universe.
     pending: Mutex<Option<Vec<KeyHash>>>,
+    /// Loss signals seen so far.
+    losses: AtomicU64,
+    /// The loss signals a completed rebuild covers (it started after them).
+    /// Below `losses`, the filter may lack a created key: it answers "maybe".
+    covered: AtomicU64,
+    /// The bus is down or silent: nothing it should carry can be relied on.
+    bus_down: AtomicBool,
+    /// Wakes the rebuild task early, after a loss signal.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
     pub(crate) config: BloomGuardConfig,
 }
 
@@ -96,12 +115,47 @@ impl BloomGuard {
         Self {
             filter: RwLock::new(None),
             pending: Mutex::new(None),
+            losses: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
+            bus_down: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
             config,
         }
     }
 
+    /// A loss signal: a "created" message may have been missed. Until a
+    /// rebuild that starts after this completes, every key may exist.
+    pub(crate) fn suspect(&self) {
+        self.losses.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// The bus went down or silent: "maybe" for every key until it is back
+    /// and a rebuild after that has completed.
+    pub(crate) fn bus_down(&self) {
+        self.bus_down.store(true, Ordering::Release);
+        self.suspect();
+    }
+
+    /// The bus is live again: what it missed is a loss signal.
+    pub(crate) fn bus_up(&self) {
+        // The signal first: no reader sees the bus up and the loss covered.
+        self.suspect();
+        self.bus_down.store(false, Ordering::Release);
+    }
+
+    /// Whether the bus is down, or a loss signal is not yet covered by a
+    /// completed rebuild.
+    pub(crate) fn is_suspect(&self) -> bool {
+        self.bus_down.load(Ordering::Acquire)
+            || self.covered.load(Ordering::Acquire) < self.losses.load(Ordering::Acquire)
+    }
+
     /// `false` only when the key is certainly absent.
     pub(crate) fn may_contain(&self, key: KeyHash) -> bool {
+        if self.is_suspect() {
+            return true;
+        }
         match &*self.filter.read().unwrap_or_else(|p| p.into_inner()) {
             Some(f) => f.check(&key),
             None => true,
@@ -142,6 +196,9 @@ impl BloomGuard {
         &self,
         hash: impl Fn(&str) -> KeyHash,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        // The losses this rebuild covers: those seen before it starts
+        // collecting created keys and loading the universe.
+        let losses = self.losses.load(Ordering::Acquire);
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
         let keys = match (self.config.universe)().await {
             Ok(k) => k,
@@ -151,8 +208,13 @@ impl BloomGuard {
             }
         };
         let size = self.config.expected_items.max(keys.len() * 2).max(1);
-        let mut filter = Bloom::new_for_fp_rate(size, self.config.false_positive_rate)
-            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+        let mut filter = match Bloom::new_for_fp_rate(size, self.config.false_positive_rate) {
+            Ok(f) => f,
+            Err(e) => {
+                *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(e.into());
+            }
+        };
         for k in &keys {
             filter.set(&hash(k));
         }
@@ -168,6 +230,8 @@ impl BloomGuard {
             }
         }
         *slot = Some(filter);
+        drop(slot);
+        self.covered.fetch_max(losses, Ordering::AcqRel);
         Ok(keys.len())
     }
 }

@@ -80,8 +80,8 @@ pub mod stats;
 pub use bloom::BloomGuardConfig;
 pub use bus::{Bus, BusEvent, InProcessBus};
 pub use cache::{
-    Applied, Cache, CacheBuilder, Entry, Fetched, LocalHit, Outcome, Tier, embedded_bus,
-    embedded_shared_tier,
+    Applied, Cache, CacheBuilder, DEFAULT_STALENESS_BOUND, Entry, Fetched, LocalHit,
+    MIN_STALENESS_BOUND, Outcome, Tier, embedded_bus, embedded_shared_tier,
 };
 pub use codec::{Codec, Postcard, RawBytes};
 pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, NotStored, SharedError};

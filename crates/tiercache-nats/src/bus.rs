@@ -181,6 +181,11 @@ impl NatsBus {
 
 #[async_trait]
 impl Bus for NatsBus {
+    fn heartbeat_at_least(&self, every: std::time::Duration) {
+        // Each probe that comes back is a heartbeat.
+        self.inner.shared.signals.ask_probe_every(every);
+    }
+
     async fn publish(&self, namespace: &str, payload: Bytes) -> Result<(), BusError> {
         let s = &self.inner.shared;
         let subject = namespace_subject(&s.prefix, namespace);

@@ -49,6 +49,8 @@ pub(crate) struct Signals {
     lost_gen: watch::Sender<u64>,
     lost: Mutex<LostRegistry>,
     next_probe: AtomicU64,
+    /// The fastest probe period a subscriber asked for, in µs (0: none).
+    asked_probe_us: AtomicU64,
 }
 
 impl Signals {
@@ -59,7 +61,27 @@ impl Signals {
             lost_gen: watch::channel(0).0,
             lost: Mutex::new(LostRegistry::default()),
             next_probe: AtomicU64::new(0),
+            asked_probe_us: AtomicU64::new(0),
         })
+    }
+
+    /// Asks for a probe at least every `period` from now on (the fastest
+    /// request wins).
+    pub(crate) fn ask_probe_every(&self, period: Duration) {
+        let us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .asked_probe_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur == 0 || us < cur).then_some(us)
+            });
+    }
+
+    /// The probe period: `configured`, or faster when asked.
+    fn probe_period(&self, configured: Duration) -> Duration {
+        match self.asked_probe_us.load(Ordering::Relaxed) {
+            0 => configured,
+            us => configured.min(Duration::from_micros(us)),
+        }
     }
 
     /// Called (in order) for every event async-nats reports.
@@ -221,9 +243,10 @@ pub(crate) fn sid_of(sub: &Subscriber) -> Option<u64> {
         .ok()
 }
 
-/// Publishes a probe every `period` while connected and records the probes
-/// that come back. Runs until the bus is dropped (it is aborted) or the
-/// client closes.
+/// Publishes a probe every `period` (or faster, when a subscriber asked
+/// through [`Signals::ask_probe_every`]) while connected and records the
+/// probes that come back. Runs until the bus is dropped (it is aborted) or
+/// the client closes.
 pub(crate) async fn heartbeat_task(
     signals: Arc<Signals>,
     client: Client,
@@ -231,16 +254,17 @@ pub(crate) async fn heartbeat_task(
     mut probes: Subscriber,
     period: Duration,
 ) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            () = tokio::time::sleep_until(next) => {
+                let every = signals.probe_period(period);
+                next = tokio::time::Instant::now() + every;
                 if client.connection_state() == async_nats::connection::State::Connected {
                     let seq = signals.next_probe.fetch_add(1, Ordering::Relaxed) + 1;
                     let payload = bytes::Bytes::copy_from_slice(&seq.to_be_bytes());
                     // Never wait on a clogged command channel for longer than a beat.
-                    let _ = tokio::time::timeout(period, client.publish(inbox.clone(), payload)).await;
+                    let _ = tokio::time::timeout(every, client.publish(inbox.clone(), payload)).await;
                 }
             }
             msg = probes.next() => match msg {

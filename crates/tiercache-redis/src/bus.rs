@@ -1,6 +1,7 @@
 //! [`RedisBus`]: the core's `Bus` on Redis pub/sub.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -159,6 +160,7 @@ impl RedisBusBuilder {
                 reporter: Reporter::new("bus", self.log_interval),
                 channel_prefix: self.channel_prefix,
                 heartbeat: self.heartbeat,
+                asked_heartbeat_us: AtomicU64::new(0),
                 publish_timeout: self.publish_timeout,
                 connect_timeout: self.connect_timeout,
                 backoff: self.reconnect_backoff,
@@ -173,9 +175,22 @@ struct BusInner {
     reporter: Reporter,
     channel_prefix: String,
     heartbeat: Duration,
+    /// The fastest heartbeat a subscriber asked for, in µs (0: none).
+    asked_heartbeat_us: AtomicU64,
     publish_timeout: Duration,
     connect_timeout: Duration,
     backoff: (Duration, Duration),
+}
+
+impl BusInner {
+    /// The ping pace of a subscription: the configured heartbeat, or faster
+    /// when a subscriber asked for it.
+    fn pace(&self) -> Duration {
+        match self.asked_heartbeat_us.load(Ordering::Relaxed) {
+            0 => self.heartbeat,
+            us => self.heartbeat.min(Duration::from_micros(us)),
+        }
+    }
 }
 
 /// An invalidation bus on Redis pub/sub: namespace `ns` is the channel
@@ -218,6 +233,15 @@ impl RedisBus {
 
 #[async_trait]
 impl Bus for RedisBus {
+    fn heartbeat_at_least(&self, every: Duration) {
+        let us = u64::try_from(every.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.inner.asked_heartbeat_us.fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |cur| (cur == 0 || us < cur).then_some(us),
+        );
+    }
+
     async fn publish(&self, namespace: &str, payload: Bytes) -> Result<(), BusError> {
         let channel = self.channel(namespace);
         let mut c = self.inner.publisher.clone();
@@ -298,7 +322,10 @@ async fn run_subscription(inner: Arc<BusInner>, channel: String, tx: mpsc::Sende
                 {
                     return;
                 }
-                let mut tick = tokio::time::interval(inner.heartbeat);
+                // Pings at the asked pace; each may take up to the
+                // configured heartbeat before the link counts as lost (a
+                // late answer is silence to the cache meanwhile).
+                let mut tick = tokio::time::interval(inner.pace());
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let end = loop {
                     tokio::select! {

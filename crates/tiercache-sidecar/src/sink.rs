@@ -6,14 +6,25 @@
 //! Order per message: shared-tier key invalidation, then tag invalidation,
 //! then the bus publish, so an instance that evicts on the message and
 //! reloads cannot read the old value back from the shared tier.
+//!
+//! Publishes go out in order through an outbox task, so a hung bus never
+//! holds up the deletes of later changes: [`Sinks::apply`] waits for its
+//! publishes at most [`PUBLISH_HOLD`], and not at all while the outbox is
+//! stuck behind one that did not go out in time. The instances do not need
+//! those messages meanwhile: a bus that hangs for them too is silent, and
+//! they read through the shared tier until it is heard again (then flush).
+//! What this gives up: a sidecar killed while its outbox is stuck loses the
+//! queued messages (the source has moved on); an instance that heard its
+//! bus all along keeps its local copies of those keys until their TTL.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tiercache_core::{Bus, Invalidation, KeyFormat, MessageCodec, SharedTier};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::Shutdown;
 use crate::config::{BusKind, Config, RetryConfig};
@@ -22,6 +33,11 @@ use crate::rules::Planned;
 /// Most keys plus tags carried by one bus message; a larger batch for a
 /// namespace is split.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 500;
+
+/// How long [`Sinks::apply`] waits for a message to go out on the bus
+/// before it moves on (the message stays queued, in order): the engine's
+/// default staleness bound.
+pub const PUBLISH_HOLD: Duration = tiercache_core::DEFAULT_STALENESS_BOUND;
 
 /// The sidecar stopped before a batch was fully applied; the source must not
 /// advance.
@@ -144,6 +160,67 @@ pub struct Sinks {
     origin: u64,
     seqs: Mutex<HashMap<String, u64>>,
     retry: RetryConfig,
+    outbox: OnceLock<Outbox>,
+}
+
+/// A message waiting to go out on the bus.
+struct Queued {
+    namespace: String,
+    payload: Bytes,
+    done: oneshot::Sender<()>,
+}
+
+/// The bus publishes, in order, off the delete path: a task publishes each
+/// queued message, retried until it goes out or the sidecar shuts down.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Queued>,
+    /// Queued and not yet out.
+    backlog: Arc<AtomicUsize>,
+    /// A message did not go out within the hold and the queue has not
+    /// drained since: later publishes are not waited for.
+    stuck: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    fn spawn(bus: Arc<dyn Bus>, retry: RetryConfig, shutdown: Shutdown) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let stuck = Arc::new(AtomicBool::new(false));
+        let (left, stuck_flag) = (Arc::clone(&backlog), Arc::clone(&stuck));
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                let sent = retry_until_ok("bus_publish", &retry, &shutdown, || {
+                    bus.publish(&q.namespace, q.payload.clone())
+                })
+                .await;
+                if sent.is_err() {
+                    // Shut down: what is left is not sent.
+                    return;
+                }
+                let now = left.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+                metrics::gauge!("tiercache_sidecar_publish_backlog").set(now as f64);
+                if now == 0 && stuck_flag.swap(false, Ordering::AcqRel) {
+                    tracing::info!("bus publishes caught up");
+                }
+                let _ = q.done.send(());
+            }
+        });
+        Self { tx, backlog, stuck }
+    }
+
+    /// Queues a message; resolves once it went out.
+    fn push(&self, namespace: String, payload: Bytes) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        let n = self.backlog.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!("tiercache_sidecar_publish_backlog").set(n as f64);
+        // The task only ends at shutdown; then the receiver reports it.
+        let _ = self.tx.send(Queued {
+            namespace,
+            payload,
+            done,
+        });
+        rx
+    }
 }
 
 impl std::fmt::Debug for Sinks {
@@ -180,6 +257,7 @@ impl Sinks {
             origin: rand::random::<u64>() | 1,
             seqs: Mutex::new(HashMap::new()),
             retry,
+            outbox: OnceLock::new(),
         }
     }
 
@@ -378,14 +456,20 @@ impl Sinks {
         Ok(())
     }
 
-    /// Publishes `m` on the bus (if any) with the next sequence number of
-    /// its namespace, retried until it succeeds.
+    /// Queues `m` for the bus (if any) with the next sequence number of its
+    /// namespace, and waits until it went out, at most [`PUBLISH_HOLD`] (not
+    /// at all while the outbox is stuck). `Err(Stopped)` when shutdown
+    /// comes first.
     async fn publish(&self, m: &Outgoing, shutdown: &Shutdown) -> Result<(), Stopped> {
         let Some(bus) = &self.bus else {
             return Ok(());
         };
+        let outbox = self
+            .outbox
+            .get_or_init(|| Outbox::spawn(Arc::clone(bus), self.retry.clone(), shutdown.clone()));
+        // Numbered and queued under one lock: the queue is in seq order.
+        let mut seqs = self.seqs.lock().await;
         let seq = {
-            let mut seqs = self.seqs.lock().await;
             let s = seqs.entry(m.namespace.clone()).or_insert(0);
             *s += 1;
             *s
@@ -403,24 +487,57 @@ impl Sinks {
                 .max(0) as u64,
         };
         let payload = Bytes::from(self.codec.encode(&msg));
-        self.retry("bus_publish", shutdown, || {
-            bus.publish(&m.namespace, payload.clone())
-        })
-        .await
+        let done = outbox.push(m.namespace.clone(), payload);
+        drop(seqs);
+        if outbox.stuck.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tokio::select! {
+            sent = done => sent.map_err(|_| Stopped),
+            () = tokio::time::sleep(PUBLISH_HOLD) => {
+                if !outbox.stuck.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        namespace = %m.namespace,
+                        hold = ?PUBLISH_HOLD,
+                        "bus publish not out in time; deletes go on, publishes stay queued in order"
+                    );
+                }
+                Ok(())
+            }
+            () = shutdown.wait() => Err(Stopped),
+        }
     }
 
     async fn retry<F, Fut, E>(
         &self,
         op: &'static str,
         shutdown: &Shutdown,
-        mut f: F,
+        f: F,
     ) -> Result<(), Stopped>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
-        let mut delay = self.retry.initial();
+        retry_until_ok(op, &self.retry, shutdown, f).await
+    }
+}
+
+/// Calls `f` until it succeeds, with exponential backoff; `Err(Stopped)`
+/// when shutdown is asked for while it fails.
+async fn retry_until_ok<F, Fut, E>(
+    op: &'static str,
+    retry: &RetryConfig,
+    shutdown: &Shutdown,
+    mut f: F,
+) -> Result<(), Stopped>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    {
+        let mut delay = retry.initial();
         let mut attempt = 0u32;
         loop {
             match f().await {
@@ -444,7 +561,7 @@ impl Sinks {
                     if !shutdown.sleep(delay).await {
                         return Err(Stopped);
                     }
-                    delay = (delay * 2).min(self.retry.max());
+                    delay = (delay * 2).min(retry.max());
                 }
             }
         }

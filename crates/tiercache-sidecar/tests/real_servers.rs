@@ -243,6 +243,97 @@ async fn logical_holds_the_slot_while_a_sink_is_down() {
     task.await.unwrap().unwrap();
 }
 
+/// Issue #13: the bus hangs (its Redis SIGSTOPped: alive, answering
+/// nothing) while rows change. The sidecar's shared-tier deletes must not
+/// wait for it: every changed row's key is gone from the shared tier about
+/// as fast as with a live bus. When the bus resumes, the queued publishes
+/// go out in order, before any later one.
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_go_on_while_the_bus_hangs() {
+    let sv = start_all().await;
+    let mut bus_server =
+        tokio::task::spawn_blocking(|| RedisServer::start().expect("redis starts"))
+            .await
+            .unwrap();
+    let text = real_config("notify", &sv, "redis", "").replace(
+        &format!("url = \"{}\"\n        signing_key", sv.redis.url()),
+        &format!("url = \"{}\"\n        signing_key", bus_server.url()),
+    );
+    assert!(text.contains(&bus_server.url()), "the bus is its own Redis");
+    let config = Config::parse(&text).unwrap();
+    setup(&sv.pg, &config);
+    let shared = app_shared(&sv).await;
+    let app_bus: Arc<dyn Bus> = Arc::new(
+        RedisBus::builder()
+            .url(bus_server.url())
+            .build()
+            .await
+            .unwrap(),
+    );
+    let mut inbox = Inbox::subscribe(app_bus.as_ref(), "products", MessageCodec::signed(KEY)).await;
+    for id in 1..=6 {
+        shared
+            .set(
+                &format!("products:{id}"),
+                Bytes::from_static(b"old"),
+                Duration::from_secs(600),
+            )
+            .await
+            .unwrap();
+    }
+    let sidecar = tiercache_sidecar::Sidecar::from_config(config)
+        .await
+        .unwrap();
+    let (trigger, shutdown) = tiercache_sidecar::Shutdown::new();
+    let sc = sidecar.clone();
+    let task = tokio::spawn(async move { sc.run(shutdown).await });
+    assert!(sidecar.status().wait_connected(1, WAIT).await);
+
+    // Live bus: deleted and published.
+    psql(&sv.pg, "UPDATE products SET name = 'live' WHERE id = 1");
+    let first = inbox.wait_for(WAIT, |m| m.keys == s(&["1"])).await;
+    assert!(shared.get("products:1").await.unwrap().is_none());
+
+    // The bus hangs; four rows change, one after another.
+    bus_server.pause();
+    let mut took = Vec::new();
+    for id in 2..=5 {
+        let changed = Instant::now();
+        psql(
+            &sv.pg,
+            &format!("UPDATE products SET name = 'hung' WHERE id = {id}"),
+        );
+        while shared
+            .get(&format!("products:{id}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(
+                changed.elapsed() < Duration::from_secs(5),
+                "the delete of row {id} waited for the hung bus (earlier ones took {took:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        took.push(changed.elapsed());
+    }
+    // The bus resumes; a later change goes out after the queued ones.
+    bus_server.resume();
+    psql(&sv.pg, "UPDATE products SET name = 'after' WHERE id = 6");
+    let last = inbox
+        .wait_for(Duration::from_secs(30), |m| m.keys == s(&["6"]))
+        .await;
+    assert_eq!(
+        last.seq,
+        first.seq + 5,
+        "the four queued publishes were numbered, and sent, before it"
+    );
+    assert!(shared.get("products:6").await.unwrap().is_none());
+    println!("deletes with the bus hung took {took:?}");
+    trigger.trigger();
+    task.await.unwrap().unwrap();
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tiercache-sidecar")
 }

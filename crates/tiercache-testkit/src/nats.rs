@@ -108,6 +108,17 @@ impl NatsServer {
         self.proc.terminate("TERM", STOP_TIMEOUT);
     }
 
+    /// Pauses the server (SIGSTOP): alive, its sockets open, answering
+    /// nothing, as a hung server or a partition looks to its clients.
+    pub fn pause(&mut self) {
+        self.proc.pause();
+    }
+
+    /// Resumes a [`pause`](Self::pause)d server (SIGCONT).
+    pub fn resume(&mut self) {
+        self.proc.resume();
+    }
+
     /// Kills the server (SIGKILL) and waits for it: a crash.
     pub fn kill(&mut self) {
         self.proc.kill();

@@ -245,6 +245,22 @@ impl Proc {
         self.kill();
     }
 
+    /// SIGSTOP: the process stays alive with its sockets open, but answers
+    /// nothing (a hung server, or a partition, as its clients see it).
+    /// Resumed by [`resume`](Self::resume), or killed as usual on drop.
+    pub(crate) fn pause(&mut self) {
+        if let Some(pid) = self.pid() {
+            send_signal("STOP", &pid.to_string());
+        }
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub(crate) fn resume(&mut self) {
+        if let Some(pid) = self.pid() {
+            send_signal("CONT", &pid.to_string());
+        }
+    }
+
     /// SIGKILL (the whole process group if so configured) and reap.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -259,6 +275,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A paused process ignores SIGTERM until resumed.
+        self.resume();
         match self.drop_signal {
             Some(signal) => self.terminate(signal, Duration::from_secs(3)),
             None => self.kill(),

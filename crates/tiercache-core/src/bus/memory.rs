@@ -1,6 +1,7 @@
 //! The embedded bus: broadcast channels inside one process.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,12 @@ const CHANNEL_CAPACITY: usize = 4096;
 struct Inner {
     channels: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
     connected: watch::Sender<bool>,
+    /// Hung: nothing is delivered and no heartbeat comes, and nobody is
+    /// told (a paused server, or a partition).
+    hung: watch::Sender<bool>,
     heartbeat: Duration,
+    /// The fastest pace a subscriber asked for, in µs (0: none).
+    asked_us: AtomicU64,
 }
 
 /// A bus inside one process: every cache given a clone of it (one per
@@ -59,8 +65,19 @@ impl InProcessBus {
             inner: Arc::new(Inner {
                 channels: Mutex::new(HashMap::new()),
                 connected,
+                hung: watch::channel(false).0,
                 heartbeat,
+                asked_us: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// The heartbeat pace of a new subscription: the configured one, or
+    /// faster when a subscriber asked for it.
+    fn pace(&self) -> Duration {
+        match self.inner.asked_us.load(Ordering::Relaxed) {
+            0 => self.inner.heartbeat,
+            us => self.inner.heartbeat.min(Duration::from_micros(us)),
         }
     }
 
@@ -73,6 +90,19 @@ impl InProcessBus {
     /// Restores delivery: subscribers get `Connected { resumed: false }`.
     pub fn reconnect(&self) {
         self.inner.connected.send_replace(true);
+    }
+
+    /// Hangs the bus, as a server paused with SIGSTOP looks to its clients:
+    /// subscribers get nothing at all (no message, no heartbeat, no
+    /// `Disconnected`) until [`resume`](Self::resume). Publishes still
+    /// succeed; what they send is delivered after the resume.
+    pub fn hang(&self) {
+        self.inner.hung.send_replace(true);
+    }
+
+    /// Ends a [`hang`](Self::hang): held messages are delivered.
+    pub fn resume(&self) {
+        self.inner.hung.send_replace(false);
     }
 
     fn sender(&self, namespace: &str) -> broadcast::Sender<Bytes> {
@@ -91,6 +121,7 @@ impl InProcessBus {
 struct SubState {
     rx: broadcast::Receiver<Bytes>,
     connected: watch::Receiver<bool>,
+    hung: watch::Receiver<bool>,
     was_connected: bool,
     tick: tokio::time::Interval,
     pending: Option<BusEvent>,
@@ -109,14 +140,25 @@ impl Bus for InProcessBus {
         Ok(())
     }
 
+    fn heartbeat_at_least(&self, every: Duration) {
+        let us = u64::try_from(every.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .inner
+            .asked_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur == 0 || us < cur).then_some(us)
+            });
+    }
+
     async fn subscribe(&self, namespace: &str) -> Result<BoxStream<'static, BusEvent>, BusError> {
         let connected = self.inner.connected.subscribe();
         let was_connected = *connected.borrow();
-        let mut tick = tokio::time::interval(self.inner.heartbeat);
+        let mut tick = tokio::time::interval(self.pace());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let state = SubState {
             rx: self.sender(namespace).subscribe(),
             connected,
+            hung: self.inner.hung.subscribe(),
             was_connected,
             tick,
             pending: Some(if was_connected {
@@ -134,7 +176,18 @@ async fn next_event(mut s: SubState) -> Option<(BusEvent, SubState)> {
         return Some((ev, s));
     }
     loop {
+        if *s.hung.borrow_and_update() {
+            if s.hung.changed().await.is_err() {
+                return None;
+            }
+            continue;
+        }
         tokio::select! {
+            changed = s.hung.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
             changed = s.connected.changed() => {
                 if changed.is_err() {
                     return None;

@@ -11,8 +11,9 @@
 //! - [`BusEvent::Disconnected`] as soon as the transport knows it is cut off;
 //! - [`BusEvent::Connected`] when it is subscribed again, with `resumed: true`
 //!   only when everything published meanwhile has been (or will be) delivered;
-//! - [`BusEvent::Heartbeat`] at least every few seconds while live, so silence
-//!   can be told apart from a quiet system;
+//! - [`BusEvent::Heartbeat`] while live, at least as often as
+//!   [`Bus::heartbeat_at_least`] asked (every few seconds by default), so
+//!   silence can be told apart from a quiet system;
 //! - [`BusEvent::Lost`] when the client itself dropped messages.
 //!
 //! Every implementation must pass [`conformance::bus`](crate::conformance).
@@ -60,4 +61,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribes to `namespace`. The stream ends only when the bus is shut
     /// down; connection trouble is reported as events, not as the end.
     async fn subscribe(&self, namespace: &str) -> Result<BoxStream<'static, BusEvent>, BusError>;
+
+    /// Asks for proof of life on every subscription at least every `every`:
+    /// a [`BusEvent::Heartbeat`] (or a message) that only a live transport
+    /// can deliver. A cache calls it before it subscribes, with what its
+    /// staleness bound needs (a fifth of the bound); the fastest request
+    /// wins. A transport may keep a faster pace of its own. The default does
+    /// nothing, for a bus whose pace is fixed: a cache on it bypasses its
+    /// local tier whenever a heartbeat comes later than its liveness window.
+    fn heartbeat_at_least(&self, every: std::time::Duration) {
+        let _ = every;
+    }
 }

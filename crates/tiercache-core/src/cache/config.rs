@@ -19,6 +19,13 @@ use crate::shared::{InProcessSharedTier, SharedTier};
 /// overflow an `Instant` or a millisecond count.
 pub(crate) const MAX_LIFE: Duration = Duration::from_secs(1 << 31);
 
+/// The default [staleness bound](CacheBuilder::staleness_bound).
+pub const DEFAULT_STALENESS_BOUND: Duration = Duration::from_millis(500);
+
+/// The smallest staleness bound: its heartbeat (a fifth of it) must stay
+/// at least 10 ms.
+pub const MIN_STALENESS_BOUND: Duration = Duration::from_millis(50);
+
 /// Validated settings of one cache.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -38,8 +45,31 @@ pub(crate) struct Config {
     pub(crate) lease_wait: Duration,
     pub(crate) soft_timeout: Option<Duration>,
     pub(crate) hard_timeout: Duration,
-    pub(crate) unsynced_local_ttl: Duration,
-    pub(crate) bus_liveness: Duration,
+    pub(crate) staleness_bound: Duration,
+    /// Overrides of what the bound derives (tests, special transports).
+    pub(crate) unsynced_local_ttl: Option<Duration>,
+    pub(crate) bus_liveness: Option<Duration>,
+}
+
+impl Config {
+    /// Silence on the bus longer than this bypasses the local tier: four
+    /// fifths of the staleness bound, the rest left for the timer and the
+    /// shared-tier read that follows.
+    pub(crate) fn liveness(&self) -> Duration {
+        self.bus_liveness
+            .unwrap_or_else(|| self.staleness_bound.mul_f64(0.8))
+    }
+
+    /// The heartbeat pace asked of the bus: four proofs of life per
+    /// liveness window, so one late or lost heartbeat does not trip it.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.liveness() / 4
+    }
+
+    /// The cap on local life while the bus is down: the staleness bound.
+    pub(crate) fn unsynced_ttl(&self) -> Duration {
+        self.unsynced_local_ttl.unwrap_or(self.staleness_bound)
+    }
 }
 
 impl Default for Config {
@@ -61,8 +91,9 @@ impl Default for Config {
             lease_wait: Duration::from_millis(200),
             soft_timeout: None,
             hard_timeout: Duration::from_secs(30),
-            unsynced_local_ttl: Duration::from_secs(1),
-            bus_liveness: Duration::from_secs(10),
+            staleness_bound: DEFAULT_STALENESS_BOUND,
+            unsynced_local_ttl: None,
+            bus_liveness: None,
         }
     }
 }
@@ -175,12 +206,27 @@ impl<K, V> CacheBuilder<K, V> {
         /// After this long a load is abandoned and its waiters get
         /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s.
         hard_timeout: Duration => hard_timeout;
-        /// Cap on local life while the bus is down. Default 1 s.
-        unsynced_local_ttl: Duration => unsynced_local_ttl;
-        /// Silence on the bus (no message, no heartbeat) longer than this makes
-        /// the cache stop trusting its local tier until the bus is live again.
-        /// Default 10 s.
-        bus_liveness: Duration => bus_liveness;
+        /// The promise, in one number: no read serves a value older than a
+        /// committed change for longer than this after the change reached
+        /// the sidecar (or the writer invalidated), whatever the bus does.
+        /// Default 500 ms, at least 50 ms.
+        ///
+        /// The rest follows from it: the bus is asked for a heartbeat every
+        /// fifth of it; silence for four fifths of it bypasses the local
+        /// tier (reads go through the shared tier) until the bus is heard
+        /// again; while the bus is down, local entries live at most the
+        /// bound. A smaller bound costs more heartbeats (one message per
+        /// heartbeat per instance and transport connection) and more
+        /// shared-tier reads during a hiccup.
+        staleness_bound: Duration => staleness_bound;
+        /// Overrides the cap on local life while the bus is down. Default:
+        /// the [staleness bound](Self::staleness_bound); longer breaks it.
+        unsynced_local_ttl: Duration => unsynced_local_ttl = Some;
+        /// Overrides the silence on the bus (no message, no heartbeat)
+        /// after which the local tier is bypassed until the bus is heard
+        /// again. Default: four fifths of the
+        /// [staleness bound](Self::staleness_bound); at most the bound.
+        bus_liveness: Duration => bus_liveness = Some;
     }
 
     /// Cross-instance leases: one instance loads a missing key while others
@@ -292,8 +338,9 @@ impl<K, V> CacheBuilder<K, V> {
             ("lease_wait", Some(c.lease_wait)),
             ("soft_timeout", c.soft_timeout),
             ("hard_timeout", Some(c.hard_timeout)),
-            ("unsynced_local_ttl", Some(c.unsynced_local_ttl)),
-            ("bus_liveness", Some(c.bus_liveness)),
+            ("staleness_bound", Some(c.staleness_bound)),
+            ("unsynced_local_ttl", c.unsynced_local_ttl),
+            ("bus_liveness", c.bus_liveness),
         ] {
             if d.is_some_and(|d| d > MAX_LIFE) {
                 return Err(ConfigError::new(
@@ -355,10 +402,26 @@ impl<K, V> CacheBuilder<K, V> {
                 "must be greater than zero (or None)",
             ));
         }
-        if c.bus_liveness.is_zero() {
+        if c.staleness_bound < MIN_STALENESS_BOUND {
+            return Err(ConfigError::new(
+                "staleness_bound",
+                format!("must be at least {} ms", MIN_STALENESS_BOUND.as_millis()),
+            ));
+        }
+        if let Some(l) = c.bus_liveness
+            && (l.is_zero() || l > c.staleness_bound)
+        {
             return Err(ConfigError::new(
                 "bus_liveness",
-                "must be greater than zero",
+                "must be above zero and at most staleness_bound",
+            ));
+        }
+        if let Some(t) = c.unsynced_local_ttl
+            && t > c.staleness_bound
+        {
+            return Err(ConfigError::new(
+                "unsynced_local_ttl",
+                "must be at most staleness_bound",
             ));
         }
         if let Some(b) = &self.bloom {

@@ -6,9 +6,12 @@ mod fence;
 mod flight;
 mod hot;
 mod local;
+mod outbox;
 mod sync;
 
-pub use config::{CacheBuilder, embedded_bus, embedded_shared_tier};
+pub use config::{
+    CacheBuilder, DEFAULT_STALENESS_BOUND, MIN_STALENESS_BOUND, embedded_bus, embedded_shared_tier,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,6 +42,7 @@ use fence::{Fence, FenceMark};
 use flight::{Flights, Leader, Loaded, Role};
 use hot::HotSlots;
 use local::{LocalData, LocalTier};
+use outbox::{Outbox, Sent};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -244,7 +248,7 @@ impl FlushReason {
 pub(crate) enum LocalMode {
     /// The bus is live: the local tier is read and filled normally.
     Trusted = 0,
-    /// The bus is down: reads go on, fills live at most `unsynced_local_ttl`.
+    /// The bus is down: reads go on, fills live at most the staleness bound (`unsynced_ttl`).
     Capped = 1,
     /// The bus went silent: the local tier is not read at all.
     Bypass = 2,
@@ -289,7 +293,9 @@ pub(crate) struct Inner<K, V> {
     pub(crate) stats: Arc<Stats>,
     mode: AtomicU8,
     pub(crate) instance: u64,
-    seq: AtomicU64,
+    /// Publishes invalidations in order (with the bus).
+    outbox: Option<Outbox>,
+    last_publish_log_ms: AtomicU64,
     pub(crate) messages: MessageCodec,
     last_shared_log_ms: AtomicU64,
     last_tags_log_ms: AtomicU64,
@@ -1201,7 +1207,28 @@ where
         self.shared.as_ref()
     }
 
+    /// A loss signal for the Bloom guard (see [`BloomGuard::suspect`]).
+    pub(crate) fn bloom_suspect(&self) {
+        if let Some(b) = &self.bloom {
+            b.suspect();
+        }
+    }
+
+    /// The bus is down or silent (`true`), or live again (`false`), as the
+    /// Bloom guard needs to know.
+    pub(crate) fn bloom_bus_down(&self, down: bool) {
+        match &self.bloom {
+            Some(b) if down => b.bus_down(),
+            Some(b) => b.bus_up(),
+            None => {}
+        }
+    }
+
     pub(crate) fn flush_local_because(&self, reason: FlushReason) {
+        // Every reason but the user's own may hide a lost "created".
+        if reason != FlushReason::Requested {
+            self.bloom_suspect();
+        }
         self.fence.invalidate_all();
         // Loads in flight are detached when invalidations may have been
         // missed while they ran (the bus) or the user asked: no caller from
@@ -1346,7 +1373,7 @@ where
         let cap = self.config.local_ttl.unwrap_or(Duration::MAX);
         match self.mode() {
             LocalMode::Trusted => cap,
-            _ => cap.min(self.config.unsynced_local_ttl),
+            _ => cap.min(self.config.unsynced_ttl()),
         }
     }
 
@@ -1754,27 +1781,40 @@ where
         }
     }
 
+    /// Publishes an invalidation through the outbox: `Some(seq)` once it is
+    /// out; `None` when it is not (yet): it stays queued and goes out in
+    /// order once the bus takes it. A hung bus holds the writer at most the
+    /// staleness bound: past it, the other instances have stopped trusting
+    /// their local tiers anyway.
     async fn publish(&self, keys: Vec<String>, tags: Vec<String>, created: bool) -> Option<u64> {
-        let bus = self.bus.as_ref()?;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let msg = Invalidation {
+        let outbox = self.outbox.as_ref()?;
+        let mut msg = Invalidation {
             origin: self.instance,
             namespace: self.config.namespace.clone(),
             keys,
             tags,
             created,
-            seq,
+            seq: 0,
             source_time_ms: now_ms(),
         };
-        let payload = Bytes::from(self.messages.encode(&msg));
-        match bus.publish(&self.config.namespace, payload).await {
-            Ok(()) => {
+        let encode = |seq| {
+            msg.seq = seq;
+            Bytes::from(self.messages.encode(&msg))
+        };
+        match outbox.publish(encode, self.config.staleness_bound).await {
+            Sent::Out(seq) => {
                 self.stats.invalidations_sent(1);
                 Some(seq)
             }
-            Err(e) => {
+            Sent::Late(queued) => {
                 self.stats.invalidations_unsent(1);
-                tracing::warn!(ns = %self.config.namespace, error = %e, "invalidation not published; other instances may serve stale until their local TTL");
+                if log_due(&self.last_publish_log_ms) {
+                    tracing::warn!(
+                        ns = %self.config.namespace,
+                        queued = queued.is_some(),
+                        "invalidation not published in time; queued in order and retried (receivers that cannot hear the bus stop trusting their local tiers within the staleness bound)"
+                    );
+                }
                 None
             }
         }
@@ -1838,6 +1878,14 @@ where
             None => MessageCodec::unsigned(),
         };
         let retention = config.hard_timeout + Duration::from_secs(5);
+        let outbox = bus.as_ref().map(|b| {
+            Outbox::start(
+                Arc::clone(b),
+                config.namespace.clone(),
+                config.staleness_bound.max(Duration::from_secs(1)),
+                &runtime,
+            )
+        });
         let inner = Arc::new(Inner {
             keys: KeyFormat::new(config.namespace.as_str(), config.max_key_len),
             local,
@@ -1856,7 +1904,8 @@ where
             bloom: self.bloom.map(BloomGuard::new),
             stats,
             instance: rand::random(),
-            seq: AtomicU64::new(0),
+            outbox,
+            last_publish_log_ms: AtomicU64::new(0),
             messages,
             last_shared_log_ms: AtomicU64::new(0),
             last_tags_log_ms: AtomicU64::new(0),

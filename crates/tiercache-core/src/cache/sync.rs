@@ -11,10 +11,19 @@
 //!   tier (serve through the shared tier) until the bus is heard again, then
 //!   flush and trust it again;
 //! - shared tier reconnected or failed over: flush (its versions may have
-//!   rolled back).
+//!   rolled back);
+//! - every one of these is also a loss signal for the Bloom guard: it
+//!   answers "maybe" until a rebuild started after the signal completes,
+//!   and that rebuild starts at once.
+//!
+//! The windows follow from the staleness bound: the bus is asked for a
+//! heartbeat every fifth of it, and silence for four fifths bypasses the
+//! local tier.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -22,6 +31,9 @@ use futures::stream::BoxStream;
 use super::{FlushReason, Inner, LocalMode, now_ms};
 use crate::bus::BusEvent;
 use crate::shared::SharedEvent;
+
+/// The first retry of a failed Bloom rebuild while it answers "maybe".
+const BLOOM_RETRY_MIN: Duration = Duration::from_secs(1);
 
 pub(super) fn start<K, V>(inner: &Arc<Inner<K, V>>, rt: &tokio::runtime::Handle)
 where
@@ -31,6 +43,7 @@ where
     if let Some(bus) = inner.bus.clone() {
         let weak = Arc::downgrade(inner);
         let ns = inner.config.namespace.clone();
+        bus.heartbeat_at_least(inner.config.heartbeat());
         rt.spawn(async move {
             match bus.subscribe(&ns).await {
                 Ok(sub) => listen(weak, sub).await,
@@ -45,19 +58,38 @@ where
     }
     if let Some(bloom) = &inner.bloom {
         let every = bloom.config.rebuild_every;
+        let wake = Arc::clone(&bloom.wake);
         let weak = Arc::downgrade(inner);
         rt.spawn(async move {
+            // After a failure with a loss signal uncovered, retry soon
+            // (doubling up to the period): "maybe" for every key sends
+            // every miss to the origin.
+            let mut retry = BLOOM_RETRY_MIN;
             loop {
                 let Some(inner) = weak.upgrade() else { return };
+                let mut next = every;
                 if let Some(b) = &inner.bloom {
                     let keys = inner.keys.clone();
                     match b.rebuild(|k| keys.hash(k)).await {
-                        Ok(n) => tracing::debug!(ns = %inner.config.namespace, keys = n, "bloom guard rebuilt"),
-                        Err(e) => tracing::warn!(ns = %inner.config.namespace, error = %e, "bloom guard rebuild failed; keeping the previous filter"),
+                        Ok(n) => {
+                            retry = BLOOM_RETRY_MIN;
+                            tracing::debug!(ns = %inner.config.namespace, keys = n, "bloom guard rebuilt");
+                        }
+                        Err(e) => {
+                            tracing::warn!(ns = %inner.config.namespace, error = %e, "bloom guard rebuild failed; keeping the previous filter");
+                            if b.is_suspect() || !b.is_ready() {
+                                next = retry.min(every);
+                                retry = (retry * 2).min(every);
+                            }
+                        }
                     }
                 }
                 drop(inner);
-                tokio::time::sleep(every).await;
+                // A loss signal during the rebuild left a permit: no wait.
+                tokio::select! {
+                    () = tokio::time::sleep(next) => {}
+                    () = wake.notified() => {}
+                }
             }
         });
     }
@@ -86,7 +118,7 @@ where
     V: Send + Sync + 'static,
 {
     let liveness = match weak.upgrade() {
-        Some(i) => i.config.bus_liveness,
+        Some(i) => i.config.liveness(),
         None => return,
     };
     let mut last_seq: HashMap<u64, u64> = HashMap::new();
@@ -101,6 +133,7 @@ where
                     silent = true;
                     inner.stats.bus_silences(1);
                     inner.set_mode(LocalMode::Bypass);
+                    inner.bloom_bus_down(true);
                     tracing::warn!(ns = %inner.config.namespace, ?liveness, "bus silent; local tier bypassed until it is heard again");
                 }
                 continue;
@@ -109,6 +142,7 @@ where
                 tracing::warn!(ns = %inner.config.namespace, "bus subscription ended; local tier capped");
                 inner.flush_local_because(FlushReason::BusEnded);
                 inner.set_mode(LocalMode::Capped);
+                inner.bloom_bus_down(true);
                 return;
             }
             Ok(Some(ev)) => ev,
@@ -116,6 +150,9 @@ where
         if silent {
             silent = false;
             inner.flush_local_because(FlushReason::BusHeardAgain);
+            if connected {
+                inner.bloom_bus_down(false);
+            }
             inner.set_mode(if connected {
                 LocalMode::Trusted
             } else {
@@ -194,6 +231,7 @@ where
                 }
                 connected = true;
                 inner.set_mode(LocalMode::Trusted);
+                inner.bloom_bus_down(false);
             }
             BusEvent::Disconnected => {
                 if connected {
@@ -202,6 +240,7 @@ where
                 connected = false;
                 inner.flush_local_because(FlushReason::BusDisconnected);
                 inner.set_mode(LocalMode::Capped);
+                inner.bloom_bus_down(true);
             }
             BusEvent::Heartbeat => {}
             BusEvent::Lost { count } => {

@@ -1,0 +1,147 @@
+//! Publishing invalidations: in sequence order, each retried until it goes
+//! out, and never holding a writer longer than the staleness bound.
+//!
+//! A publish that fails (a bus reconnecting, a server restarted under the
+//! publisher's connection) would otherwise be lost without any receiver
+//! knowing: they are live and hear nothing wrong, and a "created" message
+//! lost so would leave their Bloom guards answering "absent". Queued here,
+//! it goes out once the bus takes it, in order with the messages after it.
+//! The writer waits for it at most the staleness bound: past that, a bus
+//! that is down or hung for the receivers too has made them stop trusting
+//! their local tiers anyway.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus::Bus;
+use crate::error::BusError;
+
+/// Messages waiting to go out, at most; a publish beyond it is not sent
+/// (receivers see the gap in sequence numbers on the next one).
+const CAPACITY: usize = 4096;
+/// The first pause after a failed attempt; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long one message is retried before it is given up (counted).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+
+struct Pending {
+    payload: Bytes,
+    /// Told the first outcome: out (`true`), or a failed first attempt
+    /// (`false`; the retries go on without the caller).
+    first: Option<oneshot::Sender<bool>>,
+}
+
+/// The ordered publish queue of one cache, and its sequence numbers.
+pub(super) struct Outbox {
+    /// The last sequence number handed out; the lock also keeps the queue
+    /// in sequence order.
+    seq: Mutex<u64>,
+    tx: mpsc::Sender<Pending>,
+}
+
+/// What became of a publish, as its caller sees it.
+pub(super) enum Sent {
+    /// Out on the bus, under this sequence number.
+    Out(u64),
+    /// Not out: its first attempt failed or did not finish within the
+    /// wait; it stays queued and is retried (`Some`), or it was not queued
+    /// at all (`None`: the queue is full).
+    Late(Option<u64>),
+}
+
+impl Outbox {
+    /// Starts the publishing task on `rt`. Every attempt is bounded by
+    /// `attempt_timeout`.
+    pub(super) fn start(
+        bus: Arc<dyn Bus>,
+        namespace: String,
+        attempt_timeout: Duration,
+        rt: &tokio::runtime::Handle,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(CAPACITY);
+        rt.spawn(run(bus, namespace, attempt_timeout, rx));
+        Self {
+            seq: Mutex::new(0),
+            tx,
+        }
+    }
+
+    /// Numbers a message (`encode` gets its sequence number), queues it,
+    /// and waits up to `wait` for it to go out, or for its first attempt to
+    /// fail.
+    pub(super) async fn publish(&self, encode: impl FnOnce(u64) -> Bytes, wait: Duration) -> Sent {
+        let (done, out) = oneshot::channel();
+        let seq = {
+            let mut last = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+            *last = last.wrapping_add(1).max(1);
+            let seq = *last;
+            let queued = self.tx.try_send(Pending {
+                payload: encode(seq),
+                first: Some(done),
+            });
+            if queued.is_err() {
+                return Sent::Late(None);
+            }
+            seq
+        };
+        match tokio::time::timeout(wait, out).await {
+            Ok(Ok(true)) => Sent::Out(seq),
+            // Failed (retried), the task ended with the runtime, or late.
+            Ok(Ok(false) | Err(_)) | Err(_) => Sent::Late(Some(seq)),
+        }
+    }
+}
+
+/// Sends each queued message in order, retrying it with backoff until it
+/// goes out or [`GIVE_UP_AFTER`] has passed. Ends when the cache is dropped
+/// and the queue is empty.
+async fn run(
+    bus: Arc<dyn Bus>,
+    namespace: String,
+    attempt_timeout: Duration,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    while let Some(mut p) = rx.recv().await {
+        let started = tokio::time::Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        let mut failures = 0u32;
+        loop {
+            let attempt =
+                tokio::time::timeout(attempt_timeout, bus.publish(&namespace, p.payload.clone()))
+                    .await
+                    .unwrap_or(Err(BusError::Timeout));
+            match attempt {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(ns = %namespace, failures, "queued invalidation published after retries");
+                    }
+                    if let Some(first) = p.first.take() {
+                        let _ = first.send(true);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if let Some(first) = p.first.take() {
+                        let _ = first.send(false);
+                    }
+                    if failures == 1 {
+                        tracing::warn!(ns = %namespace, error = %e, "invalidation not published; retrying in order");
+                    }
+                    if started.elapsed() >= GIVE_UP_AFTER {
+                        tracing::error!(ns = %namespace, error = %e, "invalidation given up; receivers see a sequence gap on the next one");
+                        metrics::counter!("tiercache_invalidations_given_up_total", "namespace" => namespace.clone())
+                            .increment(1);
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
