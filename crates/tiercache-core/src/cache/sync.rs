@@ -9,7 +9,8 @@
 //! - a gap in an origin's sequence numbers, or a slow-consumer drop: flush;
 //! - no message or heartbeat within `bus_liveness`: stop reading the local
 //!   tier (serve through the shared tier) until the bus is heard again, then
-//!   flush and trust it again;
+//!   flush and trust it again; and at every such window detach the loads in
+//!   flight, so that no caller joins a load older than the window;
 //! - shared tier reconnected or failed over: flush (its versions may have
 //!   rolled back);
 //! - every one of these is also a loss signal for the Bloom guard: it
@@ -129,6 +130,14 @@ where
         let Some(inner) = weak.upgrade() else { return };
         let ev = match next {
             Err(_) => {
+                // Every window of silence (or of a disconnect, which is
+                // silent too): no caller from now on joins a load that began
+                // a window ago or more. Such a load may have read the origin
+                // before a write whose message is stuck, and the shared tier
+                // no longer answers for the key; joining it would return the
+                // old value past the bound. (Found by the model checker,
+                // crates/tiercache-model.)
+                inner.flights.detach_all();
                 if !silent {
                     silent = true;
                     inner.stats.bus_silences(1);
