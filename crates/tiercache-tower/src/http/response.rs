@@ -443,6 +443,23 @@ const STATIC_NUMBERS: u64 = 16_384;
 /// reference count shared between cores, which a hit does with every
 /// response.
 pub(crate) fn number_value(n: u64) -> HeaderValue {
+    // The smallest numbers (every `Age` of a fresh hit) as ready values: a
+    // clone is all a hit pays, not the slicing and checks below.
+    static SMALL: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    if n < SMALL_NUMBERS {
+        let small = SMALL.get_or_init(|| (0..SMALL_NUMBERS).map(static_number_value).collect());
+        if let Some(v) = usize::try_from(n).ok().and_then(|i| small.get(i)) {
+            return v.clone();
+        }
+    }
+    static_number_value(n)
+}
+
+/// Numbers below this are ready header values (40 KB).
+const SMALL_NUMBERS: u64 = 1024;
+
+/// [`number_value`] without the table of small numbers.
+fn static_number_value(n: u64) -> HeaderValue {
     static DIGITS: OnceLock<&'static str> = OnceLock::new();
     if n >= STATIC_NUMBERS {
         return HeaderValue::from(n);

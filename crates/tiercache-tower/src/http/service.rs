@@ -115,12 +115,18 @@ where
         // future, the key hashed from the request's parts as it stands.
         // A panic in here is a cache failure, not the client's: the request
         // goes on to the lookup, and from there to the service.
-        if !revalidate
-            && let Ok(Some(resp)) = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                local_hit(c, key, Ask::of(req.headers(), head))
-            }))
-        {
-            return ResponseFuture::ready(resp);
+        if !revalidate {
+            // Written in place: a response is large, and each move of it
+            // through a `Result` or an `Option` is a copy a hit pays for.
+            let mut hit = None;
+            let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                local_hit(c, key, Ask::of(req.headers(), head), &mut hit);
+            }));
+            if answered.is_ok()
+                && let Some(resp) = hit
+            {
+                return ResponseFuture::ready(resp);
+            }
         }
         let key = key.render();
         // The ready service is the one to call; leave a fresh clone behind.
@@ -137,41 +143,35 @@ where
     }
 }
 
-/// What the local tier holds under a request's key.
-enum LocalFound<B: Body> {
-    Served(Response<CacheBody<B>>),
-    Variants(Arc<CachedResponse>),
-}
-
-/// A fresh local hit, answered: the response under the request's key, or
-/// the variant a marker there points to (RFC 9111 4.1).
+/// A fresh local hit, answered into `out`: the response under the
+/// request's key, or the variant a marker there points to (RFC 9111 4.1).
+/// `out` stays `None` on a miss.
 fn local_hit<B: Body>(
     c: &Config,
     key: RequestKey<'_>,
     ask: Ask<'_>,
-) -> Option<Response<CacheBody<B>>> {
-    let found = c.cache.with_local(&key, |hit| {
+    out: &mut Option<Response<CacheBody<B>>>,
+) {
+    let marker = c.cache.with_local(&key, |hit| {
         let cached = hit.value?;
-        Some(match cached.variants() {
-            None => LocalFound::Served(respond(cached, Outcome::Hit(Tier::Local), hit.age, ask)),
-            Some(_) => LocalFound::Variants(Arc::clone(cached)),
-        })
-    })??;
-    match found {
-        LocalFound::Served(resp) => Some(resp),
-        LocalFound::Variants(marker) => {
-            let variant = VariantKey {
-                base: key,
-                names: marker.variants().unwrap_or_default(),
-            };
-            c.cache
-                .with_local(&variant, |hit| {
-                    hit.value
-                        .filter(|v| v.variants().is_none())
-                        .map(|cached| respond(cached, Outcome::Hit(Tier::Local), hit.age, ask))
-                })
-                .flatten()
+        match cached.variants() {
+            None => {
+                *out = Some(respond(cached, Outcome::Hit(Tier::Local), hit.age, ask));
+                None
+            }
+            Some(_) => Some(Arc::clone(cached)),
         }
+    });
+    if let Some(Some(marker)) = marker {
+        let variant = VariantKey {
+            base: key,
+            names: marker.variants().unwrap_or_default(),
+        };
+        c.cache.with_local(&variant, |hit| {
+            if let Some(cached) = hit.value.filter(|v| v.variants().is_none()) {
+                *out = Some(respond(cached, Outcome::Hit(Tier::Local), hit.age, ask));
+            }
+        });
     }
 }
 
