@@ -34,7 +34,7 @@ impl<V> Clone for Loaded<V> {
 
 pub(crate) type Outcome<V> = Result<Loaded<V>, Error>;
 type Slot<V> = Option<Outcome<V>>;
-type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>)>;
+type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>, watch::Receiver<bool>)>;
 
 pub(crate) struct Flights<V> {
     map: Mutex<FlightMap<V>>,
@@ -55,10 +55,32 @@ pub(crate) struct Leader<V> {
     key: KeyHash,
     id: u64,
     tx: watch::Sender<Slot<V>>,
+    elsewhere: Arc<watch::Sender<bool>>,
 }
 
 pub(crate) struct Waiter<V> {
     rx: watch::Receiver<Slot<V>>,
+    elsewhere: watch::Receiver<bool>,
+}
+
+/// Tells a flight's callers that another instance holds the key's lease:
+/// this load waits for that instance's fill, and a caller with a stale copy
+/// at hand may answer with it instead of waiting too.
+#[derive(Clone)]
+pub(crate) struct LeaseSignal(Arc<watch::Sender<bool>>);
+
+impl LeaseSignal {
+    pub(crate) fn held_elsewhere(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// How a [`Waiter::wait_or_elsewhere`] ended.
+pub(crate) enum WaitEnd<V> {
+    /// The flight's outcome.
+    Done(Outcome<V>),
+    /// Another instance holds the lease; the flight goes on.
+    Elsewhere,
 }
 
 impl<V> Flights<V> {
@@ -85,24 +107,32 @@ impl<V> Flights<V> {
     /// Joins the load of `key` in flight, or becomes its leader.
     pub(crate) fn join(self: &Arc<Self>, key: KeyHash) -> Role<V> {
         let mut map = self.map();
-        if let Some((_, rx)) = map.get(&key) {
+        if let Some((_, rx, elsewhere)) = map.get(&key) {
             // A finished flight whose leader has not yet removed it still
             // answers its waiters correctly: the value is in the channel.
-            return Role::Waiter(Waiter { rx: rx.clone() });
+            return Role::Waiter(Waiter {
+                rx: rx.clone(),
+                elsewhere: elsewhere.clone(),
+            });
         }
         let (tx, rx) = watch::channel(None);
+        let (elsewhere, elsewhere_rx) = watch::channel(false);
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        map.insert(key, (id, rx.clone()));
+        map.insert(key, (id, rx.clone(), elsewhere_rx.clone()));
         Role::Leader(
             Leader {
                 flights: Arc::clone(self),
                 key,
                 id,
                 tx,
+                elsewhere: Arc::new(elsewhere),
             },
-            Waiter { rx },
+            Waiter {
+                rx,
+                elsewhere: elsewhere_rx,
+            },
         )
     }
 }
@@ -124,6 +154,11 @@ impl<V> Flights<V> {
 }
 
 impl<V> Leader<V> {
+    /// The signal its load raises when another instance holds the lease.
+    pub(crate) fn lease_signal(&self) -> LeaseSignal {
+        LeaseSignal(Arc::clone(&self.elsewhere))
+    }
+
     /// Publishes the outcome to every waiter and ends the flight.
     pub(crate) fn complete(self, outcome: Outcome<V>) {
         // Counted before the flight is removed: a caller that joins after
@@ -137,7 +172,7 @@ impl<V> Leader<V> {
 
     fn remove(&self) {
         let mut map = self.flights.map();
-        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+        if map.get(&self.key).is_some_and(|(id, ..)| *id == self.id) {
             map.remove(&self.key);
         }
     }
@@ -150,6 +185,34 @@ impl<V> Drop for Leader<V> {
 }
 
 impl<V> Waiter<V> {
+    /// Waits for the flight's outcome, or until its load finds another
+    /// instance holding the lease.
+    pub(crate) async fn wait_or_elsewhere(self) -> WaitEnd<V> {
+        let mut elsewhere = self.elsewhere.clone();
+        let mut rx = self.rx.clone();
+        // No `.await` inside the arms: the arms' futures borrow the channels.
+        let held = tokio::select! {
+            biased;
+            slot = rx.wait_for(Option::is_some) => {
+                return WaitEnd::Done(match slot {
+                    Ok(slot) => match &*slot {
+                        Some(Ok(l)) => Ok(l.clone()),
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err(Error::LoaderCancelled),
+                    },
+                    Err(_) => Err(Error::LoaderCancelled),
+                });
+            }
+            held = elsewhere.wait_for(|b| *b) => held.is_ok(),
+        };
+        if held {
+            WaitEnd::Elsewhere
+        } else {
+            // The leader is gone: its outcome (or cancellation) decides.
+            WaitEnd::Done(self.wait().await)
+        }
+    }
+
     /// Waits for the flight's outcome.
     pub(crate) async fn wait(mut self) -> Outcome<V> {
         match self.rx.wait_for(Option::is_some).await {

@@ -39,7 +39,7 @@ use crate::stats::{CacheStats, Stats};
 
 use config::{Config, Tier as TierChoice};
 use fence::{Fence, FenceMark};
-use flight::{Flights, Leader, Loaded, Role};
+use flight::{Flights, Leader, LeaseSignal, Loaded, Role, WaitEnd};
 use hot::HotSlots;
 use local::{LocalData, LocalTier};
 use outbox::{Outbox, Sent};
@@ -785,15 +785,31 @@ where
                 }
             }
         };
-        let result = match (&stale, inner.config.soft_timeout) {
-            (Some(st), Some(soft)) => match tokio::time::timeout(soft, waiter.wait()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    inner.stats.stale_served(1);
-                    return Ok(st.clone());
+        let result = match &stale {
+            None => waiter.wait().await,
+            // With a stale copy within grace at hand: answer with it as soon
+            // as the load finds another instance holding the key's lease
+            // (that instance is loading it; this one would only wait), or
+            // once `soft_timeout` has passed.
+            Some(st) => {
+                let wait = async {
+                    match waiter.wait_or_elsewhere().await {
+                        WaitEnd::Done(r) => Ok(r),
+                        WaitEnd::Elsewhere => Err(()),
+                    }
+                };
+                let ended = match inner.config.soft_timeout {
+                    Some(soft) => tokio::time::timeout(soft, wait).await.unwrap_or(Err(())),
+                    None => wait.await,
+                };
+                match ended {
+                    Ok(r) => r,
+                    Err(()) => {
+                        inner.stats.stale_served(1);
+                        return Ok(st.clone());
+                    }
                 }
-            },
-            _ => waiter.wait().await,
+            }
         };
         match result {
             Ok(l) => Ok(Fetched {
@@ -846,7 +862,9 @@ where
         tokio::spawn(
             async move {
                 let hard = inner.config.hard_timeout;
-                let run = AssertUnwindSafe(Arc::clone(&inner).run_load(sk, h, fut)).catch_unwind();
+                let signal = leader.lease_signal();
+                let run = AssertUnwindSafe(Arc::clone(&inner).run_load(sk, h, fut, signal))
+                    .catch_unwind();
                 let outcome = match tokio::time::timeout(hard, run).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => {
@@ -960,12 +978,46 @@ where
             }
         }
         if !leads.is_empty() {
-            let fut = loader(leads.iter().map(|(k, ..)| k.clone()).collect());
-            let inner = Arc::clone(&self.inner);
-            tokio::spawn(
-                async move { inner.run_batch(leads, fut).await }
-                    .instrument(tracing::debug_span!("tiercache.load_many")),
-            );
+            // Leases, as a single load takes them: the keys another instance
+            // is loading are awaited in the shared tier (up to `lease_wait`,
+            // all at once) instead of loaded here too; the loader gets the
+            // rest, and those whose wait ran out.
+            let mark = inner.fence.mark();
+            let tickets = futures::future::join_all(
+                leads
+                    .iter()
+                    .map(|(_, sk, ..)| inner.begin_fill(sk, inner.config.lease_ttl)),
+            )
+            .await;
+            let (held, mut mine): (Vec<_>, Vec<_>) = leads
+                .into_iter()
+                .zip(tickets)
+                .partition(|(_, t)| t.as_ref().is_some_and(|t| t.lease_held_elsewhere));
+            if !held.is_empty() {
+                inner.stats.lease_waits(held.len() as u64);
+                let waited = futures::future::join_all(
+                    held.iter()
+                        .map(|((_, sk, h, _), _)| inner.wait_for_lease_holder(sk, *h)),
+                )
+                .await;
+                for (lead, found) in held.into_iter().zip(waited) {
+                    match found {
+                        Some(loaded) => {
+                            inner.stats.lease_wait_hits(1);
+                            lead.0.3.complete(Ok(loaded));
+                        }
+                        None => mine.push(lead),
+                    }
+                }
+            }
+            if !mine.is_empty() {
+                let fut = loader(mine.iter().map(|((k, ..), _)| k.clone()).collect());
+                let inner = Arc::clone(&self.inner);
+                tokio::spawn(
+                    async move { inner.run_batch(mark, mine, fut).await }
+                        .instrument(tracing::debug_span!("tiercache.load_many")),
+                );
+            }
         }
         for (i, w) in waits {
             out[i] = w.wait().await?.value;
@@ -1095,6 +1147,10 @@ where
         }
     }
 }
+
+/// One key of a batch load: the key, its storage key and hash, and the
+/// flight it leads.
+type BatchLead<K, V> = (K, String, KeyHash, Leader<V>);
 
 impl<K, V> Inner<K, V>
 where
@@ -1424,6 +1480,7 @@ where
         sk: String,
         h: KeyHash,
         fut: Fut,
+        lease: LeaseSignal,
     ) -> flight::Outcome<V>
     where
         Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
@@ -1432,6 +1489,8 @@ where
         let mark = self.fence.mark();
         let ticket = self.begin_fill(&sk, self.config.lease_ttl).await;
         if ticket.as_ref().is_some_and(|t| t.lease_held_elsewhere) {
+            // Callers with a stale copy within grace answer with it now.
+            lease.held_elsewhere();
             self.stats.lease_waits(1);
             if let Some(found) = self.wait_for_lease_holder(&sk, h).await {
                 self.stats.lease_wait_hits(1);
@@ -1489,19 +1548,19 @@ where
         }
     }
 
+    /// Runs a batch load for `leads`, each with the fill ticket (and lease)
+    /// taken after `mark`.
     async fn run_batch<Fut, E>(
         self: Arc<Self>,
-        leads: Vec<(K, String, KeyHash, Leader<V>)>,
+        mark: FenceMark,
+        leads: Vec<(BatchLead<K, V>, Option<FillTicket>)>,
         fut: Fut,
     ) where
         K: Eq + Hash,
         Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        let mark = self.fence.mark();
-        let tickets =
-            futures::future::join_all(leads.iter().map(|(_, sk, ..)| self.begin_fill(sk, None)))
-                .await;
+        let (leads, tickets): (Vec<_>, Vec<_>) = leads.into_iter().unzip();
         self.stats.loads(1);
         let started = Instant::now();
         let hard = self.config.hard_timeout;
