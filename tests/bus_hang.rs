@@ -25,10 +25,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tiercache::core::{BloomGuardConfig, Bus, Cache, DEFAULT_STALENESS_BOUND, Entry, Outcome};
-use tiercache_nats::NatsBus;
-use tiercache_redis::{RedisBus, RedisSharedTier};
-use tiercache_testkit::{NatsServer, RedisServer};
+mod common;
+
+use common::bus_server::{BusServer, Kind};
+use tiercache::core::{BloomGuardConfig, Cache, DEFAULT_STALENESS_BOUND, Entry, Outcome};
+use tiercache_redis::RedisSharedTier;
+use tiercache_testkit::RedisServer;
 
 /// The bound under test: the default.
 const BOUND: Duration = DEFAULT_STALENESS_BOUND;
@@ -37,85 +39,6 @@ const SLACK: Duration = Duration::from_millis(250);
 const KEY: u64 = 7;
 /// A state change that depends on reconnect backoff or a Bloom rebuild.
 const STATE_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    NatsCore,
-    NatsJetStream,
-    RedisPubSub,
-}
-
-enum Server {
-    Nats(NatsServer),
-    Redis(RedisServer),
-}
-
-/// The JetStream stream every instance of a test reads (one per server).
-const STREAM: &str = "TIERCACHE_HANG";
-
-impl Server {
-    fn start(kind: Kind) -> Self {
-        match kind {
-            Kind::NatsCore => Server::Nats(NatsServer::start().unwrap()),
-            Kind::NatsJetStream => Server::Nats(NatsServer::start_jetstream().unwrap()),
-            Kind::RedisPubSub => Server::Redis(RedisServer::start().unwrap()),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Server::Nats(s) => s.url(),
-            Server::Redis(s) => s.url(),
-        }
-    }
-
-    fn pause(&mut self) {
-        match self {
-            Server::Nats(s) => s.pause(),
-            Server::Redis(s) => s.pause(),
-        }
-    }
-
-    fn resume(&mut self) {
-        match self {
-            Server::Nats(s) => s.resume(),
-            Server::Redis(s) => s.resume(),
-        }
-    }
-
-    /// SIGKILL, off the async workers.
-    fn kill(&mut self) {
-        tokio::task::block_in_place(|| match self {
-            Server::Nats(s) => s.kill(),
-            Server::Redis(s) => s.kill(),
-        });
-    }
-
-    /// Same port, off the async workers; returns once the server is ready.
-    fn restart(&mut self) {
-        tokio::task::block_in_place(|| match self {
-            Server::Nats(s) => s.restart().unwrap(),
-            Server::Redis(s) => s.restart().unwrap(),
-        });
-    }
-
-    async fn connect(&self, kind: Kind) -> Arc<dyn Bus> {
-        match kind {
-            // The buses keep their default heartbeats: the cache asks for
-            // the pace its bound needs.
-            Kind::NatsCore => Arc::new(NatsBus::builder().url(self.url()).connect().await.unwrap()),
-            Kind::NatsJetStream => Arc::new(
-                NatsBus::builder()
-                    .url(self.url())
-                    .jetstream(STREAM)
-                    .connect()
-                    .await
-                    .unwrap(),
-            ),
-            Kind::RedisPubSub => Arc::new(RedisBus::connect(self.url()).await.unwrap()),
-        }
-    }
-}
 
 async fn wait_until(what: &str, cond: impl Fn() -> bool) -> Duration {
     let start = Instant::now();
@@ -138,7 +61,7 @@ fn ms(d: Duration) -> String {
 async fn pair<V>(
     kind: Kind,
     shared: &RedisServer,
-    bus: &Server,
+    bus: &BusServer,
     build: impl Fn(tiercache::core::CacheBuilder<u64, V>) -> tiercache::core::CacheBuilder<u64, V>,
 ) -> Vec<Cache<u64, V>>
 where
@@ -168,7 +91,7 @@ where
 
 async fn stale_reads_end_within_the_bound(kind: Kind) {
     let shared = RedisServer::start().unwrap();
-    let mut bus = Server::start(kind);
+    let mut bus = BusServer::start(kind);
     let caches: Vec<Cache<u64, String>> = pair(kind, &shared, &bus, |b| b).await;
     let (writer, reader) = (&caches[0], &caches[1]);
     let db = Arc::new(Mutex::new("v1".to_owned()));
@@ -293,7 +216,7 @@ enum Fault {
 
 async fn created_keys_are_never_absent(kind: Kind) {
     let shared = RedisServer::start().unwrap();
-    let mut bus = Server::start(kind);
+    let mut bus = BusServer::start(kind);
     // The "database": the ids that exist. The Bloom guard's universe reads it.
     let db: Arc<Mutex<BTreeSet<u64>>> = Arc::new(Mutex::new((1..=100).collect()));
     let caches: Vec<Cache<u64, u64>> = pair(kind, &shared, &bus, |b| {
@@ -421,7 +344,7 @@ async fn created_keys_are_never_absent_redis_pubsub() {
 /// `PING` round trip on the subscription's connection (Redis pub/sub).
 async fn heartbeat_pace(kind: Kind) {
     use futures::StreamExt;
-    let server = Server::start(kind);
+    let server = BusServer::start(kind);
     let bus = server.connect(kind).await;
     let asked = BOUND.mul_f64(0.8) / 4;
     bus.heartbeat_at_least(asked);

@@ -25,10 +25,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tiercache::core::{Bus, Cache};
-use tiercache_nats::NatsBus;
-use tiercache_redis::{RedisBus, RedisSharedTier};
-use tiercache_testkit::{NatsServer, RedisServer};
+mod common;
+
+use common::bus_server::{BusServer, Kind};
+use tiercache::core::Cache;
+use tiercache_redis::RedisSharedTier;
+use tiercache_testkit::RedisServer;
 
 const KEY: u64 = 42;
 const INSTANCES: usize = 3;
@@ -44,64 +46,6 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The "database" the loaders read.
 type Db = Arc<Mutex<String>>;
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Nats,
-    RedisPubSub,
-}
-
-/// The bus server that gets killed and restarted.
-enum BusServer {
-    Nats(NatsServer),
-    Redis(RedisServer),
-}
-
-impl BusServer {
-    fn start(kind: Kind) -> Self {
-        match kind {
-            Kind::Nats => BusServer::Nats(NatsServer::start().unwrap()),
-            Kind::RedisPubSub => BusServer::Redis(RedisServer::start().unwrap()),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            BusServer::Nats(s) => s.url(),
-            BusServer::Redis(s) => s.url(),
-        }
-    }
-
-    /// SIGKILL, off the async workers.
-    fn kill(&mut self) {
-        tokio::task::block_in_place(|| match self {
-            BusServer::Nats(s) => s.kill(),
-            BusServer::Redis(s) => s.kill(),
-        });
-    }
-
-    /// Same port, off the async workers; returns once the server is ready.
-    fn restart(&mut self) {
-        tokio::task::block_in_place(|| match self {
-            BusServer::Nats(s) => s.restart().unwrap(),
-            BusServer::Redis(s) => s.restart().unwrap(),
-        });
-    }
-
-    async fn connect(&self, kind: Kind) -> Arc<dyn Bus> {
-        match kind {
-            Kind::Nats => Arc::new(
-                NatsBus::builder()
-                    .url(self.url())
-                    .heartbeat(Duration::from_secs(1))
-                    .connect()
-                    .await
-                    .unwrap(),
-            ),
-            Kind::RedisPubSub => Arc::new(RedisBus::connect(self.url()).await.unwrap()),
-        }
-    }
-}
-
 struct Setup {
     name: &'static str,
     // Held so the servers live as long as the test.
@@ -113,7 +57,8 @@ struct Setup {
 
 async fn setup(kind: Kind) -> Setup {
     let name = match kind {
-        Kind::Nats => "nats",
+        Kind::NatsCore => "nats",
+        Kind::NatsJetStream => "nats jetstream",
         Kind::RedisPubSub => "redis pub/sub",
     };
     let shared = RedisServer::start().unwrap();
@@ -464,7 +409,7 @@ async fn fill_during_outage_then_write(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_write_during_outage() {
-    write_during_outage(Kind::Nats).await;
+    write_during_outage(Kind::NatsCore).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -474,7 +419,7 @@ async fn redis_pubsub_write_during_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_fill_during_outage_then_write() {
-    fill_during_outage_then_write(Kind::Nats).await;
+    fill_during_outage_then_write(Kind::NatsCore).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::postgres::{assert_tiers_match_postgres, bump, create_kv, pg, version_of};
 use tiercache::core::{Bus, Cache};
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_testkit::{NatsServer, Postgres, RedisServer};
@@ -41,28 +44,11 @@ struct Read {
     started: Instant,
 }
 
-async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
-
 async fn run_check(name: &str, buses: Vec<Arc<dyn Bus>>) {
     let postgres = Postgres::start().unwrap();
     let redis = RedisServer::start().unwrap();
     let admin = pg(&postgres.url()).await;
-    admin
-        .batch_execute("create table kv (id bigint primary key, version bigint not null)")
-        .await
-        .unwrap();
-    for k in 0..KEYS {
-        admin
-            .execute("insert into kv values ($1, 0)", &[&k])
-            .await
-            .unwrap();
-    }
+    create_kv(&admin, KEYS).await;
 
     let ns = format!("consistency{:x}", rand::random::<u32>());
     let mut caches = Vec::new();
@@ -106,14 +92,7 @@ async fn run_check(name: &str, buses: Vec<Arc<dyn Bus>>) {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let key = ((n * 7 + w as u64 * 13) % KEYS as u64) as i64;
-                let row = db
-                    .query_one(
-                        "update kv set version = version + 1 where id = $1 returning version",
-                        &[&key],
-                    )
-                    .await
-                    .unwrap();
-                let version: i64 = row.get(0);
+                let version = bump(&db, key).await;
                 // Committed; now invalidate (the writer's own instance applies
                 // it before this returns).
                 let seq = cache.invalidate(&key).await.expect("published");
@@ -143,10 +122,7 @@ async fn run_check(name: &str, buses: Vec<Arc<dyn Bus>>) {
                 let db = db.clone();
                 let v = cache
                     .try_get_or_load(&key, move || async move {
-                        let row = db
-                            .query_one("select version from kv where id = $1", &[&key])
-                            .await?;
-                        Ok::<_, tokio_postgres::Error>(Some(row.get::<_, i64>(0)))
+                        Ok::<_, tokio_postgres::Error>(Some(version_of(&db, key).await?))
                     })
                     .await
                     .unwrap()
@@ -259,37 +235,7 @@ async fn run_check(name: &str, buses: Vec<Arc<dyn Bus>>) {
     assert!(stale.is_empty(), "{} stale reads", stale.len());
 
     // Quiesced: every instance and Redis agree with Postgres.
-    let checker: Cache<i64, i64> = Cache::builder(ns.as_str())
-        .shared_tier(
-            RedisSharedTier::builder()
-                .url(redis.url())
-                .build()
-                .await
-                .unwrap(),
-        )
-        .no_bus()
-        .local_capacity(0)
-        .build()
-        .unwrap();
-    for k in 0..KEYS {
-        let truth: i64 = admin
-            .query_one("select version from kv where id = $1", &[&k])
-            .await
-            .unwrap()
-            .get(0);
-        for (i, c) in caches.iter().enumerate() {
-            let got = c.get(&k).await.map(|v| *v);
-            assert!(
-                got.is_none() || got == Some(truth),
-                "instance {i} holds {got:?} for key {k}, Postgres {truth}"
-            );
-        }
-        let shared = checker.get(&k).await.map(|v| *v);
-        assert!(
-            shared.is_none() || shared == Some(truth),
-            "Redis holds {shared:?} for key {k}, Postgres {truth}"
-        );
-    }
+    assert_tiers_match_postgres(&admin, KEYS, &ns, &redis.url(), &caches).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

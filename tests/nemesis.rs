@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::postgres::{assert_tiers_match_postgres, bump, create_kv, pg, version_of};
 use plotters::prelude::*;
 use rand::Rng;
 use tiercache::core::{Cache, DEFAULT_STALENESS_BOUND};
@@ -69,14 +72,6 @@ struct Injected {
     to: Instant,
 }
 
-async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
-
 async fn instance(ns: &str, redis: &str, nats: &str) -> Cache<i64, i64> {
     let tier = RedisSharedTier::builder().url(redis).build().await.unwrap();
     let bus = NatsBus::builder()
@@ -114,16 +109,7 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
     let nats = Arc::new(Mutex::new(NatsServer::start().unwrap()));
     let nats_url = nats.lock().unwrap().url();
     let admin = pg(&postgres.url()).await;
-    admin
-        .batch_execute("create table kv (id bigint primary key, version bigint not null)")
-        .await
-        .unwrap();
-    for k in 0..KEYS {
-        admin
-            .execute("insert into kv values ($1, 0)", &[&k])
-            .await
-            .unwrap();
-    }
+    create_kv(&admin, KEYS).await;
     let ns = format!("nemesis{:x}", rand::random::<u32>());
     let mut list = Vec::new();
     for _ in 0..INSTANCES {
@@ -148,15 +134,8 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let key = ((n * 7 + w as u64 * 5) % KEYS as u64) as i64;
-                let row = db
-                    .query_one(
-                        "update kv set version = version + 1 where id = $1 returning version",
-                        &[&key],
-                    )
-                    .await
-                    .unwrap();
+                let version = bump(&db, key).await;
                 let committed = Instant::now();
-                let version: i64 = row.get(0);
                 writes.lock().unwrap().push(Write {
                     key,
                     version,
@@ -185,10 +164,7 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
                 let db = db.clone();
                 let v = current(&instances, i)
                     .try_get_or_load(&key, move || async move {
-                        let row = db
-                            .query_one("select version from kv where id = $1", &[&key])
-                            .await?;
-                        Ok::<_, tokio_postgres::Error>(Some(row.get::<_, i64>(0)))
+                        Ok::<_, tokio_postgres::Error>(Some(version_of(&db, key).await?))
                     })
                     .await
                     .unwrap()
@@ -360,37 +336,8 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let checker: Cache<i64, i64> = Cache::builder(ns.as_str())
-        .shared_tier(
-            RedisSharedTier::builder()
-                .url(redis.url())
-                .build()
-                .await
-                .unwrap(),
-        )
-        .no_bus()
-        .local_capacity(0)
-        .build()
-        .unwrap();
-    for k in 0..KEYS {
-        let truth: i64 = admin
-            .query_one("select version from kv where id = $1", &[&k])
-            .await
-            .unwrap()
-            .get(0);
-        for i in 0..INSTANCES {
-            let got = current(&instances, i).get(&k).await.map(|v| *v);
-            assert!(
-                got.is_none() || got == Some(truth),
-                "instance {i} holds {got:?} for key {k}, Postgres {truth}"
-            );
-        }
-        let shared = checker.get(&k).await.map(|v| *v);
-        assert!(
-            shared.is_none() || shared == Some(truth),
-            "Redis holds {shared:?} for key {k}, Postgres {truth}"
-        );
-    }
+    let caches: Vec<_> = (0..INSTANCES).map(|i| current(&instances, i)).collect();
+    assert_tiers_match_postgres(&admin, KEYS, &ns, &redis.url(), &caches).await;
 }
 
 /// The commit-to-visible lag of every write over the run, the faults as
