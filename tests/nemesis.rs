@@ -1,7 +1,9 @@
 //! Issue #13: the randomized checker, with a nemesis.
 //!
-//! Writers change rows of a real Postgres table (each commit, then
-//! `invalidate` on the writer's instance); readers read every key through
+//! Writers change rows of a real Postgres table: two through the app (each
+//! commit, then `invalidate` on the writer's instance) and one with plain
+//! SQL, which the sidecar (notify source, running in this process) turns
+//! into shared-tier deletes and bus messages. Readers read every key through
 //! three `Cache` instances (one Redis shared tier, one NATS bus). Meanwhile
 //! a nemesis injects faults at random: it pauses the NATS server with
 //! SIGSTOP (a hung bus), kills it with SIGKILL and restarts it, and restarts
@@ -22,7 +24,9 @@
 //! which prints a progress line every 10 s).
 //!
 //! Not injected here: faults of Redis (a shared-tier delete that fails
-//! leaves the old value in Redis; see the issue note) and of the sidecar.
+//! leaves the old value in Redis; see the issue note) and of the sidecar
+//! (the bound runs from the moment a change reaches the sidecar, which a
+//! read-based checker cannot see).
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -116,6 +120,54 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
         list.push(RwLock::new(instance(&ns, &redis.url(), &nats_url).await));
     }
     let instances: Instances = Arc::new(list);
+    // The sidecar: plain-SQL changes of `kv` become invalidations of `ns`.
+    let config = tiercache_sidecar::Config::parse(&format!(
+        r#"
+        [source]
+        kind = "notify"
+        database_url = "{pg}"
+        poll_interval_ms = 20
+
+        [redis]
+        url = "{redis}"
+
+        [bus]
+        kind = "nats"
+        url = "{nats_url}"
+
+        [http]
+        listen = ""
+
+        [retry]
+        initial_ms = 20
+        max_ms = 500
+
+        [[rules]]
+        table = "kv"
+        namespace = "{ns}"
+        keys = ["{{id}}"]
+        "#,
+        pg = postgres.url(),
+        redis = redis.url(),
+    ))
+    .unwrap();
+    postgres
+        .psql(&tiercache_sidecar::setup_sql(&config).unwrap())
+        .unwrap();
+    let sidecar = tiercache_sidecar::Sidecar::from_config(config)
+        .await
+        .unwrap();
+    let (sidecar_stop, shutdown) = tiercache_sidecar::Shutdown::new();
+    let sidecar_task = {
+        let sc = sidecar.clone();
+        tokio::spawn(async move { sc.run(shutdown).await })
+    };
+    assert!(
+        sidecar
+            .status()
+            .wait_connected(1, Duration::from_secs(30))
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let start = Instant::now();
@@ -145,6 +197,25 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
                 // when the bus hangs).
                 current(&instances, w).invalidate(&key).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    // A writer with plain SQL: the sidecar invalidates.
+    {
+        let (stop, writes) = (stop.clone(), writes.clone());
+        let db = pg(&postgres.url()).await;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = ((n * 11 + 3) % KEYS as u64) as i64;
+                let version = bump(&db, key).await;
+                writes.lock().unwrap().push(Write {
+                    key,
+                    version,
+                    committed: Instant::now(),
+                });
+                tokio::time::sleep(Duration::from_millis(15)).await;
             }
         }));
     }
@@ -258,6 +329,8 @@ async fn no_stale_read_beyond_the_bound_under_a_nemesis() {
         t.await.unwrap();
     }
     nats.lock().unwrap().resume();
+    sidecar_stop.trigger();
+    sidecar_task.await.unwrap().unwrap();
 
     let writes = std::mem::take(&mut *writes.lock().unwrap());
     let reads = std::mem::take(&mut *reads.lock().unwrap());

@@ -86,7 +86,7 @@ pub use cache::{
 pub use codec::{Codec, Postcard, RawBytes};
 pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, NotStored, SharedError};
 pub use key::{CacheKey, KeyFormat, KeyHash, KeyHashBuilder, ShowKey, TagHash};
-pub use message::{Invalidation, MessageCodec};
+pub use message::{Invalidation, MessageCodec, OriginSignal};
 pub use shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};
 pub use stats::CacheStats;
 

@@ -45,6 +45,57 @@ pub struct Invalidation {
     pub source_time_ms: u64,
 }
 
+/// What an [`Invalidation`] with no keys and no tags says of its origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginSignal {
+    /// An invalidation proper (keys, tags, or both).
+    Changes,
+    /// The origin is alive and has published up to `seq`: a receiver that
+    /// has heard less presumes the rest lost.
+    Heartbeat,
+    /// The origin goes quiet after `seq` (it stops heartbeating): a
+    /// receiver forgets it instead of counting its silence as a loss.
+    Farewell,
+}
+
+impl Invalidation {
+    /// An origin heartbeat: alive, `seq` is its last sequence number. An
+    /// origin that publishes invalidations heartbeats while it is active, so
+    /// that a receiver notices when its messages stop arriving (its own
+    /// connection down while the receiver's is up) and does not wait for
+    /// its next message to see a gap.
+    pub fn heartbeat(origin: u64, namespace: impl Into<String>, seq: u64) -> Self {
+        Self {
+            origin,
+            namespace: namespace.into(),
+            keys: Vec::new(),
+            tags: Vec::new(),
+            created: false,
+            seq,
+            source_time_ms: 0,
+        }
+    }
+
+    /// An origin's farewell: it goes quiet after `seq` (no more heartbeats
+    /// until its next invalidation). Encoded as a heartbeat with `created`
+    /// set, which an invalidation proper (with keys) never is without keys.
+    pub fn farewell(origin: u64, namespace: impl Into<String>, seq: u64) -> Self {
+        Self {
+            created: true,
+            ..Self::heartbeat(origin, namespace, seq)
+        }
+    }
+
+    /// What this message says of its origin.
+    pub fn signal(&self) -> OriginSignal {
+        match (self.keys.is_empty() && self.tags.is_empty(), self.created) {
+            (false, _) => OriginSignal::Changes,
+            (true, false) => OriginSignal::Heartbeat,
+            (true, true) => OriginSignal::Farewell,
+        }
+    }
+}
+
 /// Encodes and decodes [`Invalidation`]s, signing them when given a key.
 #[derive(Clone, Default)]
 pub struct MessageCodec {

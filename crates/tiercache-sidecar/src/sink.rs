@@ -158,10 +158,16 @@ pub struct Sinks {
     bus: Option<Arc<dyn Bus>>,
     codec: MessageCodec,
     origin: u64,
-    seqs: Mutex<HashMap<String, u64>>,
+    /// Per namespace: the last sequence number, and until when this origin
+    /// heartbeats there (it does for a while after each message).
+    seqs: Seqs,
     retry: RetryConfig,
     outbox: OnceLock<Outbox>,
 }
+
+/// Per namespace: the last sequence number, and until when the sidecar
+/// heartbeats there.
+type Seqs = Arc<Mutex<HashMap<String, (u64, Option<tokio::time::Instant>)>>>;
 
 /// A message waiting to go out on the bus.
 struct Queued {
@@ -255,7 +261,7 @@ impl Sinks {
             bus,
             codec,
             origin: rand::random::<u64>() | 1,
-            seqs: Mutex::new(HashMap::new()),
+            seqs: Arc::new(Mutex::new(HashMap::new())),
             retry,
             outbox: OnceLock::new(),
         }
@@ -464,14 +470,24 @@ impl Sinks {
         let Some(bus) = &self.bus else {
             return Ok(());
         };
-        let outbox = self
-            .outbox
-            .get_or_init(|| Outbox::spawn(Arc::clone(bus), self.retry.clone(), shutdown.clone()));
+        let outbox = self.outbox.get_or_init(|| {
+            let outbox = Outbox::spawn(Arc::clone(bus), self.retry.clone(), shutdown.clone());
+            tokio::spawn(origin_heartbeats(
+                Arc::clone(&self.seqs),
+                outbox.tx.clone(),
+                Arc::clone(&outbox.backlog),
+                self.codec.clone(),
+                self.origin,
+                shutdown.clone(),
+            ));
+            outbox
+        });
         // Numbered and queued under one lock: the queue is in seq order.
         let mut seqs = self.seqs.lock().await;
         let seq = {
-            let s = seqs.entry(m.namespace.clone()).or_insert(0);
+            let (s, active) = seqs.entry(m.namespace.clone()).or_insert((0, None));
             *s += 1;
+            *active = Some(tokio::time::Instant::now() + ORIGIN_ACTIVE_FOR);
             *s
         };
         let msg = Invalidation {
@@ -520,6 +536,62 @@ impl Sinks {
         E: std::fmt::Display,
     {
         retry_until_ok(op, &self.retry, shutdown, f).await
+    }
+}
+
+/// How long the sidecar heartbeats in a namespace after its last message
+/// there, before it says farewell (the engine's origins do the same).
+const ORIGIN_ACTIVE_FOR: Duration = Duration::from_secs(5);
+
+/// The heartbeat pace: what the engine asks of its bus at the default
+/// staleness bound (a fifth of four fifths of it).
+const ORIGIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Origin heartbeats, per namespace the sidecar published in within
+/// [`ORIGIN_ACTIVE_FOR`], then a farewell: a receiver whose bus is live
+/// but does not hear this origin (its own bus connection down, its
+/// publishes stuck) flushes rather than keeping copies the sidecar's stuck
+/// messages would evict. Queued only behind an empty outbox.
+async fn origin_heartbeats(
+    seqs: Seqs,
+    tx: mpsc::UnboundedSender<Queued>,
+    backlog: Arc<AtomicUsize>,
+    codec: MessageCodec,
+    origin: u64,
+    shutdown: Shutdown,
+) {
+    loop {
+        if !shutdown.sleep(ORIGIN_HEARTBEAT).await {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut seqs = seqs.lock().await;
+        for (namespace, (seq, active)) in seqs.iter_mut() {
+            let Some(until) = *active else { continue };
+            let farewell = now >= until;
+            if farewell {
+                *active = None;
+            } else if backlog.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let msg = if farewell {
+                Invalidation::farewell(origin, namespace.as_str(), *seq)
+            } else {
+                Invalidation::heartbeat(origin, namespace.as_str(), *seq)
+            };
+            let (done, _) = oneshot::channel();
+            backlog.fetch_add(1, Ordering::AcqRel);
+            if tx
+                .send(Queued {
+                    namespace: namespace.clone(),
+                    payload: Bytes::from(codec.encode(&msg)),
+                    done,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 

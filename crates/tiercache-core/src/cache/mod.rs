@@ -225,6 +225,7 @@ pub(crate) enum FlushReason {
     BusReconnected,
     BusDisconnected,
     MessagesDropped,
+    OriginSilent,
 }
 
 impl FlushReason {
@@ -238,6 +239,7 @@ impl FlushReason {
             FlushReason::BusReconnected => "bus_reconnected",
             FlushReason::BusDisconnected => "bus_disconnected",
             FlushReason::MessagesDropped => "messages_dropped",
+            FlushReason::OriginSilent => "origin_silent",
         }
     }
 }
@@ -779,7 +781,11 @@ where
                     }
                     Err(leader) => {
                         let old = stale.as_ref().and_then(|st| st.value.clone());
-                        self.spawn_load(leader, sk, h, loader(old));
+                        // With a stale copy, callers are answered with it
+                        // while another instance loads: this load may wait
+                        // for that fill as long as the lease lives.
+                        let patient = old.is_some();
+                        self.spawn_load(leader, sk, h, loader(old), patient);
                         (w, Outcome::Loaded)
                     }
                 }
@@ -848,11 +854,16 @@ where
     {
         if let Role::Leader(leader, _) = self.inner.flights.join(h) {
             self.inner.stats.refreshes(1);
-            self.spawn_load(leader, sk, h, loader());
+            // Its caller already has the current value: no hurry.
+            self.spawn_load(leader, sk, h, loader(), true);
         }
     }
 
-    fn spawn_load<Fut, E>(&self, leader: Leader<V>, sk: String, h: KeyHash, fut: Fut)
+    /// Runs `fut` as the load of the flight `leader` leads. A `patient`
+    /// load (its callers have a value to answer with) waits for another
+    /// instance's fill as long as that instance's lease lives, rather than
+    /// `lease_wait`.
+    fn spawn_load<Fut, E>(&self, leader: Leader<V>, sk: String, h: KeyHash, fut: Fut, patient: bool)
     where
         Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
@@ -863,8 +874,9 @@ where
             async move {
                 let hard = inner.config.hard_timeout;
                 let signal = leader.lease_signal();
-                let run = AssertUnwindSafe(Arc::clone(&inner).run_load(sk, h, fut, signal))
-                    .catch_unwind();
+                let run =
+                    AssertUnwindSafe(Arc::clone(&inner).run_load(sk, h, fut, signal, patient))
+                        .catch_unwind();
                 let outcome = match tokio::time::timeout(hard, run).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => {
@@ -995,10 +1007,9 @@ where
                 .partition(|(_, t)| t.as_ref().is_some_and(|t| t.lease_held_elsewhere));
             if !held.is_empty() {
                 inner.stats.lease_waits(held.len() as u64);
-                let waited = futures::future::join_all(
-                    held.iter()
-                        .map(|((_, sk, h, _), _)| inner.wait_for_lease_holder(sk, *h)),
-                )
+                let waited = futures::future::join_all(held.iter().map(|((_, sk, h, _), _)| {
+                    inner.wait_for_lease_holder(sk, *h, inner.config.lease_wait)
+                }))
                 .await;
                 for (lead, found) in held.into_iter().zip(waited) {
                     match found {
@@ -1102,19 +1113,11 @@ where
         let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
         // The shared tier first: evicting locally first would let a read in
         // between copy the old shared value back into the local tier.
-        if let Some(s) = &inner.shared {
-            if !sks.is_empty()
-                && let Err(e) = s.invalidate(&sks).await
-            {
-                inner.shared_error(&e);
-            }
-            if !tags.is_empty()
-                && let Err(e) = s.invalidate_tags(&inner.config.namespace, &tags).await
-            {
-                inner.shared_error(&e);
-            }
-        }
+        let done = inner.shared_invalidate(&sks, &tags).await;
         inner.apply_local(&hashes, &tags);
+        if !done {
+            inner.retry_shared_invalidation(sks, hashes, rendered.clone(), tags.clone(), false);
+        }
         inner.publish(rendered, tags, false).await
     }
 
@@ -1126,12 +1129,12 @@ where
         if let Some(b) = &inner.bloom {
             b.add(h);
         }
-        if let Some(s) = &inner.shared
-            && let Err(e) = s.invalidate(std::slice::from_ref(&sk)).await
-        {
-            inner.shared_error(&e);
-        }
+        let sks = vec![sk];
+        let done = inner.shared_invalidate(&sks, &[]).await;
         inner.apply_local(&[h], &[]);
+        if !done {
+            inner.retry_shared_invalidation(sks, vec![h], vec![key.render()], Vec::new(), true);
+        }
         inner.publish(vec![key.render()], Vec::new(), true).await;
     }
 
@@ -1261,6 +1264,65 @@ where
 
     fn shared_for_read(&self) -> Option<&Arc<dyn SharedTier>> {
         self.shared.as_ref()
+    }
+
+    /// Deletes `sks` and bumps `tags` in the shared tier; whether both
+    /// succeeded (no shared tier: nothing to do).
+    async fn shared_invalidate(&self, sks: &[String], tags: &[String]) -> bool {
+        let Some(s) = &self.shared else {
+            return true;
+        };
+        let mut done = true;
+        if !sks.is_empty()
+            && let Err(e) = s.invalidate(sks).await
+        {
+            self.shared_error(&e);
+            done = false;
+        }
+        if !tags.is_empty()
+            && let Err(e) = s.invalidate_tags(&self.config.namespace, tags).await
+        {
+            self.shared_error(&e);
+            done = false;
+        }
+        done
+    }
+
+    /// A shared-tier invalidation failed (a timeout, a dropped connection):
+    /// the old value would stay in the shared tier, and every instance
+    /// would copy it back after evicting its own. Retried in the background
+    /// until it succeeds (backoff from 20 ms to 1 s, given up after 5
+    /// minutes, counted); then the keys are evicted here and the message is
+    /// published again, for the copies made from the old value meanwhile.
+    fn retry_shared_invalidation(
+        self: &Arc<Self>,
+        sks: Vec<String>,
+        hashes: Vec<KeyHash>,
+        rendered: Vec<String>,
+        tags: Vec<String>,
+        created: bool,
+    ) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                tokio::time::sleep(backoff).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.shared_invalidate(&sks, &tags).await {
+                    inner.apply_local(&hashes, &tags);
+                    inner.publish(rendered, tags, created).await;
+                    return;
+                }
+                if started.elapsed() > Duration::from_secs(300) {
+                    tracing::error!(ns = %inner.config.namespace, keys = ?rendered, ?tags, "shared-tier invalidation given up; the old value stays there until its TTL");
+                    metrics::counter!("tiercache_shared_invalidations_given_up_total", "namespace" => inner.config.namespace.clone())
+                        .increment(1);
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 
     /// A loss signal for the Bloom guard (see [`BloomGuard::suspect`]).
@@ -1481,6 +1543,7 @@ where
         h: KeyHash,
         fut: Fut,
         lease: LeaseSignal,
+        patient: bool,
     ) -> flight::Outcome<V>
     where
         Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
@@ -1492,7 +1555,11 @@ where
             // Callers with a stale copy within grace answer with it now.
             lease.held_elsewhere();
             self.stats.lease_waits(1);
-            if let Some(found) = self.wait_for_lease_holder(&sk, h).await {
+            let wait = match (patient, self.config.lease_ttl) {
+                (true, Some(ttl)) => ttl.max(self.config.lease_wait),
+                _ => self.config.lease_wait,
+            };
+            if let Some(found) = self.wait_for_lease_holder(&sk, h, wait).await {
                 self.stats.lease_wait_hits(1);
                 return Ok(found);
             }
@@ -1630,9 +1697,14 @@ where
     }
 
     /// Another instance holds the lease: poll the shared tier for its fill,
-    /// up to `lease_wait`.
-    async fn wait_for_lease_holder(&self, sk: &str, h: KeyHash) -> Option<Loaded<V>> {
-        let deadline = Instant::now() + self.config.lease_wait;
+    /// up to `wait`.
+    async fn wait_for_lease_holder(
+        &self,
+        sk: &str,
+        h: KeyHash,
+        wait: Duration,
+    ) -> Option<Loaded<V>> {
+        let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(2);
         while Instant::now() < deadline {
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -1937,11 +2009,23 @@ where
             None => MessageCodec::unsigned(),
         };
         let retention = config.hard_timeout + Duration::from_secs(5);
+        let instance: u64 = rand::random();
         let outbox = bus.as_ref().map(|b| {
+            let (codec, ns) = (messages.clone(), config.namespace.clone());
+            let beat: outbox::Beat = Box::new(move |seq, farewell| {
+                let msg = if farewell {
+                    Invalidation::farewell(instance, ns.as_str(), seq)
+                } else {
+                    Invalidation::heartbeat(instance, ns.as_str(), seq)
+                };
+                Bytes::from(codec.encode(&msg))
+            });
             Outbox::start(
                 Arc::clone(b),
                 config.namespace.clone(),
                 config.staleness_bound.max(Duration::from_secs(1)),
+                config.heartbeat(),
+                beat,
                 &runtime,
             )
         });
@@ -1962,7 +2046,7 @@ where
             fence: Fence::new(retention),
             bloom: self.bloom.map(BloomGuard::new),
             stats,
-            instance: rand::random(),
+            instance,
             outbox,
             last_publish_log_ms: AtomicU64::new(0),
             messages,

@@ -10,7 +10,7 @@
 //! that is down or hung for the receivers too has made them stop trusting
 //! their local tiers anyway.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +28,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long one message is retried before it is given up (counted).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
+/// How long an origin heartbeats after its last invalidation, before it
+/// says farewell and goes quiet.
+pub(super) const ACTIVE_FOR: Duration = Duration::from_secs(5);
+
+/// Encodes an origin heartbeat (`false`) or farewell (`true`) at a sequence
+/// number.
+pub(super) type Beat = Box<dyn Fn(u64, bool) -> Bytes + Send + Sync>;
+
 struct Pending {
     payload: Bytes,
     /// Told the first outcome: out (`true`), or a failed first attempt
@@ -37,9 +45,13 @@ struct Pending {
 
 /// The ordered publish queue of one cache, and its sequence numbers.
 pub(super) struct Outbox {
-    /// The last sequence number handed out; the lock also keeps the queue
-    /// in sequence order.
-    seq: Mutex<u64>,
+    shared: Arc<Queue>,
+}
+
+struct Queue {
+    /// The last sequence number handed out, and until when this origin
+    /// heartbeats; the lock also keeps the queue in sequence order.
+    state: Mutex<(u64, Option<tokio::time::Instant>)>,
     tx: mpsc::Sender<Pending>,
 }
 
@@ -56,18 +68,25 @@ pub(super) enum Sent {
 impl Outbox {
     /// Starts the publishing task on `rt`. Every attempt is bounded by
     /// `attempt_timeout`.
+    /// While this origin is active (an invalidation within
+    /// [`ACTIVE_FOR`]), it heartbeats every `heartbeat` through the same
+    /// queue, then says farewell once.
     pub(super) fn start(
         bus: Arc<dyn Bus>,
         namespace: String,
         attempt_timeout: Duration,
+        heartbeat: Duration,
+        beat: Beat,
         rt: &tokio::runtime::Handle,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
         rt.spawn(run(bus, namespace, attempt_timeout, rx));
-        Self {
-            seq: Mutex::new(0),
+        let shared = Arc::new(Queue {
+            state: Mutex::new((0, None)),
             tx,
-        }
+        });
+        rt.spawn(heartbeats(Arc::downgrade(&shared), heartbeat, beat));
+        Self { shared }
     }
 
     /// Numbers a message (`encode` gets its sequence number), queues it,
@@ -76,10 +95,12 @@ impl Outbox {
     pub(super) async fn publish(&self, encode: impl FnOnce(u64) -> Bytes, wait: Duration) -> Sent {
         let (done, out) = oneshot::channel();
         let seq = {
-            let mut last = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, active) = &mut *state;
             *last = last.wrapping_add(1).max(1);
+            *active = Some(tokio::time::Instant::now() + ACTIVE_FOR);
             let seq = *last;
-            let queued = self.tx.try_send(Pending {
+            let queued = self.shared.tx.try_send(Pending {
                 payload: encode(seq),
                 first: Some(done),
             });
@@ -93,6 +114,29 @@ impl Outbox {
             // Failed (retried), the task ended with the runtime, or late.
             Ok(Ok(false) | Err(_)) | Err(_) => Sent::Late(Some(seq)),
         }
+    }
+}
+
+/// Heartbeats while the origin is active, then a farewell; ends with the
+/// cache. A heartbeat is queued only behind an empty queue: a queue that
+/// does not drain would not carry it anyway.
+async fn heartbeats(queue: Weak<Queue>, every: Duration, beat: Beat) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(q) = queue.upgrade() else { return };
+        let mut state = q.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, active) = &mut *state;
+        let Some(until) = *active else { continue };
+        let farewell = tokio::time::Instant::now() >= until;
+        if farewell {
+            *active = None;
+        } else if q.tx.capacity() < q.tx.max_capacity() {
+            continue;
+        }
+        let _ = q.tx.try_send(Pending {
+            payload: beat(*seq, farewell),
+            first: None,
+        });
     }
 }
 

@@ -13,6 +13,10 @@
 //!   flight, so that no caller joins a load older than the window;
 //! - shared tier reconnected or failed over: flush (its versions may have
 //!   rolled back);
+//! - an active origin (one that published within the last few seconds; it
+//!   heartbeats until it says farewell) not heard within `bus_liveness`:
+//!   flush (its messages are stuck or lost on its side, which a live bus
+//!   here cannot show);
 //! - every one of these is also a loss signal for the Bloom guard: it
 //!   answers "maybe" until a rebuild started after the signal completes,
 //!   and that rebuild starts at once.
@@ -31,6 +35,7 @@ use futures::stream::BoxStream;
 
 use super::{FlushReason, Inner, LocalMode, now_ms};
 use crate::bus::BusEvent;
+use crate::message::OriginSignal;
 use crate::shared::SharedEvent;
 
 /// The first retry of a failed Bloom rebuild while it answers "maybe".
@@ -123,11 +128,49 @@ where
         None => return,
     };
     let mut last_seq: HashMap<u64, u64> = HashMap::new();
+    // When each active origin was last heard (a message or its heartbeat).
+    let mut last_heard: HashMap<u64, std::time::Instant> = HashMap::new();
+    // Active origins gone silent, with when they were last heard: while
+    // any is (for at most ACTIVE_FOR after it was last heard, as long as an
+    // origin heartbeats after its last message), the local tier is bypassed.
+    let mut silent_origins: HashMap<u64, std::time::Instant> = HashMap::new();
     let mut connected = false;
     let mut silent = false;
     loop {
         let next = tokio::time::timeout(liveness, sub.next()).await;
         let Some(inner) = weak.upgrade() else { return };
+        // An active origin not heard within the window: its messages may be
+        // stuck or lost on its side while this bus is live (its own
+        // connection down). A loss signal, once; its sequence numbers are
+        // kept, so a gap still shows when it is heard again.
+        let now = std::time::Instant::now();
+        let went_silent: Vec<(u64, std::time::Instant)> = last_heard
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) > liveness)
+            .map(|(o, t)| (*o, *t))
+            .collect();
+        if !went_silent.is_empty() {
+            tracing::warn!(ns = %inner.config.namespace, origins = went_silent.len(), "an active origin went silent; local tier flushed and bypassed until it is heard again");
+            for (o, t) in went_silent {
+                last_heard.remove(&o);
+                silent_origins.insert(o, t);
+            }
+            inner.stats.bus_silences(1);
+            inner.flush_local_because(FlushReason::OriginSilent);
+            inner.set_mode(LocalMode::Bypass);
+        }
+        let before = silent_origins.len();
+        silent_origins.retain(|_, t| now.duration_since(*t) <= super::outbox::ACTIVE_FOR);
+        if before > 0 && silent_origins.is_empty() && !silent {
+            // Gone for longer than an origin heartbeats: no stuck message of
+            // theirs can still be unheard of.
+            inner.flush_local_because(FlushReason::BusHeardAgain);
+            inner.set_mode(if connected {
+                LocalMode::Trusted
+            } else {
+                LocalMode::Capped
+            });
+        }
         let ev = match next {
             Err(_) => {
                 // Every window of silence (or of a disconnect, which is
@@ -162,11 +205,13 @@ where
             if connected {
                 inner.bloom_bus_down(false);
             }
-            inner.set_mode(if connected {
-                LocalMode::Trusted
-            } else {
-                LocalMode::Capped
-            });
+            if silent_origins.is_empty() {
+                inner.set_mode(if connected {
+                    LocalMode::Trusted
+                } else {
+                    LocalMode::Capped
+                });
+            }
         }
         match ev {
             BusEvent::Message(bytes) => {
@@ -197,6 +242,25 @@ where
                     }
                 }
                 *last = next_last(*last, msg.seq);
+                let signal = msg.signal();
+                if signal == OriginSignal::Farewell {
+                    last_heard.remove(&msg.origin);
+                } else {
+                    last_heard.insert(msg.origin, std::time::Instant::now());
+                }
+                if silent_origins.remove(&msg.origin).is_some() && silent_origins.is_empty() {
+                    // Heard again: what it had stuck arrives from here on;
+                    // a copy made meanwhile may predate it.
+                    inner.flush_local_because(FlushReason::BusHeardAgain);
+                    inner.set_mode(if connected {
+                        LocalMode::Trusted
+                    } else {
+                        LocalMode::Capped
+                    });
+                }
+                if signal != OriginSignal::Changes {
+                    continue;
+                }
                 let hashes: Vec<_> = msg
                     .keys
                     .iter()
@@ -238,8 +302,17 @@ where
                     inner.flush_local_because(FlushReason::BusReconnected);
                     last_seq.clear();
                 }
+                // Every active origin gets a fresh window to be heard on the
+                // new connection: one that is not (its own connection still
+                // down) goes silent then.
+                let now = std::time::Instant::now();
+                for t in last_heard.values_mut() {
+                    *t = now;
+                }
                 connected = true;
-                inner.set_mode(LocalMode::Trusted);
+                if silent_origins.is_empty() {
+                    inner.set_mode(LocalMode::Trusted);
+                }
                 inner.bloom_bus_down(false);
             }
             BusEvent::Disconnected => {

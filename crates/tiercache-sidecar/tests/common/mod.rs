@@ -162,6 +162,7 @@ impl Running {
 }
 
 /// Decoded invalidations received on a namespace.
+/// The invalidations published on a namespace (origin heartbeats left out).
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Invalidation>,
     _task: JoinHandle<()>,
@@ -175,6 +176,9 @@ impl Inbox {
             while let Some(ev) = stream.next().await {
                 if let BusEvent::Message(bytes) = ev {
                     match codec.decode(&bytes) {
+                        // Origin heartbeats and farewells say the sidecar
+                        // is alive, not what changed.
+                        Ok(m) if m.signal() != tiercache_core::OriginSignal::Changes => {}
                         Ok(m) => {
                             if tx.send(m).is_err() {
                                 break;
