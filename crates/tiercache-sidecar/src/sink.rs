@@ -566,12 +566,15 @@ async fn origin_heartbeats(
         }
         let now = tokio::time::Instant::now();
         let mut seqs = seqs.lock().await;
+        // Read once a tick: each heartbeat queued below adds to the backlog,
+        // and must not keep the next namespace's from going out.
+        let idle = backlog.load(Ordering::Acquire) == 0;
         for (namespace, (seq, active)) in seqs.iter_mut() {
             let Some(until) = *active else { continue };
             let farewell = now >= until;
             if farewell {
                 *active = None;
-            } else if backlog.load(Ordering::Acquire) > 0 {
+            } else if !idle {
                 continue;
             }
             let msg = if farewell {

@@ -30,8 +30,8 @@ use std::sync::{Arc, Weak};
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 
 use super::{FlushReason, Inner, LocalMode, now_ms};
 use crate::bus::BusEvent;
@@ -137,40 +137,50 @@ where
     let mut connected = false;
     let mut silent = false;
     loop {
-        let next = tokio::time::timeout(liveness, sub.next()).await;
-        let Some(inner) = weak.upgrade() else { return };
-        // An active origin not heard within the window: its messages may be
-        // stuck or lost on its side while this bus is live (its own
-        // connection down). A loss signal, once; its sequence numbers are
-        // kept, so a gap still shows when it is heard again.
-        let now = std::time::Instant::now();
-        let went_silent: Vec<(u64, std::time::Instant)> = last_heard
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) > liveness)
-            .map(|(o, t)| (*o, *t))
-            .collect();
-        if !went_silent.is_empty() {
-            tracing::warn!(ns = %inner.config.namespace, origins = went_silent.len(), "an active origin went silent; local tier flushed and bypassed until it is heard again");
-            for (o, t) in went_silent {
-                last_heard.remove(&o);
-                silent_origins.insert(o, t);
+        // Events already delivered come first. Only a listener that has
+        // caught up judges an origin silent: a starved one would take its
+        // own backlog for the origins' silence.
+        let next = match sub.next().now_or_never() {
+            Some(ev) => Ok(ev),
+            None => {
+                let Some(inner) = weak.upgrade() else { return };
+                // An active origin not heard within the window: its messages may be
+                // stuck or lost on its side while this bus is live (its own
+                // connection down). A loss signal, once; its sequence numbers are
+                // kept, so a gap still shows when it is heard again.
+                let now = std::time::Instant::now();
+                let went_silent: Vec<(u64, std::time::Instant)> = last_heard
+                    .iter()
+                    .filter(|(_, t)| now.duration_since(**t) > liveness)
+                    .map(|(o, t)| (*o, *t))
+                    .collect();
+                if !went_silent.is_empty() {
+                    tracing::warn!(ns = %inner.config.namespace, origins = went_silent.len(), "an active origin went silent; local tier flushed and bypassed until it is heard again");
+                    for (o, t) in went_silent {
+                        last_heard.remove(&o);
+                        silent_origins.insert(o, t);
+                    }
+                    inner.stats.bus_silences(1);
+                    inner.flush_local_because(FlushReason::OriginSilent);
+                    inner.set_mode(LocalMode::Bypass);
+                }
+                let before = silent_origins.len();
+                silent_origins.retain(|_, t| now.duration_since(*t) <= super::outbox::ACTIVE_FOR);
+                if before > 0 && silent_origins.is_empty() && !silent {
+                    // Gone for longer than an origin heartbeats: no stuck message of
+                    // theirs can still be unheard of.
+                    inner.flush_local_because(FlushReason::BusHeardAgain);
+                    inner.set_mode(if connected {
+                        LocalMode::Trusted
+                    } else {
+                        LocalMode::Capped
+                    });
+                }
+                drop(inner);
+                tokio::time::timeout(liveness, sub.next()).await
             }
-            inner.stats.bus_silences(1);
-            inner.flush_local_because(FlushReason::OriginSilent);
-            inner.set_mode(LocalMode::Bypass);
-        }
-        let before = silent_origins.len();
-        silent_origins.retain(|_, t| now.duration_since(*t) <= super::outbox::ACTIVE_FOR);
-        if before > 0 && silent_origins.is_empty() && !silent {
-            // Gone for longer than an origin heartbeats: no stuck message of
-            // theirs can still be unheard of.
-            inner.flush_local_because(FlushReason::BusHeardAgain);
-            inner.set_mode(if connected {
-                LocalMode::Trusted
-            } else {
-                LocalMode::Capped
-            });
-        }
+        };
+        let Some(inner) = weak.upgrade() else { return };
         let ev = match next {
             Err(_) => {
                 // Every window of silence (or of a disconnect, which is
