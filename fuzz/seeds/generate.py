@@ -84,6 +84,9 @@ write(
 write("bus_message", "seq-1", message(invalidation(9, "products", ["1"], [], False, 1, 0)))
 write("bus_message", "future-version", b"TCI\x09\x00" + sample)
 write("bus_message", "foreign", b"hello world")
+# Origin heartbeats and farewells: no keys, no tags, the last seq.
+write("bus_message", "heartbeat", message(invalidation(9, "products", [], [], False, 7, 0)))
+write("bus_message", "farewell", message(invalidation(9, "products", [], [], True, 7, 0)))
 
 # --- bus_listener: chunks of (length byte, bytes) -----------------------------
 
@@ -104,6 +107,8 @@ def fz(seq, origin=9, keys=("probe",), tags=()):
 write("bus_listener", "seq-u64-max-then-1", chunks(fz(U64_MAX), fz(1)))
 write("bus_listener", "gap", chunks(fz(1, keys=("a",)), fz(5, keys=("b",)), fz(4)))
 write("bus_listener", "restart", chunks(fz(5000), fz(1), fz(2)))
+# A heartbeat that reveals a gap, the same heartbeat again, then the origin.
+write("bus_listener", "heartbeat-gap-farewell", chunks(fz(1), fz(4, keys=()), fz(4, keys=()), fz(5)))
 # A structured chunk: odd first byte (origin), then seq (8 bytes LE), words.
 write(
     "bus_listener",
@@ -268,6 +273,8 @@ req = {
     "star": "GET /p\nif-none-match: *",
     "absolute": "GET http://example.com/a?b=1&a=2\nauthorization: Bearer x",
     "many-values": "GET /p\n*32769 accept: v",
+    "conditionals-twice": 'GET /p\nif-none-match: "a"\nif-none-match: "b"\nrange: bytes=0-1\n'
+    "range: bytes=2-3\nif-range: \"a\"\nif-modified-since: Tue, 01 Dec 2026 00:00:00 GMT",
 }
 for name, text in req.items():
     write("request_headers", name, text)
