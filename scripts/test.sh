@@ -20,4 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# The loom models of the in-process concurrency (tiercache-core's cache/loom_tests.rs).
+RUSTFLAGS="--cfg tiercache_loom" CARGO_TARGET_DIR=target/loom cargo test -p tiercache-core --release --lib loom_tests
+
 cargo test --workspace --no-fail-fast "$@"

@@ -76,6 +76,7 @@ pub mod key;
 pub mod message;
 pub mod shared;
 pub mod stats;
+mod sync_shim;
 
 pub use bloom::BloomGuardConfig;
 pub use bus::{Bus, BusEvent, InProcessBus};

@@ -105,6 +105,7 @@ counters! {
     oversized: Plain => "tiercache_oversized_total"; "Values served but not cached because they exceed the size limit."
     unrecordable_tags: Plain => "tiercache_unrecordable_tags_total"; "Values served but not cached because their tags cannot be recorded exactly (too many, or too long)."
     corrupt_values: Plain => "tiercache_corrupt_values_total"; "Shared-tier values that failed to decode (deleted)."
+    shared_superseded: Plain => "tiercache_shared_superseded_total"; "Shared-tier values ignored because they were written before an invalidation applied here (their delete failed in the shared tier)."
     foreign_versions: Plain => "tiercache_foreign_versions_total"; "Shared-tier values written by a newer format version (left alone)."
     evictions: Plain => "tiercache_local_evictions_total"; "Local entries evicted for size."
     invalidations_sent: Plain => "tiercache_invalidations_sent_total"; "Invalidations published by this instance."

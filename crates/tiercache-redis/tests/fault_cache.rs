@@ -156,3 +156,84 @@ async fn redis_killed_under_load_reaches_no_caller() {
         "shared tier used again within 2 s: {used_again:?}"
     );
 }
+
+/// A hung Redis makes an invalidation's delete fail, so the old value stays
+/// in Redis until the writer's background retry gets through. An instance
+/// that applied the invalidation (over the bus) and reads Redis in between
+/// must not take that value: it was written before the invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_left_by_a_failed_delete_is_not_served_after_redis_returns() {
+    let mut server = RedisServer::start().unwrap();
+    let port = server.port();
+    let bus = tiercache_core::InProcessBus::new();
+    let ns = common::unique("leftover");
+    let tier = || {
+        RedisSharedTier::builder()
+            .url(server.url())
+            .call_timeout(Duration::from_millis(50))
+            // Open after one failure, for long: the writer's delete is never
+            // sent while Redis hangs, and its retry waits out the cooldown.
+            .breaker(1, Duration::from_secs(3))
+            .build()
+    };
+    let writer: Cache<u64, String> = Cache::builder(ns.as_str())
+        .shared_tier(tier().await.unwrap())
+        .bus(bus.clone())
+        .build()
+        .unwrap();
+    let reader: Cache<u64, String> = Cache::builder(ns.as_str())
+        .shared_tier(tier().await.unwrap())
+        .bus(bus.clone())
+        .build()
+        .unwrap();
+    let version = Arc::new(AtomicU64::new(1));
+    let load =
+        |v: Arc<AtomicU64>| move || async move { Some(format!("v{}", v.load(Ordering::SeqCst))) };
+    let mut exercised = 0;
+    for key in 0..5u64 {
+        version.store(1, Ordering::SeqCst);
+        assert_eq!(
+            writer
+                .get_or_load(&key, load(version.clone()))
+                .await
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("v1")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The value's Redis key: `{<storage key>}` (see the crate docs).
+        let sk = format!("{{{}}}", writer.key_format().storage_key(&key));
+        server.pause();
+        // A read that times out opens the writer's breaker (the GET waits in
+        // Redis's socket, harmless), so its delete below is never sent.
+        writer
+            .get_or_load(&(1000 + key), load(version.clone()))
+            .await
+            .unwrap();
+        // The origin changes; the writer invalidates while Redis hangs.
+        version.store(2, Ordering::SeqCst);
+        writer.invalidate(&key).await;
+        server.resume();
+        let left = !matches!(redis_command(port, &["EXISTS", &sk]), Ok(Resp::Integer(0)));
+        let before = reader.stats().shared_superseded;
+        let got = reader
+            .get_or_load(&key, load(version.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            got.as_deref().map(String::as_str),
+            Some("v2"),
+            "key {key}: the reader served the value the failed delete left in Redis"
+        );
+        if left && reader.stats().shared_superseded > before {
+            exercised += 1;
+        }
+        // Let the writer's retry and the breakers settle before the next key.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+    }
+    assert!(
+        exercised > 0,
+        "no round left the old value in Redis for the reader to refuse"
+    );
+}

@@ -3,9 +3,8 @@
 //! whether a key of that bucket may have changed meanwhile (a false alarm
 //! from another key in the bucket costs a recheck, nothing worse).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use crate::key::KeyHash;
+use crate::sync_shim::{AtomicU64, Ordering};
 
 /// Buckets (a power of two).
 const BUCKETS: usize = 256;

@@ -4,32 +4,55 @@
 //! Every invalidation takes the next value of a clock and records it against
 //! the key (or tag); a load remembers the clock when it began. A fill checks,
 //! *before* inserting, whether anything it depends on was invalidated since
-//! it began, and then stores nothing; it checks again *after* inserting, and
-//! removes its entry if so. Invalidation records first and evicts second, so
-//! whichever order the two race in, the stale entry is gone; and one
-//! overtaken by an invalidation already applied is never visible at all.
+//! it began, and then stores nothing ([`Fence::admit`]). The check and the
+//! insert happen under the fence's gate (read side), which recording an
+//! invalidation takes (write side): no invalidation is recorded between a
+//! fill's check and its insert. Invalidation records first and evicts
+//! second, so whichever order the two race in, the stale entry is gone, and
+//! one overtaken by an invalidation already recorded is never visible at
+//! all, not even for a moment (a loom model once found that moment, when
+//! the check and the insert were not under the gate: a read that began
+//! after `invalidate` returned could get the old value). The fill checks
+//! again after inserting, which the gate makes redundant; it costs one
+//! atomic load.
 //!
 //! Records are kept for `retention` (longer than the hard load timeout), and a
 //! load older than that never fills, so the maps stay small.
+//!
+//! The records also remember the wall-clock time of each invalidation, for
+//! the shared half: an entry read from the shared tier that was written
+//! before an invalidation this instance has applied is older than that
+//! invalidation ([`Fence::superseded`]), whatever the shared tier says. The
+//! shared tier can hold one when the invalidation's delete failed there (a
+//! hung or unreachable Redis) and is still being retried.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crate::key::{KeyHash, TagHash};
+use crate::sync_shim::Ordering::SeqCst;
+use crate::sync_shim::{AtomicU64, Mutex, MutexGuard, RwLock};
 
 pub(crate) struct Fence {
     clock: AtomicU64,
     all: AtomicU64,
+    /// The wall-clock ms of the latest key or tag invalidation recorded.
+    latest_ms: AtomicU64,
+    /// Fills check and insert under the read side; invalidations record
+    /// under the write side.
+    gate: RwLock<()>,
     records: Mutex<Records>,
     retention: Duration,
 }
 
+/// One invalidation: its clock value, when (monotonic), and when (wall
+/// clock, ms since the Unix epoch).
+type Record = (u64, Instant, u64);
+
 #[derive(Default)]
 struct Records {
-    keys: HashMap<KeyHash, (u64, Instant)>,
-    tags: HashMap<TagHash, (u64, Instant)>,
+    keys: HashMap<KeyHash, Record>,
+    tags: HashMap<TagHash, Record>,
 }
 
 /// What a load remembers from when it began.
@@ -44,12 +67,14 @@ impl Fence {
         Self {
             clock: AtomicU64::new(0),
             all: AtomicU64::new(0),
+            latest_ms: AtomicU64::new(0),
+            gate: RwLock::new(()),
             records: Mutex::new(Records::default()),
             retention,
         }
     }
 
-    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+    fn records(&self) -> MutexGuard<'_, Records> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -60,31 +85,75 @@ impl Fence {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn invalidate_key(&self, key: KeyHash) {
+        self.invalidate_key_at(key, super::now_ms());
+    }
+
+    /// Records an invalidation of `key` that happened at `wall` (ms since the
+    /// Unix epoch; for [`superseded`](Self::superseded)).
+    pub(crate) fn invalidate_key_at(&self, key: KeyHash, wall: u64) {
         let now = Instant::now();
+        let _closed = self.close_gate();
         let mut r = self.records();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
-        r.keys.insert(key, (v, now));
+        r.keys.insert(key, (v, now, wall));
+        self.latest_ms.fetch_max(wall, SeqCst);
         self.prune(&mut r, now);
     }
 
+    #[cfg(test)]
     pub(crate) fn invalidate_tag(&self, tag: TagHash) {
+        self.invalidate_tag_at(tag, super::now_ms());
+    }
+
+    /// Records an invalidation of `tag` that happened at `wall`.
+    pub(crate) fn invalidate_tag_at(&self, tag: TagHash, wall: u64) {
         let now = Instant::now();
+        let _closed = self.close_gate();
         let mut r = self.records();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
-        r.tags.insert(tag, (v, now));
+        r.tags.insert(tag, (v, now, wall));
+        self.latest_ms.fetch_max(wall, SeqCst);
         self.prune(&mut r, now);
     }
 
     /// Everything is invalid (the local tier was flushed).
     pub(crate) fn invalidate_all(&self) {
+        let _closed = self.close_gate();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
         self.all.fetch_max(v, SeqCst);
     }
 
+    /// The gate's write side, held while an invalidation is recorded. Every
+    /// holder leaves the guarded state consistent, so a poisoned gate is
+    /// used as it is.
+    fn close_gate(&self) -> crate::sync_shim::RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `insert` (a fill of `key` with `tags` by a load that began at
+    /// `mark`) unless the load was overtaken by an invalidation, with no
+    /// invalidation recorded between the check and the insert. Returns
+    /// whether it ran.
+    pub(crate) fn admit(
+        &self,
+        mark: FenceMark,
+        key: KeyHash,
+        tags: &[TagHash],
+        insert: impl FnOnce(),
+    ) -> bool {
+        let _open = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if self.revoked(mark, key, tags) {
+            return false;
+        }
+        insert();
+        true
+    }
+
     fn prune(&self, r: &mut Records, now: Instant) {
         if r.keys.len() + r.tags.len() > 8192 {
-            let keep = |(_, at): &mut (u64, Instant)| now.duration_since(*at) < self.retention;
+            let keep = |(_, at, _): &mut Record| now.duration_since(*at) < self.retention;
             r.keys.retain(|_, v| keep(v));
             r.tags.retain(|_, v| keep(v));
         }
@@ -103,10 +172,25 @@ impl Fence {
             return true;
         }
         let r = self.records();
-        r.keys.get(&key).is_some_and(|(v, _)| *v > mark.at)
+        r.keys.get(&key).is_some_and(|(v, ..)| *v > mark.at)
             || tags
                 .iter()
-                .any(|t| r.tags.get(t).is_some_and(|(v, _)| *v > mark.at))
+                .any(|t| r.tags.get(t).is_some_and(|(v, ..)| *v > mark.at))
+    }
+
+    /// Whether an entry of `key` with `tags`, written at `written_ms` (wall
+    /// clock), is older than an invalidation of the key or of one of the
+    /// tags that this instance applied. Takes no lock when the entry is at
+    /// least as young as every recorded invalidation.
+    pub(crate) fn superseded(&self, key: KeyHash, tags: &[TagHash], written_ms: u64) -> bool {
+        if written_ms >= self.latest_ms.load(SeqCst) {
+            return false;
+        }
+        let r = self.records();
+        r.keys.get(&key).is_some_and(|(.., ms)| *ms > written_ms)
+            || tags
+                .iter()
+                .any(|t| r.tags.get(t).is_some_and(|(.., ms)| *ms > written_ms))
     }
 }
 
@@ -144,6 +228,37 @@ mod tests {
         assert!(
             f.revoked(m2, k, &[]),
             "a flush revokes everything in flight"
+        );
+    }
+
+    #[test]
+    fn entries_written_before_an_applied_invalidation_are_superseded() {
+        let f = Fence::new(Duration::from_secs(60));
+        let (k, t) = (KeyHash(1), TagHash(2));
+        let before = super::super::now_ms().saturating_sub(1);
+        f.invalidate_key_at(KeyHash(7), before);
+        assert!(
+            !f.superseded(KeyHash(7), &[], before),
+            "written in the invalidation's millisecond"
+        );
+        assert!(!f.superseded(k, &[t], before), "nothing recorded yet");
+        f.invalidate_key(k);
+        assert!(
+            f.superseded(k, &[], before),
+            "written before the key's invalidation"
+        );
+        assert!(
+            !f.superseded(KeyHash(9), &[], before),
+            "another key's invalidation does not matter"
+        );
+        assert!(
+            !f.superseded(k, &[], u64::MAX),
+            "written after every invalidation"
+        );
+        f.invalidate_tag(t);
+        assert!(
+            f.superseded(KeyHash(9), &[t], before),
+            "written before its tag's invalidation"
         );
     }
 }

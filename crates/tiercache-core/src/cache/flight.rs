@@ -9,13 +9,14 @@
 //! reported as [`Error::LoaderPanicked`]. Nobody hangs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::epochs::KeyEpochs;
 use crate::error::Error;
 use crate::key::KeyHash;
+use crate::sync_shim::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// What a load produced: the value (None: the origin has none) and when.
 pub(crate) struct Loaded<V> {
@@ -38,7 +39,7 @@ type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>, watch::Rece
 
 pub(crate) struct Flights<V> {
     map: Mutex<FlightMap<V>>,
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: AtomicU64,
     /// Completed flights, counted per bucket of keys (see [`Flights::ended`]).
     ended: KeyEpochs,
 }
@@ -87,7 +88,7 @@ impl<V> Flights<V> {
     pub(crate) fn new() -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
             ended: KeyEpochs::new(),
         }
     }
@@ -100,7 +101,7 @@ impl<V> Flights<V> {
         self.ended.get(key)
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, FlightMap<V>> {
+    fn map(&self) -> MutexGuard<'_, FlightMap<V>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -117,9 +118,7 @@ impl<V> Flights<V> {
         }
         let (tx, rx) = watch::channel(None);
         let (elsewhere, elsewhere_rx) = watch::channel(false);
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         map.insert(key, (id, rx.clone(), elsewhere_rx.clone()));
         Role::Leader(
             Leader {

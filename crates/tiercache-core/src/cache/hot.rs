@@ -27,13 +27,13 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use thread_local::ThreadLocal;
 
 use super::epochs::KeyEpochs;
 use super::local::LocalData;
 use crate::key::KeyHash;
+use crate::sync_shim::{AtomicU64, Ordering};
 
 /// Slots per thread, direct-mapped by key hash.
 const SLOTS: usize = 32;

@@ -6,6 +6,8 @@ mod fence;
 mod flight;
 mod hot;
 mod local;
+#[cfg(all(test, tiercache_loom))]
+mod loom_tests;
 mod outbox;
 mod sync;
 
@@ -526,12 +528,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn lookup(&self, key: &K) -> Option<Fetched<V>> {
-        // Hashing is for the local tier only: skipped when there is none
-        // (`h` is then never used).
-        let h = match &self.inner.local {
-            Some(_) => self.inner.keys.hash(key),
-            None => KeyHash(0),
-        };
+        let h = self.inner.keys.hash(key);
         let local = self.inner.with_fresh_local(&h, |e| {
             self.inner.stats.local_hits(1);
             if e.value.is_none() {
@@ -549,7 +546,7 @@ where
         }
         let sk = self.inner.keys.storage_key(key);
         let mark = self.inner.fence.mark();
-        match self.inner.shared_find(&sk).await {
+        match self.inner.shared_find(&sk, h).await {
             SharedFind::Fresh(d) => {
                 self.inner.stats.shared_hits(1);
                 if d.value.is_none() {
@@ -729,7 +726,7 @@ where
         let sk = inner.keys.storage_key(key);
         let mark = inner.fence.mark();
         let ended = inner.flights.ended(&h);
-        match inner.shared_find(&sk).await {
+        match inner.shared_find(&sk, h).await {
             SharedFind::Fresh(d) => {
                 inner.stats.shared_hits(1);
                 if d.value.is_none() {
@@ -957,7 +954,7 @@ where
         let mut missing = Vec::new();
         for (n, ((&i, sk), bytes)) in pending.iter().zip(sks).zip(found).enumerate() {
             if let Some(bytes) = bytes
-                && let SharedFind::Fresh(d) = inner.accept_shared(&sk, &bytes).await
+                && let SharedFind::Fresh(d) = inner.accept_shared(&sk, hashes[i], &bytes).await
             {
                 inner.stats.shared_hits(1);
                 out[i] = d.value.clone();
@@ -1045,6 +1042,8 @@ where
     /// [`insert`](Self::insert) with tags and TTL.
     pub async fn insert_entry(&self, key: &K, entry: Entry<V>) {
         let inner = &self.inner;
+        // Values written before now are older than this one.
+        let at = now_ms();
         let (sk, h) = inner.keys.both(key);
         // Revoke loads in flight (here and elsewhere) that would put back an
         // older value: the shared tier first, then the local tier (the other
@@ -1053,7 +1052,7 @@ where
         let ticket = match &inner.shared {
             Some(s) => match s.invalidate(std::slice::from_ref(&sk)).await {
                 Ok(()) => {
-                    inner.apply_local(&[h], &[]);
+                    inner.apply_local(&[h], &[], at);
                     match s.begin_fill(&inner.config.namespace, &sk, None).await {
                         Ok(t) => Some(t),
                         Err(e) => {
@@ -1064,12 +1063,12 @@ where
                 }
                 Err(e) => {
                     inner.shared_error(&e);
-                    inner.apply_local(&[h], &[]);
+                    inner.apply_local(&[h], &[], at);
                     None
                 }
             },
             None => {
-                inner.apply_local(&[h], &[]);
+                inner.apply_local(&[h], &[], at);
                 None
             }
         };
@@ -1082,7 +1081,9 @@ where
         inner
             .fill(&sk, h, mark, ticket, Some(value), entry.tags, life)
             .await;
-        inner.publish(vec![key.render()], Vec::new(), true).await;
+        inner
+            .publish(vec![key.render()], Vec::new(), true, at)
+            .await;
     }
 
     /// Drops `key` everywhere: the shared tier, this instance's local tier,
@@ -1107,6 +1108,7 @@ where
     /// Returns the bus sequence number of the message sent, if one was.
     pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) -> Option<u64> {
         let inner = &self.inner;
+        let at = now_ms();
         let rendered: Vec<String> = keys.iter().map(|k| k.render()).collect();
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         let sks: Vec<String> = keys.iter().map(|k| inner.keys.storage_key(k)).collect();
@@ -1114,28 +1116,31 @@ where
         // The shared tier first: evicting locally first would let a read in
         // between copy the old shared value back into the local tier.
         let done = inner.shared_invalidate(&sks, &tags).await;
-        inner.apply_local(&hashes, &tags);
+        inner.apply_local(&hashes, &tags, at);
         if !done {
-            inner.retry_shared_invalidation(sks, hashes, rendered.clone(), tags.clone(), false);
+            inner.retry_shared_invalidation(sks, hashes, rendered.clone(), tags.clone(), false, at);
         }
-        inner.publish(rendered, tags, false).await
+        inner.publish(rendered, tags, false, at).await
     }
 
     /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
     /// exists at the origin, and drops any negative entry for it.
     pub async fn created(&self, key: &K) {
         let inner = &self.inner;
+        let at = now_ms();
         let (sk, h) = inner.keys.both(key);
         if let Some(b) = &inner.bloom {
             b.add(h);
         }
         let sks = vec![sk];
         let done = inner.shared_invalidate(&sks, &[]).await;
-        inner.apply_local(&[h], &[]);
+        inner.apply_local(&[h], &[], at);
         if !done {
-            inner.retry_shared_invalidation(sks, vec![h], vec![key.render()], Vec::new(), true);
+            inner.retry_shared_invalidation(sks, vec![h], vec![key.render()], Vec::new(), true, at);
         }
-        inner.publish(vec![key.render()], Vec::new(), true).await;
+        inner
+            .publish(vec![key.render()], Vec::new(), true, at)
+            .await;
     }
 
     /// Rebuilds the Bloom guard from its universe loader now (it also
@@ -1245,7 +1250,7 @@ where
         });
         if done.is_none()
             && self.flights.ended(h) != ended
-            && let SharedFind::Fresh(d) = self.shared_find(sk).await
+            && let SharedFind::Fresh(d) = self.shared_find(sk, *h).await
         {
             done = Some(Loaded {
                 value: d.value.clone(),
@@ -1301,6 +1306,7 @@ where
         rendered: Vec<String>,
         tags: Vec<String>,
         created: bool,
+        at_ms: u64,
     ) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -1310,8 +1316,8 @@ where
                 tokio::time::sleep(backoff).await;
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.shared_invalidate(&sks, &tags).await {
-                    inner.apply_local(&hashes, &tags);
-                    inner.publish(rendered, tags, created).await;
+                    inner.apply_local(&hashes, &tags, at_ms);
+                    inner.publish(rendered, tags, created, at_ms).await;
                     return;
                 }
                 if started.elapsed() > Duration::from_secs(300) {
@@ -1397,12 +1403,12 @@ where
         }
     }
 
-    async fn shared_find(&self, sk: &str) -> SharedFind<V> {
+    async fn shared_find(&self, sk: &str, h: KeyHash) -> SharedFind<V> {
         let Some(shared) = self.shared_for_read() else {
             return SharedFind::Miss;
         };
         match shared.get(sk).await {
-            Ok(Some(bytes)) => self.accept_shared(sk, &bytes).await,
+            Ok(Some(bytes)) => self.accept_shared(sk, h, &bytes).await,
             Ok(None) => SharedFind::Miss,
             Err(e) => {
                 self.shared_error(&e);
@@ -1411,9 +1417,12 @@ where
         }
     }
 
-    /// Decodes and checks a shared-tier value: corrupt ones are deleted and
-    /// counted, newer formats left alone, tag-invalidated ones ignored.
-    async fn accept_shared(&self, sk: &str, bytes: &[u8]) -> SharedFind<V> {
+    /// Decodes and checks a shared-tier value of `sk` (hash `h`): corrupt
+    /// ones are deleted and counted, newer formats left alone, tag-invalidated
+    /// ones ignored, and so are ones written before an invalidation this
+    /// instance applied (their delete failed in the shared tier and is being
+    /// retried; a load will overwrite them).
+    async fn accept_shared(&self, sk: &str, h: KeyHash, bytes: &[u8]) -> SharedFind<V> {
         let env = match envelope::decode_limited(bytes, self.config.max_value_size) {
             Ok(e) => e,
             Err(DecodeError::FutureVersion(v)) => {
@@ -1429,6 +1438,15 @@ where
         };
         let now = now_ms();
         if now >= env.times.stale_ms {
+            return SharedFind::Miss;
+        }
+        let tags: Box<[TagHash]> = env.tags.iter().map(|(t, _)| TagHash::of(t)).collect();
+        if self.fence.superseded(h, &tags, env.times.written_ms) {
+            self.stats.shared_superseded(1);
+            tracing::debug!(
+                key = sk,
+                "shared value older than an invalidation applied here; miss"
+            );
             return SharedFind::Miss;
         }
         if !env.tags.is_empty() {
@@ -1466,7 +1484,7 @@ where
         let d = Decoded {
             value,
             times: env.times,
-            tags: env.tags.iter().map(|(t, _)| TagHash::of(t)).collect(),
+            tags,
             weight: bytes.len(),
         };
         if now < env.times.fresh_ms {
@@ -1516,20 +1534,23 @@ where
     fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
         let Some(local) = &self.local else { return };
         let tags = data.tags.clone().unwrap_or_default();
-        // Checked before inserting too: a fill overtaken by an invalidation
-        // that has already been applied never shows its entry, even for the
-        // moment between the insert and the check below.
-        if self.fence.revoked(mark, h, &tags) {
+        // Checked before inserting, with no invalidation recorded between
+        // the check and the insert: a fill overtaken by an invalidation
+        // that has already been recorded never shows its entry, not even
+        // for a moment; one recorded after the insert evicts it.
+        let admitted = self.fence.admit(mark, h, &tags, || {
+            if !tags.is_empty() {
+                self.index_tags(h, &tags);
+            }
+            local.insert(h, data);
+            self.hot.changed(&h);
+        });
+        if !admitted {
             self.stats.fills_revoked(1);
             return;
         }
-        if !tags.is_empty() {
-            self.index_tags(h, &tags);
-        }
-        local.insert(h, data);
-        self.hot.changed(&h);
-        // Checked after inserting: an invalidation racing this fill either
-        // sees the entry (and evicts it) or is seen here.
+        // Checked after inserting too (redundant under the gate; one atomic
+        // load when nothing was invalidated).
         if self.fence.revoked(mark, h, &tags) {
             local.invalidate(&h);
             self.hot.changed(&h);
@@ -1710,7 +1731,7 @@ where
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(Duration::from_millis(25));
             let mark = self.fence.mark();
-            if let SharedFind::Fresh(d) = self.shared_find(sk).await {
+            if let SharedFind::Fresh(d) = self.shared_find(sk, h).await {
                 let loaded = Loaded {
                     value: d.value.clone(),
                     written_ms: d.times.written_ms,
@@ -1865,9 +1886,13 @@ where
     }
 
     /// Evicts keys and tags locally, revoking local fills in flight.
-    pub(crate) fn apply_local(&self, keys: &[KeyHash], tags: &[String]) {
+    /// Evicts `keys` and `tags` here, and revokes the loads and fills of
+    /// them in flight. `at_ms` is when the invalidation happened at its
+    /// source (wall clock, never later than now): shared-tier values written
+    /// before it are not taken (see [`Fence::superseded`]).
+    pub(crate) fn apply_local(&self, keys: &[KeyHash], tags: &[String], at_ms: u64) {
         for &h in keys {
-            self.fence.invalidate_key(h);
+            self.fence.invalidate_key_at(h, at_ms);
             self.flights.detach(h);
             if let Some(l) = &self.local {
                 l.invalidate(&h);
@@ -1876,7 +1901,7 @@ where
         }
         for tag in tags {
             let t = TagHash::of(tag);
-            self.fence.invalidate_tag(t);
+            self.fence.invalidate_tag_at(t, at_ms);
             self.flights.detach_all();
             let tagged = self.tag_index().remove(&t).unwrap_or_default();
             if let Some(l) = &self.local {
@@ -1916,8 +1941,15 @@ where
     /// out; `None` when it is not (yet): it stays queued and goes out in
     /// order once the bus takes it. A hung bus holds the writer at most the
     /// staleness bound: past it, the other instances have stopped trusting
-    /// their local tiers anyway.
-    async fn publish(&self, keys: Vec<String>, tags: Vec<String>, created: bool) -> Option<u64> {
+    /// their local tiers anyway. `at_ms` is when the change happened here
+    /// (before any value it supersedes was replaced).
+    async fn publish(
+        &self,
+        keys: Vec<String>,
+        tags: Vec<String>,
+        created: bool,
+        at_ms: u64,
+    ) -> Option<u64> {
         let outbox = self.outbox.as_ref()?;
         let mut msg = Invalidation {
             origin: self.instance,
@@ -1926,7 +1958,7 @@ where
             tags,
             created,
             seq: 0,
-            source_time_ms: now_ms(),
+            source_time_ms: at_ms,
         };
         let encode = |seq| {
             msg.seq = seq;

@@ -276,7 +276,15 @@ where
                     .iter()
                     .map(|k| inner.keys.hash(k.as_str()))
                     .collect();
-                inner.apply_local(&hashes, &msg.tags);
+                // Shared-tier values written before the change are older
+                // than it (the sender's clock; never later than now, so a
+                // clock ahead or a forged time costs misses, not more).
+                let now = now_ms();
+                let at = match msg.source_time_ms {
+                    0 => now,
+                    t => t.min(now),
+                };
+                inner.apply_local(&hashes, &msg.tags, at);
                 tracing::debug!(
                     ns = %inner.config.namespace,
                     origin = msg.origin,
