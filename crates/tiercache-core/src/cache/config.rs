@@ -99,7 +99,7 @@ impl Default for Config {
 }
 
 /// Where the shared tier and bus come from.
-pub(crate) enum Tier<T: ?Sized> {
+pub(crate) enum Backend<T: ?Sized> {
     /// The process-wide in-process default.
     Embedded,
     /// None at all.
@@ -129,8 +129,8 @@ pub fn embedded_bus() -> &'static InProcessBus {
 #[must_use]
 pub struct CacheBuilder<K, V> {
     pub(crate) config: Config,
-    pub(crate) shared: Tier<dyn SharedTier>,
-    pub(crate) bus: Tier<dyn Bus>,
+    pub(crate) shared: Backend<dyn SharedTier>,
+    pub(crate) bus: Backend<dyn Bus>,
     pub(crate) codec: Option<Arc<dyn Codec<V>>>,
     pub(crate) bloom: Option<BloomGuardConfig>,
     pub(crate) signing_key: Option<Vec<u8>>,
@@ -158,8 +158,8 @@ impl<K, V> CacheBuilder<K, V> {
                 namespace: namespace.into(),
                 ..Config::default()
             },
-            shared: Tier::Embedded,
-            bus: Tier::Embedded,
+            shared: Backend::Embedded,
+            bus: Backend::Embedded,
             codec: None,
             bloom: None,
             signing_key: None,
@@ -240,19 +240,19 @@ impl<K, V> CacheBuilder<K, V> {
     /// The shared tier (Redis, from `tiercache-redis`). Default: the
     /// process-wide in-process tier ([`embedded_shared_tier`]).
     pub fn shared_tier<S: SharedTier>(mut self, tier: S) -> Self {
-        self.shared = Tier::Given(Arc::new(tier));
+        self.shared = Backend::Given(Arc::new(tier));
         self
     }
 
     /// [`shared_tier`](Self::shared_tier) from an `Arc`, possibly shared.
     pub fn shared_tier_arc(mut self, tier: Arc<dyn SharedTier>) -> Self {
-        self.shared = Tier::Given(tier);
+        self.shared = Backend::Given(tier);
         self
     }
 
     /// No shared tier: local tier and origin only.
     pub fn no_shared_tier(mut self) -> Self {
-        self.shared = Tier::Off;
+        self.shared = Backend::Off;
         self
     }
 
@@ -260,19 +260,19 @@ impl<K, V> CacheBuilder<K, V> {
     /// `tiercache-redis`). Default: the process-wide in-process bus
     /// ([`embedded_bus`]).
     pub fn bus<B: Bus>(mut self, bus: B) -> Self {
-        self.bus = Tier::Given(Arc::new(bus));
+        self.bus = Backend::Given(Arc::new(bus));
         self
     }
 
     /// [`bus`](Self::bus) from an `Arc`, possibly shared.
     pub fn bus_arc(mut self, bus: Arc<dyn Bus>) -> Self {
-        self.bus = Tier::Given(bus);
+        self.bus = Backend::Given(bus);
         self
     }
 
     /// No bus: invalidations stay in this process.
     pub fn no_bus(mut self) -> Self {
-        self.bus = Tier::Off;
+        self.bus = Backend::Off;
         self
     }
 

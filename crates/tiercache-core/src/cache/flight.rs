@@ -33,8 +33,8 @@ impl<V> Clone for Loaded<V> {
     }
 }
 
-pub(crate) type Outcome<V> = Result<Loaded<V>, Error>;
-type Slot<V> = Option<Outcome<V>>;
+pub(crate) type LoadResult<V> = Result<Loaded<V>, Error>;
+type Slot<V> = Option<LoadResult<V>>;
 type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>, watch::Receiver<bool>)>;
 
 pub(crate) struct Flights<V> {
@@ -79,7 +79,7 @@ impl LeaseSignal {
 /// How a [`Waiter::wait_or_elsewhere`] ended.
 pub(crate) enum WaitEnd<V> {
     /// The flight's outcome.
-    Done(Outcome<V>),
+    Done(LoadResult<V>),
     /// Another instance holds the lease; the flight goes on.
     Elsewhere,
 }
@@ -159,7 +159,7 @@ impl<V> Leader<V> {
     }
 
     /// Publishes the outcome to every waiter and ends the flight.
-    pub(crate) fn complete(self, outcome: Outcome<V>) {
+    pub(crate) fn complete(self, outcome: LoadResult<V>) {
         // Counted before the flight is removed: a caller that joins after
         // the removal (under the map's lock) sees the count moved.
         self.flights.ended.bump(&self.key);
@@ -213,7 +213,7 @@ impl<V> Waiter<V> {
     }
 
     /// Waits for the flight's outcome.
-    pub(crate) async fn wait(mut self) -> Outcome<V> {
+    pub(crate) async fn wait(mut self) -> LoadResult<V> {
         match self.rx.wait_for(Option::is_some).await {
             Ok(slot) => match &*slot {
                 Some(Ok(l)) => Ok(l.clone()),

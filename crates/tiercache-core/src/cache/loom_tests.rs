@@ -11,9 +11,9 @@
 //! models with invalidations run a cache whose shared tier is off.
 //!
 //! - [`singleflight_one_load_per_key`]: callers miss the same key at once.
-//!   Each follows `Cache::fetch_revalidating` (local read),
-//!   `Cache::fetch_slow` (fence mark, `Flights::ended`, shared read,
-//!   `Flights::join`), `Inner::settled_meanwhile` (the leader's local
+//!   Each follows `Inner::fetch` (local read),
+//!   `Inner::fetch_slow` (fence mark, `Flights::ended`, shared read,
+//!   `Flights::join`), `Inner::recheck_before_loading` (the leader's local
 //!   reread, and its shared reread when `ended` has moved) and
 //!   `Inner::run_load` (mark, load, shared and local fill, then
 //!   `Leader::complete`). Exactly one load runs and every caller gets its
@@ -117,7 +117,7 @@ struct Tiers {
 /// does not see.
 enum Answer {
     /// Found in the local tier, by the caller's first read or by its
-    /// reread as a leader (`settled_meanwhile`).
+    /// reread as a leader (`recheck_before_loading`).
     Local(u64),
     /// Found in the shared tier, by the first read or the leader's reread.
     Shared(u64),
@@ -265,7 +265,7 @@ impl World {
     }
 
     /// A lookup of the key: `Cache::fetch_revalidating`'s local read, then
-    /// `Cache::fetch_slow`, `Inner::settled_meanwhile`, and the load its
+    /// `Inner::fetch_slow`, `Inner::recheck_before_loading`, and the load its
     /// leader spawns (`Cache::spawn_load`).
     fn read(&self) -> Answer {
         if let Some(v) = self.local_get() {
@@ -281,7 +281,7 @@ impl World {
         match self.flights.join(KEY) {
             Role::Waiter(w) => Answer::Joined(w),
             Role::Leader(leader, w) => {
-                // `settled_meanwhile`: the local tier again, and the shared
+                // `recheck_before_loading`: the local tier again, and the shared
                 // tier again if a flight of the key's bucket ended since.
                 let mut done = self
                     .local_get()

@@ -1,0 +1,330 @@
+//! The [`Cache`] face: what users call, each method handing its work to the
+//! engine ([`read`](super::read), [`load`](super::load), [`fill`](super::fill),
+//! [`invalidate`](super::invalidate)).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bloom::BloomGuard;
+use crate::error::Error;
+use crate::key::{CacheKey, KeyFormat};
+use crate::stats::CacheStats;
+
+use super::{
+    Applied, BoxError, Cache, CacheBuilder, Entry, Fetched, FlushReason, LocalHit, LocalMode,
+    Outcome, Tier,
+};
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// A builder for a cache in `namespace` (a short name shared by every
+    /// instance caching the same data, e.g. `"products"`).
+    pub fn builder(namespace: impl Into<String>) -> CacheBuilder<K, V> {
+        CacheBuilder::new(namespace)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
+    /// This instance's id on the bus.
+    pub fn instance_id(&self) -> u64 {
+        self.inner.instance
+    }
+
+    /// The key format (how keys become storage keys).
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.inner.keys
+    }
+
+    /// A stream of the invalidations from other instances as this instance
+    /// applies them, with the time each was applied: for consistency checkers
+    /// and staleness measurements. Costs nothing while nobody subscribes.
+    pub fn applied(&self) -> tokio::sync::broadcast::Receiver<Applied> {
+        self.inner.applied.subscribe()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// How long past its TTL an entry may be served stale by default (the
+    /// builder's [`grace`](CacheBuilder::grace); an [`Entry`] may set its
+    /// own).
+    pub fn grace(&self) -> Duration {
+        self.inner.config.grace
+    }
+
+    /// Whether the local tier is currently trusted (the bus is live).
+    pub fn local_trusted(&self) -> bool {
+        self.inner.mode() == LocalMode::Trusted
+    }
+
+    /// Entries in the local tier (approximate, as moka counts).
+    pub fn local_entry_count(&self) -> u64 {
+        self.inner.local.as_ref().map_or(0, |l| l.entry_count())
+    }
+
+    /// Whether the Bloom guard (if any) has finished its first build.
+    pub fn bloom_ready(&self) -> bool {
+        self.inner.bloom.as_ref().is_some_and(BloomGuard::is_ready)
+    }
+
+    /// Drops every local entry (the shared tier is untouched).
+    pub fn flush_local(&self) {
+        self.inner.flush_local_because(FlushReason::Requested);
+    }
+
+    /// The answer of the local tier alone, without awaiting: `Some` when a
+    /// fresh local entry is there (its value `None` for a cached "no such
+    /// item"), counted as a local hit; `None` otherwise, and then
+    /// [`fetch`](Self::fetch) (or another async lookup) is the way on.
+    ///
+    /// An entry due for refresh-ahead answers `None`, so that the caller's
+    /// `fetch`, which has the loader, serves it and starts the refresh.
+    ///
+    /// `key` may be any [`CacheKey`] that renders the same text as the `K` it
+    /// stands for (a `str` for a `String` key, say), so a caller can look up
+    /// a key it never builds as a `K`. Middleware uses this to answer a local
+    /// hit inside `Service::call`, with no future to box.
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String, u32> = Cache::builder("doc-get-local").local_only().build()?;
+    /// cache.insert(&"a".to_string(), 1).await;
+    /// let hit = cache.get_local("a").ok_or("a local hit")?;
+    /// assert_eq!(hit.value.as_deref(), Some(&1));
+    /// assert!(cache.get_local("b").is_none());
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn get_local<Q: CacheKey + ?Sized>(&self, key: &Q) -> Option<Fetched<V>> {
+        self.with_local(key, |hit| Fetched {
+            value: hit.value.cloned(),
+            outcome: Outcome::Hit(Tier::Local),
+            written_ms: hit.written_ms,
+            age: Some(hit.age),
+        })
+    }
+
+    /// [`get_local`](Self::get_local) without taking the value: `f` sees it
+    /// borrowed (a hit clones no `Arc`, so cores serving the same hot entry
+    /// write no shared reference count) and its answer is returned. `None`
+    /// (and `f` not called) when `get_local` would answer `None`.
+    ///
+    /// `f` runs inside the local tier's lookup: keep it short, and a lookup
+    /// of this cache from inside it may miss the local tier.
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String, String> = Cache::builder("doc-with-local").local_only().build()?;
+    /// cache.insert(&"a".to_string(), "apple".to_string()).await;
+    /// let len = cache.with_local("a", |hit| hit.value.map(|v| v.len()));
+    /// assert_eq!(len, Some(Some(5)));
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn with_local<Q, R>(&self, key: &Q, f: impl FnOnce(LocalHit<'_, V>) -> R) -> Option<R>
+    where
+        Q: CacheKey + ?Sized,
+    {
+        self.inner.with_local(key, f)
+    }
+
+    /// The fresh value under `key`, from either tier; never calls the origin.
+    /// `None` when absent, expired, or cached as "no such item".
+    pub async fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.lookup(key).await.and_then(|f| f.value)
+    }
+
+    /// The fresh entry under `key` from either tier, with how it was found
+    /// and its age; never calls the origin. `None` when absent or expired;
+    /// a cached "no such item" is `Some` with no value.
+    ///
+    /// ```
+    /// use tiercache_core::{Cache, Outcome, Tier};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String, u32> = Cache::builder("doc-lookup").build()?;
+    /// assert!(cache.lookup(&"a".to_string()).await.is_none());
+    /// cache.insert(&"a".to_string(), 1).await;
+    /// let found = cache.lookup(&"a".to_string()).await.ok_or("a hit")?;
+    /// assert_eq!(found.outcome, Outcome::Hit(Tier::Local));
+    /// assert_eq!(found.value.as_deref(), Some(&1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn lookup(&self, key: &K) -> Option<Fetched<V>> {
+        self.inner.lookup(key).await
+    }
+
+    /// The value under `key`, loading it with `loader` on a miss. The loader
+    /// returns `None` when the origin has no such item (cached as a negative
+    /// entry). Errors only when the load panicked, was cancelled or timed out.
+    pub async fn get_or_load<F, Fut>(&self, key: &K, loader: F) -> Result<Option<Arc<V>>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<V>> + Send + 'static,
+    {
+        self.fetch(key, move || {
+            let fut = loader();
+            async move { Ok::<_, std::convert::Infallible>(fut.await.map(Entry::new)) }
+        })
+        .await
+        .map(|f| f.value)
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with a fallible loader. Loader
+    /// errors are never cached; waiters of the same load all get the error
+    /// (or a stale value, within grace).
+    pub async fn try_get_or_load<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.fetch(key, move || {
+            let fut = loader();
+            async move { fut.await.map(|o| o.map(Entry::new)) }
+        })
+        .await
+        .map(|f| f.value)
+    }
+
+    /// The general lookup: the loader returns an [`Entry`] (value, tags,
+    /// TTL), and the answer says how it was found ([`Fetched`]).
+    pub async fn fetch<F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.fetch_revalidating(key, |_| loader()).await
+    }
+
+    /// [`fetch`](Self::fetch) with a loader that is given the value it
+    /// replaces, when there is one at hand: the stale value (past its TTL,
+    /// within grace) on a load, the current value on a refresh-ahead. An
+    /// HTTP cache uses it to revalidate (a conditional request) instead of
+    /// loading the whole response again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache_core::{Cache, Entry};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u64, String> = Cache::builder("doc-revalidating")
+    ///     .ttl(Duration::from_millis(20)).ttl_jitter(0.0)
+    ///     .grace(Duration::from_secs(60))
+    ///     .build()?;
+    /// let load = |old: Option<std::sync::Arc<String>>| async move {
+    ///     let next = match old.as_deref() {
+    ///         Some(v) => format!("{v}+"),     // revalidated from the old value
+    ///         None => "v1".to_string(),
+    ///     };
+    ///     Ok::<_, std::convert::Infallible>(Some(Entry::new(next)))
+    /// };
+    /// assert_eq!(cache.fetch_revalidating(&1, load).await?.value.as_deref().map(String::as_str), Some("v1"));
+    /// tokio::time::sleep(Duration::from_millis(50)).await;
+    /// assert_eq!(cache.fetch_revalidating(&1, load).await?.value.as_deref().map(String::as_str), Some("v1+"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch`](Self::fetch).
+    pub async fn fetch_revalidating<F, Fut, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Fetched<V>, Error>
+    where
+        F: FnOnce(Option<Arc<V>>) -> Fut,
+        Fut: Future<Output = Result<Option<Entry<V>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.inner.fetch(key, loader).await
+    }
+
+    /// Loads the missing ones of `keys` with one call of `loader`, which gets
+    /// every key no tier had (and no other caller is already loading) and
+    /// returns the values it found; keys it leaves out are cached as absent.
+    /// The answer is in the order of `keys`.
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Option<Arc<V>>>, Error>
+    where
+        K: Clone + Eq + Hash,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.inner.get_many(keys, loader).await
+    }
+
+    /// Stores `value` under `key` in both tiers, as a fresh load would, and
+    /// tells other instances to drop their copies.
+    pub async fn insert(&self, key: &K, value: V) {
+        self.insert_entry(key, Entry::new(value)).await
+    }
+
+    /// [`insert`](Self::insert) with tags and TTL.
+    pub async fn insert_entry(&self, key: &K, entry: Entry<V>) {
+        self.inner.insert(key, entry).await
+    }
+
+    /// Drops `key` everywhere: the shared tier, this instance's local tier,
+    /// and (over the bus) every other instance's. Loads of it in flight
+    /// anywhere will not fill.
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    pub async fn invalidate(&self, key: &K) -> Option<u64> {
+        self.invalidate_many(std::slice::from_ref(key), &[]).await
+    }
+
+    /// Drops every entry tagged `tag`, everywhere, in O(1).
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    pub async fn invalidate_tag(&self, tag: &str) -> Option<u64> {
+        self.invalidate_many(&[], &[tag]).await
+    }
+
+    /// Drops `keys` and every entry tagged with one of `tags`, everywhere, as
+    /// one bus message.
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) -> Option<u64> {
+        self.inner.invalidate_many(keys, tags).await
+    }
+
+    /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
+    /// exists at the origin, and drops any negative entry for it.
+    pub async fn created(&self, key: &K) {
+        self.inner.created(key).await
+    }
+
+    /// Rebuilds the Bloom guard from its universe loader now (it also
+    /// rebuilds on its own schedule). Returns how many keys it holds.
+    pub async fn rebuild_bloom(&self) -> Result<usize, BoxError> {
+        match &self.inner.bloom {
+            Some(b) => {
+                let keys = self.inner.keys.clone();
+                b.rebuild(|k| keys.hash(k)).await
+            }
+            None => Ok(0),
+        }
+    }
+}

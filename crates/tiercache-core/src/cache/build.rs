@@ -1,0 +1,135 @@
+//! [`CacheBuilder::build`]: the engine assembled from the builder's settings.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::bloom::BloomGuard;
+use crate::bus::Bus;
+use crate::error::ConfigError;
+use crate::key::{CacheKey, KeyFormat, KeyHash};
+use crate::message::{Invalidation, MessageCodec};
+use crate::shared::SharedTier;
+use crate::stats::Stats;
+
+use super::config::{Backend, embedded_bus, embedded_shared_tier};
+use super::fence::Fence;
+use super::flight::Flights;
+use super::hot::HotSlots;
+use super::local::LocalData;
+use super::outbox::{self, Outbox};
+use super::{Cache, CacheBuilder, Inner, LocalMode};
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// Builds the cache with the default codec ([`Postcard`](crate::Postcard))
+    /// unless one was given. Must be called inside a tokio runtime (the cache
+    /// runs its bus listener and Bloom rebuilds as tasks).
+    pub fn build(mut self) -> Result<Cache<K, V>, ConfigError>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.default_codec();
+        self.build_with_codec()
+    }
+
+    /// Builds the cache with the codec given to [`codec`](Self::codec), for
+    /// values that are not serde types.
+    pub fn build_with_codec(self) -> Result<Cache<K, V>, ConfigError> {
+        self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ConfigError::new("runtime", "build the cache inside a tokio runtime"))?;
+        let codec = self.codec.ok_or_else(|| {
+            ConfigError::new("codec", "no codec given; call .codec(..) or use build()")
+        })?;
+        let config = self.config;
+        let stats = Arc::new(Stats::new(&config.namespace));
+        let local = (config.local_capacity > 0).then(|| {
+            let evictions = Arc::clone(&stats);
+            moka::sync::Cache::builder()
+                .max_capacity(config.local_capacity)
+                .weigher(|_: &KeyHash, e: &LocalData<V>| e.weight)
+                // Entries carry their own deadlines (checked on every hit);
+                // moka's one TTL bounds how long an expired one lingers.
+                .time_to_live(config.ttl.max(config.negative_ttl) + config.grace)
+                .eviction_listener(move |_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        evictions.evictions(1);
+                    }
+                })
+                .build_with_hasher(crate::key::KeyHashBuilder)
+        });
+        let shared: Option<Arc<dyn SharedTier>> = match self.shared {
+            Backend::Embedded => Some(Arc::new(embedded_shared_tier().clone())),
+            Backend::Off => None,
+            Backend::Given(s) => Some(s),
+        };
+        let bus: Option<Arc<dyn Bus>> = match self.bus {
+            Backend::Embedded => Some(Arc::new(embedded_bus().clone())),
+            Backend::Off => None,
+            Backend::Given(b) => Some(b),
+        };
+        let messages = match &self.signing_key {
+            Some(k) => MessageCodec::signed(k),
+            None => MessageCodec::unsigned(),
+        };
+        let retention = config.hard_timeout + Duration::from_secs(5);
+        let instance: u64 = rand::random();
+        let outbox = bus.as_ref().map(|b| {
+            let (codec, ns) = (messages.clone(), config.namespace.clone());
+            let beat: outbox::Beat = Box::new(move |seq, farewell| {
+                let msg = if farewell {
+                    Invalidation::farewell(instance, ns.as_str(), seq)
+                } else {
+                    Invalidation::heartbeat(instance, ns.as_str(), seq)
+                };
+                Bytes::from(codec.encode(&msg))
+            });
+            Outbox::start(
+                Arc::clone(b),
+                config.namespace.clone(),
+                config.staleness_bound.max(Duration::from_secs(1)),
+                config.heartbeat(),
+                beat,
+                &runtime,
+            )
+        });
+        let inner = Arc::new(Inner {
+            keys: KeyFormat::new(config.namespace.as_str(), config.max_key_len),
+            local,
+            hot: HotSlots::new(),
+            shared,
+            // Until the bus reports itself live, fills are capped.
+            mode: AtomicU8::new(if bus.is_some() {
+                LocalMode::Capped
+            } else {
+                LocalMode::Trusted
+            } as u8),
+            bus,
+            codec,
+            flights: Arc::new(Flights::new()),
+            fence: Fence::new(retention),
+            bloom: self.bloom.map(BloomGuard::new),
+            stats,
+            instance,
+            outbox,
+            last_publish_log_ms: AtomicU64::new(0),
+            messages,
+            last_shared_log_ms: AtomicU64::new(0),
+            last_tags_log_ms: AtomicU64::new(0),
+            tag_index: std::sync::Mutex::new(HashMap::new()),
+            applied: tokio::sync::broadcast::channel(4096).0,
+            config,
+            _key: PhantomData,
+        });
+        super::coherence::start(&inner, &runtime);
+        Ok(Cache { inner })
+    }
+}

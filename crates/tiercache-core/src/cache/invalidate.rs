@@ -1,0 +1,252 @@
+//! Invalidation: the shared tier first, then the local tier, then the bus;
+//! the retry of a failed shared-tier delete; local flushes and the trust the
+//! local tier has (see [`coherence`](super::coherence) for the receiving side).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::key::{CacheKey, KeyHash, TagHash};
+use crate::message::Invalidation;
+
+use super::outbox::Sent;
+use super::{FlushReason, Inner, LocalMode, log_due, now_ms};
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// [`Cache::invalidate_many`].
+    pub(super) async fn invalidate_many(
+        self: &Arc<Self>,
+        keys: &[K],
+        tags: &[&str],
+    ) -> Option<u64> {
+        let inner = self;
+        let at = now_ms();
+        let rendered: Vec<String> = keys.iter().map(|k| k.render()).collect();
+        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        let sks: Vec<String> = keys.iter().map(|k| inner.keys.storage_key(k)).collect();
+        let hashes: Vec<KeyHash> = keys.iter().map(|k| inner.keys.hash(k)).collect();
+        // The shared tier first: evicting locally first would let a read in
+        // between copy the old shared value back into the local tier.
+        let done = inner.shared_invalidate(&sks, &tags).await;
+        inner.apply_local(&hashes, &tags, at);
+        if !done {
+            inner.retry_shared_invalidation(sks, hashes, rendered.clone(), tags.clone(), false, at);
+        }
+        inner.publish(rendered, tags, false, at).await
+    }
+
+    /// [`Cache::created`].
+    pub(super) async fn created(self: &Arc<Self>, key: &K) {
+        let inner = self;
+        let at = now_ms();
+        let (sk, h) = inner.keys.both(key);
+        if let Some(b) = &inner.bloom {
+            b.add(h);
+        }
+        let sks = vec![sk];
+        let done = inner.shared_invalidate(&sks, &[]).await;
+        inner.apply_local(&[h], &[], at);
+        if !done {
+            inner.retry_shared_invalidation(sks, vec![h], vec![key.render()], Vec::new(), true, at);
+        }
+        inner
+            .publish(vec![key.render()], Vec::new(), true, at)
+            .await;
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    pub(crate) fn set_mode(&self, mode: LocalMode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+        self.hot.changed_all();
+    }
+
+    /// Deletes `sks` and bumps `tags` in the shared tier; whether both
+    /// succeeded (no shared tier: nothing to do).
+    pub(super) async fn shared_invalidate(&self, sks: &[String], tags: &[String]) -> bool {
+        let Some(s) = &self.shared else {
+            return true;
+        };
+        let mut done = true;
+        if !sks.is_empty()
+            && let Err(e) = s.invalidate(sks).await
+        {
+            self.shared_error(&e);
+            done = false;
+        }
+        if !tags.is_empty()
+            && let Err(e) = s.invalidate_tags(&self.config.namespace, tags).await
+        {
+            self.shared_error(&e);
+            done = false;
+        }
+        done
+    }
+
+    /// A shared-tier invalidation failed (a timeout, a dropped connection):
+    /// the old value would stay in the shared tier, and every instance
+    /// would copy it back after evicting its own. Retried in the background
+    /// until it succeeds (backoff from 20 ms to 1 s, given up after 5
+    /// minutes, counted); then the keys are evicted here and the message is
+    /// published again, for the copies made from the old value meanwhile.
+    pub(super) fn retry_shared_invalidation(
+        self: &Arc<Self>,
+        sks: Vec<String>,
+        hashes: Vec<KeyHash>,
+        rendered: Vec<String>,
+        tags: Vec<String>,
+        created: bool,
+        at_ms: u64,
+    ) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                tokio::time::sleep(backoff).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.shared_invalidate(&sks, &tags).await {
+                    inner.apply_local(&hashes, &tags, at_ms);
+                    inner.publish(rendered, tags, created, at_ms).await;
+                    return;
+                }
+                if started.elapsed() > Duration::from_secs(300) {
+                    tracing::error!(ns = %inner.config.namespace, keys = ?rendered, ?tags, "shared-tier invalidation given up; the old value stays there until its TTL");
+                    metrics::counter!("tiercache_shared_invalidations_given_up_total", "namespace" => inner.config.namespace.clone())
+                        .increment(1);
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// Evicts keys and tags locally, revoking local fills in flight.
+    /// Evicts `keys` and `tags` here, and revokes the loads and fills of
+    /// them in flight. `at_ms` is when the invalidation happened at its
+    /// source (wall clock, never later than now): shared-tier values written
+    /// before it are not taken (see [`Fence::superseded`]).
+    pub(crate) fn apply_local(&self, keys: &[KeyHash], tags: &[String], at_ms: u64) {
+        for &h in keys {
+            self.fence.invalidate_key_at(h, at_ms);
+            self.flights.detach(h);
+            if let Some(l) = &self.local {
+                l.invalidate(&h);
+                self.hot.changed(&h);
+            }
+        }
+        for tag in tags {
+            let t = TagHash::of(tag);
+            self.fence.invalidate_tag_at(t, at_ms);
+            self.flights.detach_all();
+            let tagged = self.tag_index().remove(&t).unwrap_or_default();
+            if let Some(l) = &self.local {
+                for h in tagged {
+                    l.invalidate(&h);
+                }
+                self.hot.changed_all();
+            }
+        }
+    }
+
+    /// Publishes an invalidation through the outbox: `Some(seq)` once it is
+    /// out; `None` when it is not (yet): it stays queued and goes out in
+    /// order once the bus takes it. A hung bus holds the writer at most the
+    /// staleness bound: past it, the other instances have stopped trusting
+    /// their local tiers anyway. `at_ms` is when the change happened here
+    /// (before any value it supersedes was replaced).
+    pub(super) async fn publish(
+        &self,
+        keys: Vec<String>,
+        tags: Vec<String>,
+        created: bool,
+        at_ms: u64,
+    ) -> Option<u64> {
+        let outbox = self.outbox.as_ref()?;
+        let mut msg = Invalidation {
+            origin: self.instance,
+            namespace: self.config.namespace.clone(),
+            keys,
+            tags,
+            created,
+            seq: 0,
+            source_time_ms: at_ms,
+        };
+        let encode = |seq| {
+            msg.seq = seq;
+            Bytes::from(self.messages.encode(&msg))
+        };
+        match outbox.publish(encode, self.config.staleness_bound).await {
+            Sent::Out(seq) => {
+                self.stats.invalidations_sent(1);
+                Some(seq)
+            }
+            Sent::Late(queued) => {
+                self.stats.invalidations_unsent(1);
+                if log_due(&self.last_publish_log_ms) {
+                    tracing::warn!(
+                        ns = %self.config.namespace,
+                        queued = queued.is_some(),
+                        "invalidation not published in time; queued in order and retried (receivers that cannot hear the bus stop trusting their local tiers within the staleness bound)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    pub(crate) fn flush_local_because(&self, reason: FlushReason) {
+        // Every reason but the user's own may hide a lost "created".
+        if reason != FlushReason::Requested {
+            self.bloom_suspect();
+        }
+        self.fence.invalidate_all();
+        // Loads in flight are detached when invalidations may have been
+        // missed while they ran (the bus) or the user asked: no caller from
+        // now on joins one. A shared-tier reconnect or failover loses no
+        // invalidation a load could have raced (loads read the origin), so
+        // singleflight holds across it: one load per key at a time.
+        if reason != FlushReason::SharedFailover {
+            self.flights.detach_all();
+        }
+        if let Some(l) = &self.local {
+            l.invalidate_all();
+            self.hot.changed_all();
+        }
+        self.stats.local_flushes(1);
+        metrics::counter!(
+            "tiercache_local_flush_reasons_total",
+            "namespace" => self.config.namespace.clone(),
+            "reason" => reason.as_str()
+        )
+        .increment(1);
+        tracing::debug!(ns = %self.config.namespace, reason = reason.as_str(), "local tier flushed");
+    }
+
+    /// A loss signal for the Bloom guard (see [`BloomGuard::suspect`]).
+    pub(crate) fn bloom_suspect(&self) {
+        if let Some(b) = &self.bloom {
+            b.suspect();
+        }
+    }
+
+    /// The bus is down or silent (`true`), or live again (`false`), as the
+    /// Bloom guard needs to know.
+    pub(crate) fn bloom_bus_down(&self, down: bool) {
+        match &self.bloom {
+            Some(b) if down => b.bus_down(),
+            Some(b) => b.bus_up(),
+            None => {}
+        }
+    }
+}
