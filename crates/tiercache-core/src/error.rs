@@ -93,8 +93,23 @@ impl ConfigError {
     }
 }
 
+/// A boxed error: the underlying cause that [`SharedError`] and [`BusError`]
+/// carry as their [`source`](std::error::Error::source).
+///
+/// Anything that implements [`std::error::Error`] + `Send + Sync` converts
+/// into it with `.into()` (or `Box::new`), and so do `&str` and `String`, for
+/// a failure that has no underlying error (a reply of the wrong shape).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// An error of a [`SharedTier`](crate::SharedTier) implementation.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// [`Unavailable`](Self::Unavailable) and [`Server`](Self::Server) keep the
+/// underlying error (the client library's, an I/O error) as their
+/// [`source`](std::error::Error::source); their `Display` includes its
+/// message too. Build them with [`SharedError::unavailable`] and
+/// [`SharedError::server`], which take that error or, when there is none,
+/// a message.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SharedError {
     /// The call did not finish within its time budget.
@@ -103,27 +118,69 @@ pub enum SharedError {
     /// The circuit breaker is open: the call was not attempted.
     #[error("shared tier breaker is open")]
     BreakerOpen,
-    /// The server could not be reached or the connection broke.
+    /// The server could not be reached or the connection broke; holds the
+    /// underlying error.
     #[error("shared tier unavailable: {0}")]
-    Unavailable(String),
-    /// The server answered with an error or an unexpected reply.
+    Unavailable(#[source] BoxError),
+    /// The server answered with an error or an unexpected reply; holds the
+    /// underlying error, or a message for a reply that broke the protocol
+    /// (`SharedError::Server("MGET answered 2 values for 3 keys".into())`).
     #[error("shared tier error: {0}")]
-    Server(String),
+    Server(#[source] BoxError),
+}
+
+impl SharedError {
+    /// [`SharedError::Unavailable`] caused by `source`: an error (kept as
+    /// the [`source`](std::error::Error::source)) or a message (`&str`,
+    /// `String`).
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        SharedError::Unavailable(source.into())
+    }
+
+    /// [`SharedError::Server`] caused by `source`: an error (kept as the
+    /// [`source`](std::error::Error::source)) or a message (`&str`,
+    /// `String`) for a protocol-level failure that has no underlying error.
+    pub fn server(source: impl Into<BoxError>) -> Self {
+        SharedError::Server(source.into())
+    }
 }
 
 /// An error of a [`Bus`](crate::Bus) implementation.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// [`Unavailable`](Self::Unavailable) and [`Server`](Self::Server) keep the
+/// underlying error as their [`source`](std::error::Error::source) (see
+/// [`SharedError`]); build them with [`BusError::unavailable`] and
+/// [`BusError::server`].
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
-    /// The bus could not be reached or the connection broke.
+    /// The bus could not be reached or the connection broke; holds the
+    /// underlying error (or a message, e.g. `"connection is down".into()`).
     #[error("bus unavailable: {0}")]
-    Unavailable(String),
-    /// The server refused the operation (permissions, limits).
+    Unavailable(#[source] BoxError),
+    /// The server refused the operation (permissions, limits); holds the
+    /// underlying error (or a message).
     #[error("bus error: {0}")]
-    Server(String),
+    Server(#[source] BoxError),
     /// The publish did not finish within its time budget.
     #[error("bus publish timed out")]
     Timeout,
+}
+
+impl BusError {
+    /// [`BusError::Unavailable`] caused by `source`: an error (kept as the
+    /// [`source`](std::error::Error::source)) or a message (`&str`,
+    /// `String`).
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        BusError::Unavailable(source.into())
+    }
+
+    /// [`BusError::Server`] caused by `source`: an error (kept as the
+    /// [`source`](std::error::Error::source)) or a message (`&str`,
+    /// `String`).
+    pub fn server(source: impl Into<BoxError>) -> Self {
+        BusError::Server(source.into())
+    }
 }
 
 /// Why bytes could not be decoded into a value or a message.
@@ -148,3 +205,49 @@ pub enum DecodeError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("encode failed: {0}")]
 pub struct EncodeError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn shared_error_keeps_its_io_source() {
+        let e = SharedError::unavailable(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert_eq!(e.to_string(), "shared tier unavailable: connection refused");
+        let source = e.source().expect("a source");
+        let io = source.downcast_ref::<io::Error>().expect("the io::Error");
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn bus_error_keeps_its_io_source() {
+        let e = BusError::server(io::Error::new(io::ErrorKind::PermissionDenied, "denied"));
+        assert_eq!(e.to_string(), "bus error: denied");
+        let source = e.source().expect("a source");
+        assert!(source.downcast_ref::<io::Error>().is_some());
+        assert!(BusError::Timeout.source().is_none());
+    }
+
+    #[test]
+    fn messages_still_build_errors() {
+        // The engine builds protocol errors from a message this way.
+        let e = SharedError::Server("get_many answered the wrong count".into());
+        assert_eq!(
+            e.to_string(),
+            "shared tier error: get_many answered the wrong count"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("get_many answered the wrong count")
+        );
+        let e = BusError::unavailable(format!("{} is down", "the bus"));
+        assert_eq!(e.to_string(), "bus unavailable: the bus is down");
+        assert!(SharedError::Timeout.source().is_none());
+    }
+}

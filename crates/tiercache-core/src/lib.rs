@@ -60,6 +60,7 @@
 //! goes silent or skips a sequence number makes the cache flush and cap its
 //! local tier.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![deny(unreachable_pub)]
 
 pub mod bloom;
 pub mod bus;
@@ -85,7 +86,9 @@ pub use cache::{
     MIN_STALENESS_BOUND, Outcome, Tier, embedded_bus, embedded_shared_tier,
 };
 pub use codec::{Codec, Postcard, RawBytes};
-pub use error::{BusError, ConfigError, DecodeError, EncodeError, Error, NotStored, SharedError};
+pub use error::{
+    BoxError, BusError, ConfigError, DecodeError, EncodeError, Error, NotStored, SharedError,
+};
 pub use key::{CacheKey, KeyFormat, KeyHash, KeyHashBuilder, ShowKey, TagHash};
 pub use message::{Invalidation, MessageCodec, OriginSignal};
 pub use shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};

@@ -346,9 +346,9 @@ impl NatsBusBuilder {
                 if !self.retry_on_initial_connect {
                     ensure_stream(&mode).await.map_err(|reason| match reason {
                         crate::bus::StreamProblem::Config(e) => NatsBusError::Config(e),
-                        crate::bus::StreamProblem::Other(reason) => NatsBusError::JetStream {
+                        crate::bus::StreamProblem::Other(source) => NatsBusError::JetStream {
                             stream: name.clone(),
-                            reason,
+                            source,
                         },
                     })?;
                 }

@@ -135,7 +135,7 @@ impl NatsBus {
         let s = &self.inner.shared;
         match tokio::time::timeout(s.publish_timeout, s.client.publish(subject, payload)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(BusError::unavailable(e)),
             Err(_) => Err(BusError::Timeout),
         }
     }
@@ -159,15 +159,13 @@ impl NatsBus {
                     // server): create it again, once.
                     Err(e) if e.kind() == PublishErrorKind::StreamNotFound && !created => {
                         created = true;
-                        ensure_stream(js)
-                            .await
-                            .map_err(|p| BusError::Server(p.to_string()))?;
+                        ensure_stream(js).await.map_err(BusError::server)?;
                     }
                     Err(e) => {
                         return Err(match e.kind() {
                             PublishErrorKind::TimedOut => BusError::Timeout,
-                            PublishErrorKind::BrokenPipe => BusError::Unavailable(e.to_string()),
-                            _ => BusError::Server(e.to_string()),
+                            PublishErrorKind::BrokenPipe => BusError::unavailable(e),
+                            _ => BusError::server(e),
                         });
                     }
                 }
@@ -192,7 +190,7 @@ impl Bus for NatsBus {
         let result = if s.client.connection_state() != State::Connected {
             // The client would queue it and maybe send it much later; say now
             // that it did not go out.
-            Err(BusError::Unavailable("NATS connection is down".into()))
+            Err(BusError::unavailable("NATS connection is down"))
         } else {
             match &s.jetstream {
                 None => self.publish_core(subject, payload).await,
@@ -223,21 +221,14 @@ impl Bus for NatsBus {
 }
 
 /// Why the JetStream stream is not usable.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum StreamProblem {
     /// It exists but does not carry the bus's subjects.
+    #[error(transparent)]
     Config(ConfigError),
     /// The server said no, or did not answer.
-    Other(String),
-}
-
-impl std::fmt::Display for StreamProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StreamProblem::Config(e) => e.fmt(f),
-            StreamProblem::Other(s) => f.write_str(s),
-        }
-    }
+    #[error(transparent)]
+    Other(jetstream::context::CreateStreamError),
 }
 
 /// Looks the stream up, creating it when it is missing, and checks that it
@@ -249,7 +240,7 @@ pub(crate) async fn ensure_stream(
         .context
         .get_or_create_stream(js.config.clone())
         .await
-        .map_err(|e| StreamProblem::Other(e.to_string()))?;
+        .map_err(StreamProblem::Other)?;
     let subjects = &stream.cached_info().config.subjects;
     if !subjects.iter().any(|p| covers(p, &js.wildcard)) {
         return Err(StreamProblem::Config(ConfigError::new(

@@ -18,11 +18,12 @@ pub enum NatsBusError {
     Connect(#[source] async_nats::ConnectError),
     /// The JetStream stream could not be created or looked up (JetStream not
     /// enabled on the server, permissions, a conflicting stream).
-    #[error("JetStream stream `{stream}`: {reason}")]
+    #[error("JetStream stream `{stream}`: {source}")]
     JetStream {
         /// The stream name given to [`jetstream`](crate::NatsBusBuilder::jetstream).
         stream: String,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: the server's answer, or why there was none.
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
     },
 }

@@ -9,7 +9,7 @@ use async_nats::Subscriber;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
 use futures::{Stream, StreamExt};
-use tiercache_core::{BusError, BusEvent};
+use tiercache_core::{BoxError, BusError, BusEvent};
 use tokio::sync::watch;
 
 use crate::bus::{Shared, ensure_stream};
@@ -98,7 +98,7 @@ impl SubStream {
             )
             .await
             .map_err(|_| BusError::Timeout)?
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            .map_err(BusError::unavailable)?;
             let lost = shared.signals.register_lost(sid_of(&sub));
             Kind::Core { sub, lost }
         };
@@ -379,13 +379,10 @@ async fn link_jetstream(
     subject: &str,
     last_seen: &mut Option<u64>,
     stream_created: &mut Option<StreamCreated>,
-) -> Result<(Ordered, bool), String> {
-    let js = shared
-        .jetstream
-        .as_ref()
-        .ok_or_else(|| "not in JetStream mode".to_owned())?;
+) -> Result<(Ordered, bool), BoxError> {
+    let js = shared.jetstream.as_ref().ok_or("not in JetStream mode")?;
     // Looked up afresh on every link: the info (first and last sequence) is current.
-    let stream = ensure_stream(js).await.map_err(|e| e.to_string())?;
+    let stream = ensure_stream(js).await?;
     let state = stream.cached_info().state.clone();
     let created = stream.cached_info().created;
     let (start, resumed) = match *last_seen {
@@ -407,9 +404,8 @@ async fn link_jetstream(
             description: Some("tiercache subscription".to_owned()),
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let ordered = consumer.messages().await.map_err(|e| e.to_string())?;
+        .await?;
+    let ordered = consumer.messages().await?;
     *last_seen = Some(start - 1);
     *stream_created = Some(created);
     Ok((ordered, resumed))

@@ -13,7 +13,7 @@ use redis::{Client, IntoConnectionInfo, Value};
 use tiercache_core::{Bus, BusError, BusEvent};
 use tokio::sync::mpsc;
 
-use crate::error::RedisError;
+use crate::error::BuildError;
 use crate::report::Reporter;
 
 /// Builds a [`RedisBus`].
@@ -112,14 +112,14 @@ impl RedisBusBuilder {
     /// Checks the configuration and creates the bus. Connections are made
     /// lazily: building succeeds while Redis is down. Must be called within a
     /// Tokio runtime.
-    pub async fn build(self) -> Result<RedisBus, RedisError> {
+    pub async fn build(self) -> Result<RedisBus, BuildError> {
         let url = self
             .url
             .as_deref()
-            .ok_or_else(|| RedisError::config("url", "the bus needs a redis URL"))?;
+            .ok_or_else(|| BuildError::config("url", "the bus needs a redis URL"))?;
         let mut info = url
             .into_connection_info()
-            .map_err(|e| RedisError::config("url", format!("`{url}`: {e}")))?;
+            .map_err(|e| BuildError::config_from("url", format_args!("`{url}`"), e))?;
         let mut redis = info.redis_settings().clone();
         if let Some(u) = &self.username {
             redis = redis.set_username(u);
@@ -135,16 +135,17 @@ impl RedisBusBuilder {
             ("reconnect_backoff", self.reconnect_backoff.0),
         ] {
             if d.is_zero() {
-                return Err(RedisError::config(field, "must be more than zero"));
+                return Err(BuildError::config(field, "must be more than zero"));
             }
         }
         if self.reconnect_backoff.1 < self.reconnect_backoff.0 {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "reconnect_backoff",
                 "max must be at least min",
             ));
         }
-        let client = Client::open(info).map_err(|e| RedisError::config("url", e.to_string()))?;
+        let client = Client::open(info)
+            .map_err(|e| BuildError::config_from("url", "cannot open a client", e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.publish_timeout))
@@ -152,7 +153,7 @@ impl RedisBusBuilder {
             .set_min_delay(self.reconnect_backoff.0)
             .set_max_delay(self.reconnect_backoff.1);
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| RedisError::config("url", e.to_string()))?;
+            .map_err(|e| BuildError::config_from("url", "cannot set up the publisher", e))?;
         Ok(RedisBus {
             inner: Arc::new(BusInner {
                 client,
@@ -221,7 +222,7 @@ impl RedisBus {
     }
 
     /// A bus on `url` with default settings.
-    pub async fn connect(url: impl Into<String>) -> Result<Self, RedisError> {
+    pub async fn connect(url: impl Into<String>) -> Result<Self, BuildError> {
         Self::builder().url(url).build().await
     }
 
@@ -257,9 +258,9 @@ impl Bus for RedisBus {
                     || e.is_connection_refusal()
                     || e.is_timeout()
                 {
-                    Err(BusError::Unavailable(e.to_string()))
+                    Err(BusError::unavailable(e))
                 } else {
-                    Err(BusError::Server(e.to_string()))
+                    Err(BusError::server(e))
                 }
             }
             Err(_) => {

@@ -8,7 +8,7 @@ use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::breaker::Breaker;
 use crate::conn::{self, Connector, Link, Target};
-use crate::error::RedisError;
+use crate::error::BuildError;
 use crate::report::Reporter;
 use crate::tier::{Inner, RedisSharedTier, Settings};
 
@@ -191,63 +191,63 @@ impl RedisSharedTierBuilder {
         r
     }
 
-    fn parse(field: &'static str, url: &str) -> Result<ConnectionInfo, RedisError> {
+    fn parse(field: &'static str, url: &str) -> Result<ConnectionInfo, BuildError> {
         url.into_connection_info()
-            .map_err(|e| RedisError::config(field, format!("`{url}`: {e}")))
+            .map_err(|e| BuildError::config_from(field, format_args!("`{url}`"), e))
     }
 
-    fn validate(&self) -> Result<Target, RedisError> {
+    fn validate(&self) -> Result<Target, BuildError> {
         let (field, topology) = match self.topologies.as_slice() {
             [] => {
-                return Err(RedisError::config(
+                return Err(BuildError::config(
                     "url",
                     "set one of `url`, `sentinel` or `cluster`",
                 ));
             }
             [one] => one.clone(),
             [_, (field, _), ..] => {
-                return Err(RedisError::config(
+                return Err(BuildError::config(
                     field,
                     "only one of `url`, `sentinel` or `cluster` may be set",
                 ));
             }
         };
         if self.call_timeout.is_zero() {
-            return Err(RedisError::config("call_timeout", "must be more than zero"));
+            return Err(BuildError::config("call_timeout", "must be more than zero"));
         }
         if self.connect_timeout.is_zero() {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "connect_timeout",
                 "must be more than zero",
             ));
         }
         if self.breaker_threshold == 0 {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "breaker",
                 "threshold must be at least 1",
             ));
         }
         if self.health_interval.is_zero() {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "health_interval",
                 "must be more than zero",
             ));
         }
         let (min, max) = self.reconnect_backoff;
         if min.is_zero() || max < min {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "reconnect_backoff",
                 "min must be more than zero and max at least min",
             ));
         }
         if self.version_retention < Duration::from_secs(1) {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "version_retention",
                 "must be at least 1 s",
             ));
         }
         if self.tls && !cfg!(feature = "tls") {
-            return Err(RedisError::config(
+            return Err(BuildError::config(
                 "tls",
                 "this build of tiercache-redis lacks the `tls` feature",
             ));
@@ -260,10 +260,10 @@ impl RedisSharedTierBuilder {
             }
             Topology::Sentinel { urls, master_name } => {
                 if urls.is_empty() {
-                    return Err(RedisError::config(field, "needs at least one sentinel URL"));
+                    return Err(BuildError::config(field, "needs at least one sentinel URL"));
                 }
                 if master_name.is_empty() {
-                    return Err(RedisError::config(field, "the master name is empty"));
+                    return Err(BuildError::config(field, "the master name is empty"));
                 }
                 let sentinels = urls
                     .iter()
@@ -278,7 +278,7 @@ impl RedisSharedTierBuilder {
             }
             Topology::Cluster(urls) => {
                 if urls.is_empty() {
-                    return Err(RedisError::config(field, "needs at least one node URL"));
+                    return Err(BuildError::config(field, "needs at least one node URL"));
                 }
                 let nodes = urls
                     .iter()
@@ -300,9 +300,9 @@ impl RedisSharedTierBuilder {
                 if self.tls {
                     b = b.tls(redis::cluster::TlsMode::Secure);
                 }
-                let client = b
-                    .build()
-                    .map_err(|e| RedisError::config(field, e.to_string()))?;
+                let client = b.build().map_err(|e| {
+                    BuildError::config_from(field, "cannot build the cluster client", e)
+                })?;
                 Ok(Target::Cluster(Box::new(client)))
             }
         }
@@ -311,7 +311,7 @@ impl RedisSharedTierBuilder {
     /// Checks the configuration, connects (unless
     /// [`connect_lazily`](Self::connect_lazily)) and starts the background
     /// task that keeps the connection. Must be called within a Tokio runtime.
-    pub async fn build(self) -> Result<RedisSharedTier, RedisError> {
+    pub async fn build(self) -> Result<RedisSharedTier, BuildError> {
         let target = self.validate()?;
         let cluster = matches!(target, Target::Cluster(_));
         let connector = Connector {
@@ -327,7 +327,7 @@ impl RedisSharedTierBuilder {
                 tracing::warn!("redis shared tier starts disconnected: {e}");
                 None
             }
-            Err(e) => return Err(RedisError::Connect(e.to_string())),
+            Err(e) => return Err(BuildError::Connect(e)),
         };
         let inner = Arc::new(Inner {
             link: Link::new(

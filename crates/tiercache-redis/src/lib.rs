@@ -119,5 +119,7 @@ mod tier;
 
 pub use bus::{RedisBus, RedisBusBuilder};
 pub use config::RedisSharedTierBuilder;
+pub use error::BuildError;
+#[allow(deprecated)]
 pub use error::RedisError;
 pub use tier::RedisSharedTier;

@@ -62,9 +62,31 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// A reply that breaks the protocol: what was wrong, and the error that
+/// found it (kept as the source).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+struct BadReply {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BadReply {
+    fn shared(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> SharedError {
+        SharedError::server(BadReply {
+            what: what.into(),
+            source: Box::new(source),
+        })
+    }
+}
+
 fn parse_u64(what: &str, s: &str) -> Result<u64, SharedError> {
     s.parse::<u64>()
-        .map_err(|_| SharedError::Server(format!("{what} is not a number: {s:?}")))
+        .map_err(|e| BadReply::shared(format!("{what} is not a number: {s:?}"), e))
 }
 
 /// Whether `e` means the server could not be used (as opposed to a server
@@ -120,7 +142,7 @@ impl RedisSharedTier {
         let Some((generation, conn)) = link.current() else {
             permit.failure();
             link.reporter.error(op, "unavailable", &"not connected");
-            return Err(SharedError::Unavailable("not connected to redis".into()));
+            return Err(SharedError::unavailable("not connected to redis"));
         };
         match tokio::time::timeout(self.inner.settings.call_timeout, f(conn)).await {
             Ok(Ok(v)) => {
@@ -155,9 +177,9 @@ impl RedisSharedTier {
 /// Maps a redis-rs error into the core's.
 fn map_err(e: redis::RedisError) -> SharedError {
     if is_unavailable(&e) {
-        SharedError::Unavailable(e.to_string())
+        SharedError::unavailable(e)
     } else {
-        SharedError::Server(e.to_string())
+        SharedError::server(e)
     }
 }
 
@@ -174,7 +196,7 @@ impl<T> Mapped<T> for RedisResult<T> {
 /// Reads a script's `{version, got, held}` reply.
 fn begin_reply(v: Value) -> Result<(u64, bool, bool), SharedError> {
     let (version, got, held): (String, i64, i64) = redis::from_redis_value(v)
-        .map_err(|e| SharedError::Server(format!("unexpected begin_fill reply: {e}")))?;
+        .map_err(|e| BadReply::shared("unexpected begin_fill reply", e))?;
     Ok((parse_u64("key version", &version)?, got == 1, held == 1))
 }
 
@@ -209,7 +231,7 @@ impl SharedTier for RedisSharedTier {
             })
             .await?;
         if got.len() != n {
-            return Err(SharedError::Server(format!(
+            return Err(SharedError::server(format!(
                 "MGET answered {} values for {n} keys",
                 got.len()
             )));
@@ -383,7 +405,7 @@ impl SharedTier for RedisSharedTier {
             })
             .await?;
         if got.len() != n {
-            return Err(SharedError::Server(format!(
+            return Err(SharedError::server(format!(
                 "MGET answered {} tag versions for {n} tags",
                 got.len()
             )));
@@ -425,5 +447,38 @@ impl SharedTier for RedisSharedTier {
             })
             .boxed(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn redis_errors_are_kept_as_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = map_err(redis::RedisError::from(io));
+        assert!(matches!(e, SharedError::Unavailable(_)), "{e}");
+        let source = e.source().expect("a source");
+        let redis = source
+            .downcast_ref::<redis::RedisError>()
+            .expect("the redis error");
+        assert!(redis.is_io_error());
+    }
+
+    #[test]
+    fn bad_replies_keep_what_found_them() {
+        let e = parse_u64("key version", "x1").expect_err("not a number");
+        assert!(matches!(e, SharedError::Server(_)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("shared tier error: key version is not a number: \"x1\": "),
+            "{e}"
+        );
+        let bad = e.source().expect("the bad reply");
+        let parse = bad.source().expect("the parse error");
+        assert!(parse.downcast_ref::<std::num::ParseIntError>().is_some());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use tiercache_core::{Bus, BusEvent, SharedError, SharedEvent, SharedTier, conformance};
-use tiercache_redis::{RedisBus, RedisError, RedisSharedTier};
+use tiercache_redis::{BuildError, RedisBus, RedisSharedTier};
 use tiercache_testkit::{RedisServer, Resp, redis_command};
 
 use common::{two_instances, unique, until_working, wait_event};
@@ -63,7 +63,7 @@ async fn auth_with_acl_user_and_password() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, RedisError::Connect(_)), "{err}");
+    assert!(matches!(err, BuildError::Connect(_)), "{err}");
     // Password only (the default user), then an ACL user.
     let t = RedisSharedTier::builder()
         .url(&url)
@@ -167,8 +167,8 @@ async fn bad_bytes_and_wrong_types_are_bytes_or_errors_never_panics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn config_errors_name_the_field() {
-    let field = |e: RedisError| match e {
-        RedisError::Config { field, .. } => field,
+    let field = |e: BuildError| match e {
+        BuildError::Config { field, .. } => field,
         other => panic!("expected a config error, got {other}"),
     };
     assert_eq!(

@@ -69,12 +69,22 @@ pub enum ConfigError {
     },
     /// The TOML is malformed or does not fit the schema (serde's message,
     /// with the line, column and field path).
-    #[error("config file {path}: {message}")]
+    #[error("config file {path}: {source}")]
     Parse {
         /// The file (or `<string>`).
         path: String,
-        /// TOML/serde's message.
-        message: String,
+        /// TOML/serde's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A key or tag template cannot be parsed.
+    #[error("{field}: {source}")]
+    Template {
+        /// The template at fault, e.g. `rules[1].keys[0]`.
+        field: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::rules::TemplateError,
     },
     /// A value is out of range or inconsistent with others.
     #[error("{field}: {reason}")]
@@ -385,9 +395,9 @@ impl Config {
         name: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: name.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         config.apply_env(env);
         config.validate()?;
@@ -666,8 +676,9 @@ impl Config {
             }
             for (list, name) in [(&rule.keys, "keys"), (&rule.tags, "tags")] {
                 for (k, t) in list.iter().enumerate() {
-                    Template::parse(t).map_err(|reason| {
-                        ConfigError::invalid(format!("rules[{i}].{name}[{k}]"), reason)
+                    Template::parse(t).map_err(|source| ConfigError::Template {
+                        field: format!("rules[{i}].{name}[{k}]"),
+                        source,
                     })?;
                 }
             }
@@ -738,6 +749,35 @@ mod tests {
             Ok(_) => panic!("config accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn parse_and_template_errors_keep_their_sources() {
+        use std::error::Error as _;
+
+        let e = Config::parse("[source\n").expect_err("malformed TOML");
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        assert!(
+            e.source()
+                .and_then(|s| s.downcast_ref::<toml::de::Error>())
+                .is_some()
+        );
+
+        let e = Config::parse(&GOOD.replace(r#"keys = ["{id}"]"#, r#"keys = ["{id"]"#))
+            .expect_err("unclosed placeholder");
+        assert!(
+            e.to_string()
+                .starts_with("rules[0].keys[0]: unclosed column placeholder {id in"),
+            "{e}"
+        );
+        let template = e
+            .source()
+            .and_then(|s| s.downcast_ref::<crate::rules::TemplateError>())
+            .expect("the template error");
+        assert!(matches!(
+            template,
+            crate::rules::TemplateError::Unclosed { .. }
+        ));
     }
 
     #[test]

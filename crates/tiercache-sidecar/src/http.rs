@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{Error, Shutdown, Status};
 
@@ -34,7 +34,7 @@ pub const LAG_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
-static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, Arc<BuildError>>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls return
 /// the same handle) and starts its upkeep task on the current runtime.
@@ -45,9 +45,9 @@ pub fn install_recorder() -> Result<PrometheusHandle, Error> {
                 Matcher::Full("tiercache_sidecar_lag_seconds".into()),
                 LAG_BUCKETS,
             )
-            .map_err(|e| e.to_string())?
+            .map_err(Arc::new)?
             .install_recorder()
-            .map_err(|e| e.to_string())?;
+            .map_err(Arc::new)?;
         let upkeep = handle.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -60,7 +60,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, Error> {
         }
         Ok(handle)
     });
-    result.clone().map_err(Error::Http)
+    result.clone().map_err(Error::Metrics)
 }
 
 #[derive(Clone)]
@@ -119,10 +119,14 @@ pub async fn serve(
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Http(format!("cannot listen on {addr}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::Http(e.to_string()))?;
+        .map_err(|source| Error::Http {
+            context: format!("cannot listen on {addr}"),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Http {
+        context: "cannot read the bound address".to_owned(),
+        source,
+    })?;
     let app = router(status, metrics);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)

@@ -91,7 +91,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use config::{Config, ConfigError, SourceKind};
-pub use rules::RuleSet;
+pub use rules::{RuleSet, TemplateError};
 pub use sink::Sinks;
 
 /// Everything that can stop the sidecar.
@@ -104,13 +104,62 @@ pub enum Error {
     /// A sink could not be built.
     #[error(transparent)]
     Sink(#[from] sink::SinkError),
-    /// Postgres refused something that retrying cannot fix (e.g. a slot of
-    /// another plugin), or a `check` could not connect.
+    /// A Postgres query or the connection failed (in a `check`, or in a way
+    /// that retrying cannot fix, such as a slot that cannot be created);
+    /// `context` says what was being done, `source` is tokio-postgres's
+    /// error (with the server's message as its own source, for an error the
+    /// server sent).
+    #[error("postgres: {context}: {}", PgMessage(.source))]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database is not as the source needs it (`wal_level`, a slot of
+    /// another plugin or database, a missing slot): retrying cannot fix it.
     #[error("postgres: {0}")]
-    Postgres(String),
-    /// The HTTP endpoint could not be served.
-    #[error("http: {0}")]
-    Http(String),
+    Unsuitable(String),
+    /// The HTTP endpoint could not be served: its address cannot be bound.
+    #[error("http: {context}: {source}")]
+    Http {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Prometheus recorder could not be installed (shared: every call
+    /// of [`http::install_recorder`] after a failed one returns it).
+    #[error("metrics: {0}")]
+    Metrics(#[source] Arc<metrics_exporter_prometheus::BuildError>),
+}
+
+impl Error {
+    /// Wraps a tokio-postgres error into [`Error::Postgres`], saying what was
+    /// being done.
+    pub(crate) fn postgres(
+        context: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Postgres { context, source }
+    }
+}
+
+/// A tokio-postgres error with its cause: its own `Display` says only
+/// `db error` for an error the server sent, and keeps the message in its
+/// source.
+pub(crate) struct PgMessage<'a>(pub(crate) &'a tokio_postgres::Error);
+
+impl std::fmt::Display for PgMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        if let Some(cause) = std::error::Error::source(self.0) {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Tells running tasks to stop. Made by [`Shutdown::new`].
@@ -350,12 +399,12 @@ pub async fn check(config: &Config) -> Result<Vec<String>, Error> {
     let rules = RuleSet::from_config(config)?;
     let (client, task) = source::connect(&config.source)
         .await
-        .map_err(|e| Error::Postgres(format!("cannot connect to source.database_url: {e}")))?;
+        .map_err(Error::postgres("cannot connect to source.database_url"))?;
     let result = async {
         let version: String = client
             .query_one("SHOW server_version", &[])
             .await
-            .map_err(|e| Error::Postgres(e.to_string()))?
+            .map_err(Error::postgres("SHOW server_version"))?
             .get(0);
         report.push(format!("postgres: connected (server {version})"));
         let warnings = source::validate_catalog(&client, &rules, config.source.kind).await?;
@@ -383,7 +432,7 @@ pub async fn check(config: &Config) -> Result<Vec<String>, Error> {
         shared
             .tag_versions("tiercache-sidecar-check", &["check".to_owned()])
             .await
-            .map_err(|e| Error::Sink(sink::SinkError::Redis(e.to_string())))?;
+            .map_err(|e| Error::Sink(sink::SinkError::Redis(e.into())))?;
         report.push("redis: shared tier reachable".to_owned());
     }
     if let Some(bus) = sinks.bus() {
@@ -392,8 +441,8 @@ pub async fn check(config: &Config) -> Result<Vec<String>, Error> {
             bus.subscribe("tiercache-sidecar-check")
                 .await
                 .map_err(|e| match config.bus.kind {
-                    config::BusKind::Nats => sink::SinkError::Nats(e.to_string()),
-                    _ => sink::SinkError::Redis(e.to_string()),
+                    config::BusKind::Nats => sink::SinkError::Nats(e.into()),
+                    _ => sink::SinkError::Redis(e.into()),
                 })?;
         report.push(format!("bus: {:?} reachable", config.bus.kind).to_lowercase());
     }

@@ -28,6 +28,41 @@ enum Piece {
     Column(String),
 }
 
+/// Why a key or tag template could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// The template is empty.
+    #[error("empty template")]
+    Empty,
+    /// A `}` that closes nothing.
+    #[error("unmatched `}}` at byte {at} in {template:?} (write `}}}}` for a literal brace)")]
+    UnmatchedClose {
+        /// Byte offset of the `}`.
+        at: usize,
+        /// The template.
+        template: String,
+    },
+    /// A `{` whose placeholder is never closed.
+    #[error(
+        "unclosed column placeholder {{{name} in {template:?} (write `{{{{` for a literal brace)"
+    )]
+    Unclosed {
+        /// What follows the `{`.
+        name: String,
+        /// The template.
+        template: String,
+    },
+    /// A placeholder with no column name, or with a `{` in it.
+    #[error("bad column placeholder {{{name}}} in {template:?}")]
+    BadPlaceholder {
+        /// What is between the braces.
+        name: String,
+        /// The template.
+        template: String,
+    },
+}
+
 /// A parsed key or tag template such as `category:{category}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
@@ -37,9 +72,9 @@ pub struct Template {
 
 impl Template {
     /// Parses `text`: `{name}` is a column, `{{` and `}}` are literal braces.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
         if text.is_empty() {
-            return Err("empty template".into());
+            return Err(TemplateError::Empty);
         }
         let mut pieces = Vec::new();
         let mut lit = String::new();
@@ -55,9 +90,10 @@ impl Template {
                     lit.push('}');
                 }
                 '}' => {
-                    return Err(format!(
-                        "unmatched `}}` at byte {at} in {text:?} (write `}}}}` for a literal brace)"
-                    ));
+                    return Err(TemplateError::UnmatchedClose {
+                        at,
+                        template: text.to_owned(),
+                    });
                 }
                 '{' => {
                     let mut name = String::new();
@@ -70,12 +106,16 @@ impl Template {
                         name.push(c);
                     }
                     if !closed {
-                        return Err(format!(
-                            "unclosed column placeholder {{{name} in {text:?} (write `{{{{` for a literal brace)"
-                        ));
+                        return Err(TemplateError::Unclosed {
+                            name,
+                            template: text.to_owned(),
+                        });
                     }
                     if name.is_empty() || name.contains('{') {
-                        return Err(format!("bad column placeholder {{{name}}} in {text:?}"));
+                        return Err(TemplateError::BadPlaceholder {
+                            name,
+                            template: text.to_owned(),
+                        });
                     }
                     if !lit.is_empty() {
                         pieces.push(Piece::Literal(std::mem::take(&mut lit)));
@@ -300,11 +340,9 @@ impl RuleSet {
                 list.iter()
                     .enumerate()
                     .map(|(k, t)| {
-                        Template::parse(t).map_err(|reason| {
-                            crate::config::ConfigError::invalid(
-                                format!("rules[{i}].{name}[{k}]"),
-                                reason,
-                            )
+                        Template::parse(t).map_err(|source| crate::config::ConfigError::Template {
+                            field: format!("rules[{i}].{name}[{k}]"),
+                            source,
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -553,10 +591,21 @@ mod tests {
             t.render(&row(&[("c", Some("X"))])),
             Render::Done("a{b}Xd".into())
         );
-        assert!(Template::parse("{idd").unwrap_err().contains("{idd"));
-        assert!(Template::parse("x}").is_err());
-        assert!(Template::parse("{}").is_err());
-        assert!(Template::parse("").is_err());
+        let e = Template::parse("{idd").unwrap_err();
+        assert!(matches!(e, TemplateError::Unclosed { ref name, .. } if name == "idd"));
+        assert_eq!(
+            e.to_string(),
+            "unclosed column placeholder {idd in \"{idd\" (write `{{` for a literal brace)"
+        );
+        assert_eq!(
+            Template::parse("x}").unwrap_err().to_string(),
+            "unmatched `}` at byte 1 in \"x}\" (write `}}` for a literal brace)"
+        );
+        assert_eq!(
+            Template::parse("{}").unwrap_err().to_string(),
+            "bad column placeholder {} in \"{}\""
+        );
+        assert_eq!(Template::parse("").unwrap_err(), TemplateError::Empty);
     }
 
     #[test]

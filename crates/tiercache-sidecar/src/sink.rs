@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tiercache_core::{Bus, Invalidation, KeyFormat, MessageCodec, SharedTier};
+use tiercache_core::{BoxError, Bus, Invalidation, KeyFormat, MessageCodec, SharedTier};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::Shutdown;
@@ -48,12 +48,14 @@ pub struct Stopped;
 /// Why a sink could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The Redis shared tier or bus could not be set up.
+    /// The Redis shared tier or bus could not be set up (or, in `check`,
+    /// reached); holds the error that said so.
     #[error("redis: {0}")]
-    Redis(String),
-    /// The NATS bus could not be set up.
+    Redis(#[source] BoxError),
+    /// The NATS bus could not be set up (or, in `check`, reached); holds the
+    /// error that said so.
     #[error("nats: {0}")]
-    Nats(String),
+    Nats(#[source] BoxError),
 }
 
 /// One message to send: a merge of [`Planned`]s of a namespace.
@@ -295,10 +297,7 @@ impl Sinks {
                 if let Some(p) = &r.password {
                     b = b.password(p.clone());
                 }
-                let tier = b
-                    .build()
-                    .await
-                    .map_err(|e| SinkError::Redis(e.to_string()))?;
+                let tier = b.build().await.map_err(|e| SinkError::Redis(e.into()))?;
                 Some(Arc::new(tier))
             }
         };
@@ -316,10 +315,7 @@ impl Sinks {
                 if let Some(stream) = &config.bus.jetstream {
                     b = b.jetstream(stream.clone());
                 }
-                let bus = b
-                    .connect()
-                    .await
-                    .map_err(|e| SinkError::Nats(e.to_string()))?;
+                let bus = b.connect().await.map_err(|e| SinkError::Nats(e.into()))?;
                 Some(Arc::new(bus))
             }
             BusKind::Redis => {
@@ -337,10 +333,7 @@ impl Sinks {
                         b = b.password(p.clone());
                     }
                 }
-                let bus = b
-                    .build()
-                    .await
-                    .map_err(|e| SinkError::Redis(e.to_string()))?;
+                let bus = b.build().await.map_err(|e| SinkError::Redis(e.into()))?;
                 Some(Arc::new(bus))
             }
         };

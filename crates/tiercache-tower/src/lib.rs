@@ -43,6 +43,8 @@ pub mod http;
 mod rate_log;
 
 pub use generic::{CacheLayer, CacheService};
+#[cfg(feature = "axum")]
+pub use http::MissingCacheHandle;
 pub use http::{
     CacheBody, CacheHandle, CachedResponse, HttpCache, HttpCacheLayer, ResponseCodec,
     TooManyHeaders,

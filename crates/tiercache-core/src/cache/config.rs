@@ -137,18 +137,27 @@ pub struct CacheBuilder<K, V> {
     pub(crate) _key: PhantomData<fn(K)>,
 }
 
-macro_rules! setters {
-    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $field:ident $(= $wrap:ident)? ;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, v: $ty) -> Self {
-                self.config.$field = setters!(@wrap v $($wrap)?);
-                self
-            }
-        )*
-    };
-    (@wrap $v:ident Some) => { Some($v) };
-    (@wrap $v:ident) => { $v };
+impl<T: ?Sized> Backend<T> {
+    fn describe(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Off => "off",
+            Backend::Given(_) => "given",
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("config", &self.config)
+            .field("shared", &self.shared.describe())
+            .field("bus", &self.bus.describe())
+            .field("codec", &self.codec.as_ref().map(|_| "given"))
+            .field("bloom_guard", &self.bloom.is_some())
+            .field("signed", &self.signing_key.is_some())
+            .finish()
+    }
 }
 
 impl<K, V> CacheBuilder<K, V> {
@@ -167,66 +176,131 @@ impl<K, V> CacheBuilder<K, V> {
         }
     }
 
-    setters! {
-        /// Bytes the local tier may hold (entries weighed by their encoded
-        /// size). 0 turns the local tier off. Default 64 MiB.
-        local_capacity: u64 => local_capacity;
-        /// The longest an entry lives in the local tier (at most its TTL).
-        /// Default: the TTL.
-        local_ttl: Duration => local_ttl = Some;
-        /// How long a value is fresh. Default 5 minutes.
-        ttl: Duration => ttl;
-        /// Spread of TTLs, as a fraction in [0, 1): each entry lives between
-        /// `ttl * (1 - jitter)` and `ttl`, so a batch filled together does not
-        /// expire together. Default 0.1.
-        ttl_jitter: f64 => ttl_jitter;
-        /// How long "the origin has no such item" is cached. Default 30 s.
-        negative_ttl: Duration => negative_ttl;
-        /// Spread of negative TTLs, as [`ttl_jitter`](Self::ttl_jitter). Default 0.1.
-        negative_jitter: f64 => negative_jitter;
-        /// Refresh-ahead: an entry older than this (and still fresh) is served
-        /// and refreshed in the background, once. Must be below the TTL.
-        soft_ttl: Duration => soft_ttl = Some;
-        /// How long past its TTL a value may be served when the origin fails
-        /// or is slow. Default 0 (never stale).
-        grace: Duration => grace;
-        /// Storage keys longer than this are hashed. Default 250 bytes.
-        max_key_len: usize => max_key_len;
-        /// Encoded values larger than this are served but not cached. Default 1 MiB.
-        max_value_size: usize => max_value_size;
-        /// Encoded values at least this large are lz4-compressed in the
-        /// shared tier. Default 1 KiB.
-        compress_at: usize => compress_at;
-        /// How long a caller waits for another instance holding a key's lease
-        /// before loading itself (or serving stale). Default 200 ms.
-        lease_wait: Duration => lease_wait;
-        /// After this long, a load with a stale value at hand (within grace)
-        /// answers with it while the load goes on. Default: off.
-        soft_timeout: Duration => soft_timeout = Some;
-        /// After this long a load is abandoned and its waiters get
-        /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s.
-        hard_timeout: Duration => hard_timeout;
-        /// The promise, in one number: no read serves a value older than a
-        /// committed change for longer than this after the change reached
-        /// the sidecar (or the writer invalidated), whatever the bus does.
-        /// Default 500 ms, at least 50 ms.
-        ///
-        /// The rest follows from it: the bus is asked for a heartbeat every
-        /// fifth of it; silence for four fifths of it bypasses the local
-        /// tier (reads go through the shared tier) until the bus is heard
-        /// again; while the bus is down, local entries live at most the
-        /// bound. A smaller bound costs more heartbeats (one message per
-        /// heartbeat per instance and transport connection) and more
-        /// shared-tier reads during a hiccup.
-        staleness_bound: Duration => staleness_bound;
-        /// Overrides the cap on local life while the bus is down. Default:
-        /// the [staleness bound](Self::staleness_bound); longer breaks it.
-        unsynced_local_ttl: Duration => unsynced_local_ttl = Some;
-        /// Overrides the silence on the bus (no message, no heartbeat)
-        /// after which the local tier is bypassed until the bus is heard
-        /// again. Default: four fifths of the
-        /// [staleness bound](Self::staleness_bound); at most the bound.
-        bus_liveness: Duration => bus_liveness = Some;
+    /// Bytes the local tier may hold (entries weighed by their encoded
+    /// size). 0 turns the local tier off. Default 64 MiB.
+    pub fn local_capacity(mut self, local_capacity: u64) -> Self {
+        self.config.local_capacity = local_capacity;
+        self
+    }
+
+    /// The longest an entry lives in the local tier (at most its TTL).
+    /// Default: the TTL.
+    pub fn local_ttl(mut self, local_ttl: Duration) -> Self {
+        self.config.local_ttl = Some(local_ttl);
+        self
+    }
+
+    /// How long a value is fresh. Default 5 minutes.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// Spread of TTLs, as a fraction in [0, 1): each entry lives between
+    /// `ttl * (1 - jitter)` and `ttl`, so a batch filled together does not
+    /// expire together. Default 0.1.
+    pub fn ttl_jitter(mut self, ttl_jitter: f64) -> Self {
+        self.config.ttl_jitter = ttl_jitter;
+        self
+    }
+
+    /// How long "the origin has no such item" is cached. Default 30 s.
+    pub fn negative_ttl(mut self, negative_ttl: Duration) -> Self {
+        self.config.negative_ttl = negative_ttl;
+        self
+    }
+
+    /// Spread of negative TTLs, as [`ttl_jitter`](Self::ttl_jitter). Default 0.1.
+    pub fn negative_jitter(mut self, negative_jitter: f64) -> Self {
+        self.config.negative_jitter = negative_jitter;
+        self
+    }
+
+    /// Refresh-ahead: an entry older than this (and still fresh) is served
+    /// and refreshed in the background, once. Must be below the TTL.
+    pub fn soft_ttl(mut self, soft_ttl: Duration) -> Self {
+        self.config.soft_ttl = Some(soft_ttl);
+        self
+    }
+
+    /// How long past its TTL a value may be served when the origin fails
+    /// or is slow. Default 0 (never stale).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.config.grace = grace;
+        self
+    }
+
+    /// Storage keys longer than this are hashed. Default 250 bytes.
+    pub fn max_key_len(mut self, max_key_len: usize) -> Self {
+        self.config.max_key_len = max_key_len;
+        self
+    }
+
+    /// Encoded values larger than this are served but not cached. Default 1 MiB.
+    pub fn max_value_size(mut self, max_value_size: usize) -> Self {
+        self.config.max_value_size = max_value_size;
+        self
+    }
+
+    /// Encoded values at least this large are lz4-compressed in the
+    /// shared tier. Default 1 KiB.
+    pub fn compress_at(mut self, compress_at: usize) -> Self {
+        self.config.compress_at = compress_at;
+        self
+    }
+
+    /// How long a caller waits for another instance holding a key's lease
+    /// before loading itself (or serving stale). Default 200 ms.
+    pub fn lease_wait(mut self, lease_wait: Duration) -> Self {
+        self.config.lease_wait = lease_wait;
+        self
+    }
+
+    /// After this long, a load with a stale value at hand (within grace)
+    /// answers with it while the load goes on. Default: off.
+    pub fn soft_timeout(mut self, soft_timeout: Duration) -> Self {
+        self.config.soft_timeout = Some(soft_timeout);
+        self
+    }
+
+    /// After this long a load is abandoned and its waiters get
+    /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s.
+    pub fn hard_timeout(mut self, hard_timeout: Duration) -> Self {
+        self.config.hard_timeout = hard_timeout;
+        self
+    }
+
+    /// The promise, in one number: no read serves a value older than a
+    /// committed change for longer than this after the change reached
+    /// the sidecar (or the writer invalidated), whatever the bus does.
+    /// Default 500 ms, at least 50 ms.
+    ///
+    /// The rest follows from it: the bus is asked for a heartbeat every
+    /// fifth of it; silence for four fifths of it bypasses the local
+    /// tier (reads go through the shared tier) until the bus is heard
+    /// again; while the bus is down, local entries live at most the
+    /// bound. A smaller bound costs more heartbeats (one message per
+    /// heartbeat per instance and transport connection) and more
+    /// shared-tier reads during a hiccup.
+    pub fn staleness_bound(mut self, staleness_bound: Duration) -> Self {
+        self.config.staleness_bound = staleness_bound;
+        self
+    }
+
+    /// Overrides the cap on local life while the bus is down. Default:
+    /// the [staleness bound](Self::staleness_bound); longer breaks it.
+    pub fn unsynced_local_ttl(mut self, unsynced_local_ttl: Duration) -> Self {
+        self.config.unsynced_local_ttl = Some(unsynced_local_ttl);
+        self
+    }
+
+    /// Overrides the silence on the bus (no message, no heartbeat)
+    /// after which the local tier is bypassed until the bus is heard
+    /// again. Default: four fifths of the
+    /// [staleness bound](Self::staleness_bound); at most the bound.
+    pub fn bus_liveness(mut self, bus_liveness: Duration) -> Self {
+        self.config.bus_liveness = Some(bus_liveness);
+        self
     }
 
     /// Cross-instance leases: one instance loads a missing key while others

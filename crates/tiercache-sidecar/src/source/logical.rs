@@ -112,15 +112,14 @@ pub fn setup_sql(config: &Config, rules: &RuleSet) -> String {
 
 /// `check` for the `logical` source: wal_level and the slot.
 pub(crate) async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Error> {
-    let pg = |e: tokio_postgres::Error| Error::Postgres(e.to_string());
     let mut report = Vec::new();
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
-        .map_err(pg)?
+        .map_err(Error::postgres("SHOW wal_level"))?
         .get(0);
     if wal_level != "logical" {
-        return Err(Error::Postgres(format!(
+        return Err(Error::Unsuitable(format!(
             "wal_level is {wal_level:?}; the logical source needs wal_level = logical"
         )));
     }
@@ -131,7 +130,7 @@ pub(crate) async fn check(client: &Client, config: &Config) -> Result<Vec<String
             &[&config.source.slot],
         )
         .await
-        .map_err(pg)?;
+        .map_err(Error::postgres("looking up the slot"))?;
     match slot {
         Some(row) => {
             let plugin: Option<String> = row.get(0);
@@ -140,7 +139,7 @@ pub(crate) async fn check(client: &Client, config: &Config) -> Result<Vec<String
             client
                 .query(SLOT_LAG, &[&config.source.slot])
                 .await
-                .map_err(pg)?;
+                .map_err(Error::postgres("reading the slot's lag"))?;
             report.push(format!(
                 "logical: slot {:?} exists (test_decoding)",
                 config.source.slot
@@ -151,7 +150,7 @@ pub(crate) async fn check(client: &Client, config: &Config) -> Result<Vec<String
             config.source.slot
         )),
         None => {
-            return Err(Error::Postgres(format!(
+            return Err(Error::Unsuitable(format!(
                 "slot {:?} does not exist and source.create_slot is false (see `tiercache-sidecar sql`)",
                 config.source.slot
             )));
@@ -162,12 +161,12 @@ pub(crate) async fn check(client: &Client, config: &Config) -> Result<Vec<String
 
 fn check_slot(slot: &str, plugin: Option<String>, same_db: Option<bool>) -> Result<(), Error> {
     if plugin.as_deref() != Some("test_decoding") {
-        return Err(Error::Postgres(format!(
+        return Err(Error::Unsuitable(format!(
             "slot {slot:?} uses plugin {plugin:?}, not test_decoding (drop it or choose another source.slot)"
         )));
     }
     if same_db != Some(true) {
-        return Err(Error::Postgres(format!(
+        return Err(Error::Unsuitable(format!(
             "slot {slot:?} belongs to another database than source.database_url's"
         )));
     }
@@ -180,7 +179,8 @@ pub(crate) async fn run(sc: &Sidecar, shutdown: &Shutdown) -> Result<(), Error> 
 
 fn lost(was_connected: bool) -> impl Fn(tokio_postgres::Error) -> SessionEnd {
     move |e| SessionEnd::Lost {
-        error: e.to_string(),
+        // tokio-postgres's `Display` leaves the server's message out.
+        error: crate::PgMessage(&e).to_string(),
         was_connected,
     }
 }
@@ -323,15 +323,18 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SessionEnd>
                         // Created concurrently by another sidecar: fine.
                         Some("42710") => Ok(()),
                         // wal_level, privileges, no free slot: not retryable.
-                        Some("55000" | "42501" | "53400") => Err(SessionEnd::Fatal(
-                            Error::Postgres(format!("cannot create slot {slot:?}: {e}")),
-                        )),
+                        Some("55000" | "42501" | "53400") => {
+                            Err(SessionEnd::Fatal(Error::Postgres {
+                                context: format!("cannot create slot {slot:?}"),
+                                source: e,
+                            }))
+                        }
                         _ => Err(lost(e)),
                     }
                 }
             }
         }
-        None => Err(SessionEnd::Fatal(Error::Postgres(format!(
+        None => Err(SessionEnd::Fatal(Error::Unsuitable(format!(
             "slot {slot:?} does not exist and source.create_slot is false"
         )))),
     }

@@ -58,7 +58,7 @@ impl Drop for AbortOnDrop {
 pub(crate) enum SessionEnd {
     /// The connection failed or broke: reconnect after a backoff.
     Lost {
-        /// Why.
+        /// Why (for the log).
         error: String,
         /// The session had connected (reset the backoff).
         was_connected: bool,
@@ -121,8 +121,8 @@ pub(crate) async fn check_catalog_for_session(
     let warnings = validate_catalog(client, rules, kind)
         .await
         .map_err(|e| match e {
-            Error::Postgres(error) => SessionEnd::Lost {
-                error,
+            e @ Error::Postgres { .. } => SessionEnd::Lost {
+                error: e.to_string(),
                 was_connected: false,
             },
             other => SessionEnd::Fatal(other),
@@ -151,7 +151,10 @@ pub async fn validate_catalog(
                 &[&t.schema, &t.table],
             )
             .await
-            .map_err(|e| Error::Postgres(e.to_string()))?;
+            .map_err(Error::postgres(format!(
+                "looking up table {}.{}",
+                t.schema, t.table
+            )))?;
         let Some(row) = row else {
             let field = format!("rules[{}].table", t.rules.first().copied().unwrap_or(0));
             return Err(ConfigError::invalid(
@@ -169,7 +172,10 @@ pub async fn validate_catalog(
                 &[&oid],
             )
             .await
-            .map_err(|e| Error::Postgres(e.to_string()))?
+            .map_err(Error::postgres(format!(
+                "listing the columns of {}.{}",
+                t.schema, t.table
+            )))?
             .iter()
             .map(|r| r.get(0))
             .collect();

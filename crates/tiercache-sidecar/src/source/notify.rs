@@ -145,7 +145,10 @@ pub(crate) async fn check(
                 &[&t.schema, &t.table, &TRIGGER_NAME],
             )
             .await
-            .map_err(|e| Error::Postgres(e.to_string()))?
+            .map_err(Error::postgres(format!(
+                "looking up the trigger of {}.{}",
+                t.schema, t.table
+            )))?
             .get(0);
         if n == 0 {
             report.push(format!(
@@ -280,7 +283,8 @@ pub(crate) async fn run(sc: &Sidecar, shutdown: &Shutdown) -> Result<(), Error> 
 
 fn lost(was_connected: bool) -> impl Fn(tokio_postgres::Error) -> SessionEnd {
     move |e| SessionEnd::Lost {
-        error: e.to_string(),
+        // tokio-postgres's `Display` leaves the server's message out.
+        error: crate::PgMessage(&e).to_string(),
         was_connected,
     }
 }

@@ -89,18 +89,79 @@ impl CacheHandle {
     }
 }
 
+/// The rejection of the [`CacheHandle`] extractor: the request carries no
+/// handle, because the handler is not behind an
+/// [`HttpCacheLayer`](super::HttpCacheLayer) and no
+/// `Extension(layer.handle())` was added. A setup mistake, answered with
+/// `500 Internal Server Error` and a plain-text body that says how to fix it.
+#[cfg(feature = "axum")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "CacheHandle missing: put the handler behind HttpCacheLayer or add \
+     .layer(Extension(layer.handle()))"
+)]
+#[non_exhaustive]
+pub struct MissingCacheHandle;
+
+#[cfg(feature = "axum")]
+impl MissingCacheHandle {
+    /// The status of the response: `500 Internal Server Error`.
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// The body of the response (as `Display` says).
+    pub fn body_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for MissingCacheHandle {
+    fn into_response(self) -> axum_core::response::Response {
+        (self.status(), self.body_text()).into_response()
+    }
+}
+
 #[cfg(feature = "axum")]
 impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for CacheHandle {
-    type Rejection = (http::StatusCode, &'static str);
+    type Rejection = MissingCacheHandle;
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<CacheHandle>().cloned().ok_or((
-            http::StatusCode::INTERNAL_SERVER_ERROR,
-            "CacheHandle missing: put the handler behind HttpCacheLayer or add \
-             .layer(Extension(layer.handle()))",
-        ))
+        parts
+            .extensions
+            .get::<CacheHandle>()
+            .cloned()
+            .ok_or(MissingCacheHandle)
+    }
+}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    use axum_core::extract::FromRequestParts;
+    use axum_core::response::IntoResponse;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_without_the_handle_is_rejected_by_name() {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        let rejection = CacheHandle::from_request_parts(&mut parts, &())
+            .await
+            .expect_err("no handle in the extensions");
+        assert_eq!(rejection, MissingCacheHandle);
+        assert!(rejection.to_string().starts_with("CacheHandle missing"));
+        let response = rejection.into_response();
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("text/plain; charset=utf-8")
+        );
     }
 }

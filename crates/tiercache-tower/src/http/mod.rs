@@ -147,6 +147,8 @@ pub(crate) mod store;
 pub use body::CacheBody;
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
+#[cfg(feature = "axum")]
+pub use handle::MissingCacheHandle;
 pub use layer::HttpCacheLayer;
 pub use response::{CachedResponse, MAX_HEADERS, ResponseCodec, TooManyHeaders};
 pub use service::HttpCache;
