@@ -36,7 +36,7 @@ REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
 NATS_URL="nats://127.0.0.1:${NATS_PORT}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-APP_BIN="$TARGET_DIR/release/examples/products"
+APP_BIN="$TARGET_DIR/release/products"
 SIDECAR_BIN="$TARGET_DIR/release/tiercache-sidecar"
 SERVICES=(postgres redis nats sidecar app1 app2)
 
@@ -76,8 +76,8 @@ ensure_packages() {
 
 build() {
   log "building the app and the sidecar (release)"
-  (cd "$ROOT" && cargo build --release -p tiercache -p tiercache-sidecar \
-    --example products --bin tiercache-sidecar)
+  (cd "$ROOT" && cargo build --release -p tiercache-products -p tiercache-sidecar \
+    --bin products --bin tiercache-sidecar)
 }
 
 # --- process helpers -------------------------------------------------------

@@ -15,10 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::postgres::{assert_tiers_match_postgres, bump, create_kv, pg, version_of};
 use tiercache::core::{Bus, Cache};
+use tiercache_e2e::postgres::{assert_tiers_match_postgres, bump, create_kv, pg, version_of};
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_testkit::{NatsServer, Postgres, RedisServer};
 

@@ -8,9 +8,9 @@
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:15432/postgres \
 //! REDIS_URL=redis://127.0.0.1:16379 NATS_URL=nats://127.0.0.1:14222 \
-//! LISTEN_ADDR=127.0.0.1:8081 cargo run --example products
+//! LISTEN_ADDR=127.0.0.1:8081 cargo run -p tiercache-products
 //!
-//! cargo run --example products -- --seed 1000   # insert 1000 products, exit
+//! cargo run -p tiercache-products -- --seed 1000   # insert 1000 products, exit
 //! ```
 #![allow(missing_docs)]
 

@@ -2,9 +2,10 @@
 //! (JetStream) from tiercache-testkit and the real `tiercache-sidecar`
 //! binary, spoken to over HTTP.
 //!
-//! The test builds the two binaries with cargo first (`cargo build -p
-//! tiercache -p tiercache-sidecar --example products --bin tiercache-sidecar`),
-//! then spawns them with the servers' URLs; children are killed on drop.
+//! Cargo builds the app (this package's `products` binary) for the test; the
+//! test builds the sidecar with cargo first (`cargo build -p
+//! tiercache-sidecar --bin tiercache-sidecar`), then spawns both with the
+//! servers' URLs; children are killed on drop.
 //!
 //! The app's read routes are behind `HttpCacheLayer` (namespace
 //! `products-http`: `x-cache`, `Cache-Status`, `age`, ETag/304), the product
@@ -32,7 +33,7 @@ use hyper_util::rt::TokioExecutor;
 use tiercache_testkit::{NatsServer, Postgres, RedisServer, free_port};
 
 const SEED: u32 = 2000;
-const SCHEMA: &str = include_str!("../examples/products/schema.sql");
+const SCHEMA: &str = include_str!("../schema.sql");
 
 // ---------------------------------------------------------------------------
 // Processes
@@ -85,18 +86,14 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Builds the app and the sidecar and returns their executables.
+/// Builds the sidecar; returns the app's and the sidecar's executables.
 fn build_binaries() -> (PathBuf, PathBuf) {
     let output = Command::new(env!("CARGO"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "build",
             "-p",
-            "tiercache",
-            "-p",
             "tiercache-sidecar",
-            "--example",
-            "products",
             "--bin",
             "tiercache-sidecar",
             "--message-format=json-render-diagnostics",
@@ -107,7 +104,6 @@ fn build_binaries() -> (PathBuf, PathBuf) {
         .output()
         .expect("run cargo build");
     assert!(output.status.success(), "cargo build failed");
-    let mut app = None;
     let mut sidecar = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -119,14 +115,12 @@ fn build_binaries() -> (PathBuf, PathBuf) {
         let Some(exe) = msg["executable"].as_str() else {
             continue;
         };
-        match msg["target"]["name"].as_str() {
-            Some("products") => app = Some(PathBuf::from(exe)),
-            Some("tiercache-sidecar") => sidecar = Some(PathBuf::from(exe)),
-            _ => {}
+        if msg["target"]["name"] == "tiercache-sidecar" {
+            sidecar = Some(PathBuf::from(exe));
         }
     }
     (
-        app.expect("cargo reported no products executable"),
+        PathBuf::from(env!("CARGO_BIN_EXE_products")),
         sidecar.expect("cargo reported no tiercache-sidecar executable"),
     )
 }
@@ -325,7 +319,7 @@ fn start_stack(http: &Http, rt: &tokio::runtime::Runtime) -> Stack {
     let sidecar_port = free_port().expect("port");
     let mut cmd = Command::new(&sidecar_bin);
     cmd.args(["run", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/products/sidecar.toml"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("sidecar.toml"))
         .env("TIERCACHE_DATABASE_URL", pg.url())
         .env("TIERCACHE_REDIS_URL", redis.url())
         .env("TIERCACHE_NATS_URL", nats.url())
@@ -740,7 +734,7 @@ async fn list_follows_category_moves(http: &Http, stack: &Stack, id: i64) {
 /// guard, negative cache and stored 404s learn the id before the 201), and
 /// on the other instance within the staleness bound.
 async fn created_reads_at_once(http: &Http, stack: &Stack) {
-    let bound = tiercache::core::DEFAULT_STALENESS_BOUND + Duration::from_millis(250);
+    let bound = tiercache_core::DEFAULT_STALENESS_BOUND + Duration::from_millis(250);
     let mut other_took = Vec::new();
     for i in 0..15 {
         let creator = &stack.urls[i % 2];

@@ -25,10 +25,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::bus_server::{BusServer, Kind};
 use tiercache::core::{BloomGuardConfig, Cache, DEFAULT_STALENESS_BOUND, Entry, Outcome};
+use tiercache_e2e::bus_server::{BusServer, Kind};
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::RedisServer;
 

@@ -1,9 +1,9 @@
 //! Load test for the running products stack (`scripts/stack.sh up`).
 //!
 //! ```text
-//! cargo run --release --example products -- --seed 10000   # once, with DATABASE_URL set
-//! cargo run --release --example loadtest                   # 127.0.0.1:8081 and :8082
-//! cargo run --release --example loadtest -- --duration 5 --concurrency 32 http://127.0.0.1:8081
+//! cargo run --release -p tiercache-products -- --seed 10000   # once, with DATABASE_URL set
+//! cargo run --release -p tiercache-products --example loadtest  # 127.0.0.1:8081 and :8082
+//! cargo run --release -p tiercache-products --example loadtest -- --duration 5 --concurrency 32 http://127.0.0.1:8081
 //! ```
 //!
 //! Three phases, each bounded in requests and time, requests spread over the
@@ -256,7 +256,7 @@ async fn main() -> Result<(), BoxError> {
     products.dedup_by_key(|p| p.id);
     if products.len() < 20 {
         return Err(format!(
-            "only {} products found; seed first: DATABASE_URL=... cargo run --release --example products -- --seed 10000",
+            "only {} products found; seed first: DATABASE_URL=... cargo run --release -p tiercache-products -- --seed 10000",
             products.len()
         )
         .into());

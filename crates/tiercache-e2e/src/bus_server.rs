@@ -12,19 +12,27 @@ use tiercache_testkit::{NatsServer, RedisServer};
 /// The JetStream stream every bus of a test reads (one per server).
 const STREAM: &str = "TIERCACHE_TESTS";
 
+/// The kind of bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// NATS core subjects.
     NatsCore,
+    /// NATS with JetStream (replay after a reconnect).
     NatsJetStream,
+    /// Redis pub/sub.
     RedisPubSub,
 }
 
+/// A running bus server.
 pub enum BusServer {
+    /// nats-server (with JetStream for [`Kind::NatsJetStream`]).
     Nats(NatsServer),
+    /// redis-server.
     Redis(RedisServer),
 }
 
 impl BusServer {
+    /// Starts a server for `kind` on a free loopback port.
     pub fn start(kind: Kind) -> Self {
         match kind {
             Kind::NatsCore => BusServer::Nats(NatsServer::start().unwrap()),
@@ -33,6 +41,7 @@ impl BusServer {
         }
     }
 
+    /// The server's URL.
     pub fn url(&self) -> String {
         match self {
             BusServer::Nats(s) => s.url(),
@@ -41,7 +50,6 @@ impl BusServer {
     }
 
     /// SIGSTOP: alive, sockets open, answering nothing.
-    #[allow(dead_code)]
     pub fn pause(&mut self) {
         match self {
             BusServer::Nats(s) => s.pause(),
@@ -50,7 +58,6 @@ impl BusServer {
     }
 
     /// SIGCONT after [`pause`](Self::pause).
-    #[allow(dead_code)]
     pub fn resume(&mut self) {
         match self {
             BusServer::Nats(s) => s.resume(),

@@ -25,10 +25,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::bus_server::{BusServer, Kind};
 use tiercache::core::Cache;
+use tiercache_e2e::bus_server::{BusServer, Kind};
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::RedisServer;
 

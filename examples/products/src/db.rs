@@ -13,7 +13,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 /// The table, created at start when missing. `REPLICA IDENTITY FULL` lets the
 /// sidecar's logical source see the old category of an updated or deleted
 /// row, so both categories' lists are invalidated when a product moves.
-pub const SCHEMA: &str = include_str!("schema.sql");
+pub const SCHEMA: &str = include_str!("../schema.sql");
 
 /// Categories the seeder draws from.
 pub const SEED_CATEGORIES: &[&str] = &[
