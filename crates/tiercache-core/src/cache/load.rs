@@ -19,7 +19,7 @@ use crate::shared::FillTicket;
 use super::fence::FenceMark;
 use super::flight::{self, Leader, LeaseSignal, Loaded, Role, WaitEnd};
 use super::types::Life;
-use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind, Tier, now_ms};
+use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind, now_ms};
 
 /// One key of a batch load: the key, its storage key and hash, and the
 /// flight it leads.
@@ -61,16 +61,7 @@ where
         let ended = inner.flights.ended(&h);
         match inner.shared_find(&sk, h).await {
             SharedFind::Fresh(d) => {
-                inner.stats.shared_hits(1);
-                if d.value.is_none() {
-                    inner.stats.negative_hits(1);
-                }
-                let out = Fetched {
-                    value: d.value.clone(),
-                    outcome: Outcome::Hit(Tier::Shared),
-                    written_ms: d.times.written_ms,
-                    age: None,
-                };
+                let out = inner.shared_hit(&d);
                 let refresh = d.times.soft_ms < d.times.fresh_ms && now_ms() >= d.times.soft_ms;
                 let current = d.value.clone();
                 inner.fill_local_decoded(h, mark, d);

@@ -77,16 +77,7 @@ where
         let mark = self.fence.mark();
         match self.shared_find(&sk, h).await {
             SharedFind::Fresh(d) => {
-                self.stats.shared_hits(1);
-                if d.value.is_none() {
-                    self.stats.negative_hits(1);
-                }
-                let found = Fetched {
-                    value: d.value.clone(),
-                    outcome: Outcome::Hit(Tier::Shared),
-                    written_ms: d.times.written_ms,
-                    age: None,
-                };
+                let found = self.shared_hit(&d);
                 self.fill_local_decoded(h, mark, d);
                 Some(found)
             }
@@ -224,6 +215,21 @@ where
 
     pub(super) fn shared_for_read(&self) -> Option<&Arc<dyn SharedTier>> {
         self.shared.as_ref()
+    }
+
+    /// Counts a fresh shared-tier hit (and a negative one) and makes its
+    /// answer.
+    pub(super) fn shared_hit(&self, d: &Decoded<V>) -> Fetched<V> {
+        self.stats.shared_hits(1);
+        if d.value.is_none() {
+            self.stats.negative_hits(1);
+        }
+        Fetched {
+            value: d.value.clone(),
+            outcome: Outcome::Hit(Tier::Shared),
+            written_ms: d.times.written_ms,
+            age: None,
+        }
     }
 
     pub(super) async fn shared_find(&self, sk: &str, h: KeyHash) -> SharedFind<V> {
