@@ -116,6 +116,17 @@ write(
     chunks(b"\x03" + struct.pack("<Q", U64_MAX) + b"probe t1 t2", b"\x03" + struct.pack("<Q", 1) + b"x"),
 )
 write("bus_listener", "garbage-then-other-namespace", chunks(b"hello", message(sample)))
+# Source times a receiver clamps before recording (never later than now):
+# far future, the epoch's first millisecond, and unknown (0).
+write(
+    "bus_listener",
+    "source-times",
+    chunks(
+        message(invalidation(9, "fz", ["probe"], ["t"], False, 1, U64_MAX)),
+        message(invalidation(9, "fz", ["probe"], [], False, 2, 1)),
+        message(invalidation(9, "fz", ["probe"], [], True, 3, 0)),
+    ),
+)
 
 # --- envelope ------------------------------------------------------------------
 
