@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tiercache_core::{Applied, Bus, Cache, InProcessSharedTier, SharedTier};
+use tiercache_core::backend::{Bus, InProcessSharedTier, SharedTier};
+use tiercache_core::{Applied, Cache};
 use tiercache_nats::NatsBus;
 use tiercache_redis::RedisBus;
 use tiercache_testkit::{NatsServer, RedisServer};
@@ -29,7 +30,7 @@ const LOST_AFTER: Duration = Duration::from_secs(5);
 /// One fleet of 8 instances on one bus.
 struct Fleet {
     caches: Vec<Cache<u64, u64>>,
-    /// `applied()` of instances 1..8.
+    /// `subscribe_applied()` of instances 1..8.
     receivers: Vec<Receiver<Applied>>,
     next_key: u64,
     /// Every fan-out time measured.
@@ -60,7 +61,7 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let receivers = caches[1..].iter().map(|c| c.applied()).collect();
+        let receivers = caches[1..].iter().map(|c| c.subscribe_applied()).collect();
         Fleet {
             caches,
             receivers,
@@ -86,7 +87,7 @@ impl Fleet {
             let at = tokio::time::timeout(LOST_AFTER, async {
                 loop {
                     let a = rx.recv().await.expect("applied stream");
-                    if a.origin == origin && a.seq == seq {
+                    if a.sender_instance == origin && a.seq == seq {
                         return a.at;
                     }
                 }
@@ -138,7 +139,7 @@ fn fanout(c: &mut Criterion) {
         let mut rb: Vec<Arc<dyn Bus>> = Vec::new();
         for _ in 0..INSTANCES {
             nb.push(Arc::new(
-                NatsBus::builder().url(nats.url()).connect().await.unwrap(),
+                NatsBus::builder().url(nats.url()).build().await.unwrap(),
             ));
             rb.push(Arc::new(RedisBus::connect(redis_bus.url()).await.unwrap()));
         }

@@ -27,7 +27,8 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use tiercache_core::{Cache, InProcessBus, InProcessSharedTier};
+use tiercache_core::Cache;
+use tiercache_core::backend::{InProcessBus, InProcessSharedTier};
 use tiercache_tower::{CachedResponse, HttpCacheLayer, ResponseCodec};
 use tower::ServiceExt;
 
@@ -127,8 +128,7 @@ fn bench(c: &mut Criterion) {
             .shared_tier(InProcessSharedTier::default())
             .bus(InProcessBus::new())
             .ttl(Duration::from_secs(3600))
-            .codec(ResponseCodec)
-            .build_with_codec()
+            .build_with_codec(ResponseCodec)
             .unwrap()
     };
     let hot = cache("bench-hot");

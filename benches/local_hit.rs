@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use tiercache::core::{
-    Cache, Codec, DecodeError, EncodeError, InProcessBus, InProcessSharedTier, RawBytes,
-};
+use tiercache::core::backend::{InProcessBus, InProcessSharedTier};
+use tiercache::core::{Cache, Codec, DecodeError, EncodeError, RawBytes};
 
 const KEYS: u64 = 1024;
 
@@ -234,9 +233,9 @@ fn hot_key_two_threads(c: &mut Criterion) {
                 .local_only()
                 .ttl(Duration::from_secs(3600));
             let cache = if codec_copies {
-                b.codec(RawBytes).build_with_codec().unwrap()
+                b.build_with_codec(RawBytes).unwrap()
             } else {
-                b.codec(SharedBytes).build_with_codec().unwrap()
+                b.build_with_codec(SharedBytes).unwrap()
             };
             cache.insert(&1, Bytes::from(vec![7u8; 512])).await;
             cache

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tiercache_core::{Cache, SharedTier};
+use tiercache_core::Cache;
+use tiercache_core::backend::SharedTier;
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::RedisServer;
 

@@ -17,6 +17,7 @@
 //! assert_eq!(name.as_deref().map(String::as_str), Some("ada"));
 //! # Ok(()) }
 //! ```
+#![deny(unreachable_pub)]
 
 /// The engine: [`Cache`](tiercache_core::Cache), the tier and bus traits, the
 /// embedded in-process implementations.

@@ -27,7 +27,7 @@ use futures::future::BoxFuture;
 use crate::key::KeyHash;
 
 /// Loads every key the origin has, rendered as the cache renders keys.
-pub type UniverseLoader = Arc<
+pub(crate) type UniverseLoader = Arc<
     dyn Fn() -> BoxFuture<'static, Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>>>
         + Send
         + Sync,

@@ -14,6 +14,10 @@
 //! a miss and leaves it alone (a newer build wrote it). Anything else that
 //! does not parse is [`DecodeError::Corrupt`] or [`DecodeError::Foreign`]: a
 //! miss, deleted and counted. Nothing here panics on any input.
+//!
+//! Crate-private: tests and fuzz targets outside the crate reach [`Times`],
+//! [`encode`] and [`check_tags`] through `fuzz_targets::envelope_format`
+//! (feature `fuzzing`), to plant stored values; they are not an API.
 
 use std::borrow::Cow;
 
@@ -21,12 +25,12 @@ use crate::error::{DecodeError, EncodeError};
 
 const MAGIC: &[u8; 2] = b"TC";
 /// The envelope format this build writes.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 const FLAG_NEGATIVE: u8 = 1;
 const FLAG_LZ4: u8 = 2;
 const HEADER: usize = 4 + 4 * 8 + 2;
 /// Largest decompressed payload accepted (guards against hostile size prefixes).
-pub const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
 
 /// The times of an entry, in milliseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,21 +47,21 @@ pub struct Times {
 
 /// A decoded envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     /// The origin had no such item.
-    pub negative: bool,
+    pub(crate) negative: bool,
     /// The entry's times.
-    pub times: Times,
+    pub(crate) times: Times,
     /// Tags with the versions they had when the entry was filled.
-    pub tags: Vec<(String, u64)>,
+    pub(crate) tags: Vec<(String, u64)>,
     /// The codec's bytes (decompressed).
-    pub payload: Cow<'a, [u8]>,
+    pub(crate) payload: Cow<'a, [u8]>,
 }
 
 /// Most tags an envelope records (its tag count is a `u16`).
-pub const MAX_TAGS: usize = u16::MAX as usize;
+pub(crate) const MAX_TAGS: usize = u16::MAX as usize;
 /// Longest tag, in bytes, an envelope records (its length is a `u16`).
-pub const MAX_TAG_LEN: usize = u16::MAX as usize;
+pub(crate) const MAX_TAG_LEN: usize = u16::MAX as usize;
 
 /// Whether `tags` can be recorded exactly: at most [`MAX_TAGS`] of them,
 /// none longer than [`MAX_TAG_LEN`] bytes. An entry whose tags cannot be
@@ -166,8 +170,9 @@ impl<'a> Reader<'a> {
 const LZ4_MAX_RATIO: usize = 255;
 
 /// Decodes an envelope whose payload may decompress to at most
-/// [`MAX_PAYLOAD`] bytes.
-pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+/// [`MAX_PAYLOAD`] bytes (the engine uses [`decode_limited`]).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     decode_limited(bytes, MAX_PAYLOAD)
 }
 
@@ -176,7 +181,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
 /// larger payload). The size prefix of a compressed payload is checked
 /// against that limit and against the compressed length before anything is
 /// allocated.
-pub fn decode_limited(bytes: &[u8], max_payload: usize) -> Result<Envelope<'_>, DecodeError> {
+pub(crate) fn decode_limited(
+    bytes: &[u8],
+    max_payload: usize,
+) -> Result<Envelope<'_>, DecodeError> {
     if bytes.len() < 4 || &bytes[..2] != MAGIC {
         return Err(DecodeError::Foreign);
     }

@@ -101,7 +101,7 @@ impl ConfigError {
 /// a failure that has no underlying error (a reply of the wrong shape).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// An error of a [`SharedTier`](crate::SharedTier) implementation.
+/// An error of a [`SharedTier`](crate::backend::SharedTier) implementation.
 ///
 /// [`Unavailable`](Self::Unavailable) and [`Server`](Self::Server) keep the
 /// underlying error (the client library's, an I/O error) as their
@@ -145,7 +145,7 @@ impl SharedError {
     }
 }
 
-/// An error of a [`Bus`](crate::Bus) implementation.
+/// An error of a [`Bus`](crate::backend::Bus) implementation.
 ///
 /// [`Unavailable`](Self::Unavailable) and [`Server`](Self::Server) keep the
 /// underlying error as their [`source`](std::error::Error::source) (see

@@ -33,6 +33,13 @@ use crate::error::DecodeError;
 use crate::key::{CacheKey, KeyFormat, KeyHash};
 use crate::message::{Invalidation, MAX_MESSAGE_BYTES, MessageCodec};
 
+/// The shared-tier envelope every stored value is wrapped in, for tests and
+/// fuzz targets outside this crate that plant stored values (or check tags
+/// as the engine does). Not an API.
+pub mod envelope_format {
+    pub use crate::envelope::{Times, check_tags, encode};
+}
+
 /// The key the signed codec of [`bus_message`] uses.
 pub const SIGNING_KEY: &[u8] = b"tiercache-fuzz-signing-key";
 
@@ -134,7 +141,7 @@ fn check_message(
     assert_eq!(signed.decode(&sig).as_ref(), Ok(m), "signed round trip");
     assert_eq!(plain.decode(&sig).as_ref(), Ok(m), "unsigned reads signed");
     // Any one-bit change of a signed message is refused.
-    let at = usize::try_from(m.seq ^ m.origin).unwrap_or(0) % sig.len();
+    let at = usize::try_from(m.seq ^ m.sender_instance).unwrap_or(0) % sig.len();
     let bit = (m.keys.len() + m.tags.len() + bytes.len()) % 8;
     let mut forged = sig.clone();
     forged[at] ^= 1 << bit;
@@ -381,7 +388,7 @@ fn check_key(f: &KeyFormat, k: &str) -> (String, KeyHash) {
     };
     assert_eq!(h, want, "the documented hash of {k:?}");
     assert_eq!(f.hash(k), h, "stable");
-    assert_eq!(f.both(k), (sk.clone(), h));
+    assert_eq!(f.storage_key_and_hash(k), (sk.clone(), h));
     assert_eq!(f.hash(&k.to_owned()), h);
     assert_eq!(f.hash(&Box::<str>::from(k)), h);
     assert_eq!(f.hash(&Arc::<str>::from(k)), h);
@@ -442,7 +449,7 @@ pub fn bus_listener(data: &[u8]) {
             tokio::task::yield_now().await;
         }
         assert!(cache.local_trusted(), "the in-process bus connects at once");
-        let mut applied = cache.applied();
+        let mut applied = cache.subscribe_applied();
         let probe = "probe".to_owned();
         cache.insert(&probe, "v".to_owned()).await;
         assert!(cache.get_local(&probe).is_some());
@@ -468,7 +475,7 @@ pub fn bus_listener(data: &[u8]) {
         }
         // The invalidation that must get through: a fresh origin's first.
         let last = Invalidation {
-            origin: u64::MAX - 7,
+            sender_instance: u64::MAX - 7,
             namespace: LISTENER_NS.to_owned(),
             keys: vec![probe.clone()],
             tags: Vec::new(),
@@ -483,7 +490,9 @@ pub fn bus_listener(data: &[u8]) {
             loop {
                 match applied.recv().await {
                     // (A fuzzed message just like it evicts the key too.)
-                    Ok(a) if a.origin == last.origin && a.keys == last.keys => return true,
+                    Ok(a) if a.sender_instance == last.sender_instance && a.keys == last.keys => {
+                        return true;
+                    }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return false,
                 }
@@ -506,7 +515,7 @@ pub fn bus_listener(data: &[u8]) {
 
 /// An invalidation built from a chunk of [`bus_listener`]'s data.
 fn message_from(chunk: &[u8]) -> Invalidation {
-    let origin = u64::from(chunk[0] >> 1);
+    let sender_instance = u64::from(chunk[0] >> 1);
     let mut seq = [0u8; 8];
     let body = chunk.get(1..).unwrap_or_default();
     let n = body.len().min(8);
@@ -519,7 +528,7 @@ fn message_from(chunk: &[u8]) -> Invalidation {
         LISTENER_NS.to_owned()
     };
     Invalidation {
-        origin,
+        sender_instance,
         namespace,
         keys: words.next().into_iter().collect(),
         tags: words.collect(),
@@ -569,14 +578,16 @@ mod tests {
             any::<u64>(),
         )
             .prop_map(
-                |(origin, namespace, keys, tags, created, seq, source_time_ms)| Invalidation {
-                    origin,
-                    namespace,
-                    keys,
-                    tags,
-                    created,
-                    seq,
-                    source_time_ms,
+                |(sender_instance, namespace, keys, tags, created, seq, source_time_ms)| {
+                    Invalidation {
+                        sender_instance,
+                        namespace,
+                        keys,
+                        tags,
+                        created,
+                        seq,
+                        source_time_ms,
+                    }
                 },
             )
     }
@@ -755,7 +766,7 @@ mod tests {
         let mut data = Vec::new();
         for seq in [u64::MAX, 1] {
             let m = Invalidation {
-                origin: 9,
+                sender_instance: 9,
                 namespace: LISTENER_NS.to_owned(),
                 keys: vec!["probe".into()],
                 tags: vec![],

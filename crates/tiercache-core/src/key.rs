@@ -20,9 +20,11 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_128, xxh3_128_with_seed};
 
-/// The identity of an entry in the local tier (see the module docs).
+/// The identity of an entry in the local tier: the xxh3-128 of the rendered
+/// key, seeded with the namespace (for a hashed long key, of its storage
+/// key). Made by [`KeyFormat::hash`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyHash(pub u128);
+pub struct KeyHash(pub(crate) u128);
 
 /// A type that can be a cache key: it writes its text form, which is what
 /// the shared tier stores and what travels on the bus.
@@ -120,11 +122,11 @@ impl<K: CacheKey + ?Sized> fmt::Display for ShowKey<'_, K> {
 /// again (moka's default SipHash) is wasted work on every local hit. Folds the
 /// two halves instead.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KeyHashBuilder;
+pub(crate) struct KeyHashBuilder;
 
 /// The hasher [`KeyHashBuilder`] builds.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KeyHashHasher(u64);
+pub(crate) struct KeyHashHasher(u64);
 
 impl std::hash::Hasher for KeyHashHasher {
     #[inline]
@@ -152,11 +154,11 @@ impl std::hash::BuildHasher for KeyHashBuilder {
 
 /// The identity of a tag: the xxh3-64 of the tag's text.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TagHash(pub u64);
+pub(crate) struct TagHash(pub(crate) u64);
 
 impl TagHash {
     /// The hash of `tag`.
-    pub fn of(tag: &str) -> Self {
+    pub(crate) fn of(tag: &str) -> Self {
         TagHash(xxh3_64(tag.as_bytes()))
     }
 }
@@ -295,8 +297,9 @@ impl KeyFormat {
         }
     }
 
-    /// Both the storage key and the hash of `key`.
-    pub fn both<K: CacheKey + ?Sized>(&self, key: &K) -> (String, KeyHash) {
+    /// Both the [storage key](Self::storage_key) and the
+    /// [hash](Self::hash) of `key`.
+    pub fn storage_key_and_hash<K: CacheKey + ?Sized>(&self, key: &K) -> (String, KeyHash) {
         (self.storage_key(key), self.hash(key))
     }
 }
@@ -369,7 +372,7 @@ mod tests {
     fn keys_longer_than_the_stack_buffer_hash_the_same_way() {
         let f = KeyFormat::new("ns", 10_000);
         let k = "k".repeat(STACK_KEY * 3 + 7);
-        let (sk, h) = f.both(&k);
+        let (sk, h) = f.storage_key_and_hash(&k);
         assert_eq!(f.hash(&k), h);
         assert_eq!(sk.len(), 3 + k.len());
     }

@@ -42,7 +42,7 @@
 //!    per-read bookkeeping or any write to memory another core reads.
 //! 2. **Bloom guard** (opt-in, [`BloomGuardConfig`]): a definite "absent"
 //!    answers without the shared tier or the origin.
-//! 3. **Shared tier** ([`SharedTier`]): a hit is decoded and copied into the
+//! 3. **Shared tier** ([`SharedTier`](backend::SharedTier)): a hit is decoded and copied into the
 //!    local tier for no longer than its remaining life; undecodable bytes are
 //!    a miss, deleted and counted.
 //! 4. **Singleflight**: one load per key per process, in its own task; across
@@ -54,57 +54,75 @@
 //! # The write path and consistency
 //!
 //! [`Cache::invalidate`], [`Cache::invalidate_tag`]: delete in the shared
-//! tier, evict locally, publish an [`Invalidation`] on the [`Bus`]. A load
-//! that began before an invalidation of its key or tag does not fill either
-//! tier (fill tickets in the shared tier, a fence locally). A bus that drops,
-//! goes silent or skips a sequence number makes the cache flush and cap its
-//! local tier.
+//! tier, evict locally, publish an [`Invalidation`](backend::Invalidation) on
+//! the [`Bus`](backend::Bus). A load that began before an invalidation of its
+//! key or tag does not fill either tier (fill tickets in the shared tier, a
+//! fence locally). A bus that drops, goes silent or skips a sequence number
+//! makes the cache flush and cap its local tier.
+//!
+//! # For backend implementors
+//!
+//! A crate that implements a shared tier or a bus (Redis, NATS), or that
+//! publishes invalidations without a cache (a sidecar), finds what it needs
+//! in [`backend`]: the traits, their events and errors, the in-process
+//! implementations, the bus message and its codec, the key format and the
+//! conformance suites. The crate root keeps what an application uses:
+//! [`Cache`] and its [`CacheBuilder`], what a lookup returns ([`Entry`],
+//! [`Fetched`], [`Outcome`], [`Tier`], [`LocalHit`]), the errors ([`Error`],
+//! [`ConfigError`], [`NotStored`]), value codecs ([`Codec`], [`Postcard`],
+//! [`RawBytes`], with [`DecodeError`] and [`EncodeError`]), keys
+//! ([`CacheKey`], [`ShowKey`]), [`BloomGuardConfig`], [`CacheStats`],
+//! [`Applied`], [`embedded_shared_tier`] and [`embedded_bus`].
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 #![deny(unreachable_pub)]
 
-pub mod bloom;
-pub mod bus;
+pub mod backend;
+mod bloom;
+mod bus;
 mod cache;
-pub mod codec;
-#[cfg(any(test, feature = "conformance"))]
-pub mod conformance;
-pub mod envelope;
-pub mod error;
+mod clock;
+mod codec;
+// Crate-private: `fuzz_targets::envelope_format` re-exports the little that
+// tests and fuzz targets outside need, to plant stored values.
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(unreachable_pub))]
+mod envelope;
+mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz_targets;
-pub mod key;
-pub mod message;
-pub mod shared;
-pub mod stats;
+mod key;
+mod message;
+mod shared;
+mod stats;
 mod sync_shim;
 
 pub use bloom::BloomGuardConfig;
-pub use bus::{Bus, BusEvent, InProcessBus};
 pub use cache::{
     Applied, Cache, CacheBuilder, DEFAULT_STALENESS_BOUND, Entry, Fetched, LocalHit,
     MIN_STALENESS_BOUND, Outcome, Tier, embedded_bus, embedded_shared_tier,
 };
 pub use codec::{Codec, Postcard, RawBytes};
-pub use error::{
-    BoxError, BusError, ConfigError, DecodeError, EncodeError, Error, NotStored, SharedError,
-};
-pub use key::{CacheKey, KeyFormat, KeyHash, KeyHashBuilder, ShowKey, TagHash};
-pub use message::{Invalidation, MessageCodec, OriginSignal};
-pub use shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};
+pub use error::{ConfigError, DecodeError, EncodeError, Error, NotStored};
+pub use key::{CacheKey, ShowKey};
 pub use stats::CacheStats;
+
+/// A clock tests drive (the `test-util` feature); not an API.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub use clock::MockClock;
 
 #[cfg(test)]
 mod conformance_tests {
     #[tokio::test]
     async fn in_process_shared_tier_conforms() {
-        crate::conformance::shared_tier(&crate::InProcessSharedTier::default()).await;
+        crate::backend::conformance::shared_tier(&crate::backend::InProcessSharedTier::default())
+            .await;
     }
 
     #[tokio::test]
     async fn in_process_bus_conforms() {
-        let bus = crate::InProcessBus::new();
-        crate::conformance::bus_with_heartbeat(
+        let bus = crate::backend::InProcessBus::new();
+        crate::backend::conformance::bus_with_heartbeat(
             &bus,
             &bus.clone(),
             std::time::Duration::from_secs(2),

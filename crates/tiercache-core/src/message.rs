@@ -22,13 +22,16 @@ const VERSION: u8 = 1;
 const FLAG_SIGNED: u8 = 1;
 const MAC_LEN: usize = 32;
 /// Largest payload accepted by [`MessageCodec::decode`].
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// An invalidation: keys and tags of one namespace that changed at the source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invalidation {
     /// The instance that published it (each process draws a random id).
-    pub origin: u64,
+    /// Serialized under its former name, `origin` (the wire format is
+    /// unchanged).
+    #[serde(rename = "origin")]
+    pub sender_instance: u64,
     /// The namespace of the keys and tags.
     pub namespace: String,
     /// Keys as the application renders them (without the namespace prefix).
@@ -37,36 +40,36 @@ pub struct Invalidation {
     pub tags: Vec<String>,
     /// The keys were created: Bloom guards add them.
     pub created: bool,
-    /// The publisher's sequence number (per origin and namespace, from 1, no
-    /// gaps); a receiver that sees a gap presumes messages lost.
+    /// The publisher's sequence number (per sender instance and namespace,
+    /// from 1, no gaps); a receiver that sees a gap presumes messages lost.
     pub seq: u64,
     /// When the change happened at its source, in milliseconds since the Unix
     /// epoch (for the commit-to-evict lag metric); 0 when unknown.
     pub source_time_ms: u64,
 }
 
-/// What an [`Invalidation`] with no keys and no tags says of its origin.
+/// What an [`Invalidation`] with no keys and no tags says of its sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OriginSignal {
     /// An invalidation proper (keys, tags, or both).
     Changes,
-    /// The origin is alive and has published up to `seq`: a receiver that
+    /// The sender is alive and has published up to `seq`: a receiver that
     /// has heard less presumes the rest lost.
     Heartbeat,
-    /// The origin goes quiet after `seq` (it stops heartbeating): a
+    /// The sender goes quiet after `seq` (it stops heartbeating): a
     /// receiver forgets it instead of counting its silence as a loss.
     Farewell,
 }
 
 impl Invalidation {
-    /// An origin heartbeat: alive, `seq` is its last sequence number. An
-    /// origin that publishes invalidations heartbeats while it is active, so
+    /// A sender's heartbeat: alive, `seq` is its last sequence number. A
+    /// sender that publishes invalidations heartbeats while it is active, so
     /// that a receiver notices when its messages stop arriving (its own
     /// connection down while the receiver's is up) and does not wait for
     /// its next message to see a gap.
-    pub fn heartbeat(origin: u64, namespace: impl Into<String>, seq: u64) -> Self {
+    pub fn heartbeat(sender_instance: u64, namespace: impl Into<String>, seq: u64) -> Self {
         Self {
-            origin,
+            sender_instance,
             namespace: namespace.into(),
             keys: Vec::new(),
             tags: Vec::new(),
@@ -76,17 +79,17 @@ impl Invalidation {
         }
     }
 
-    /// An origin's farewell: it goes quiet after `seq` (no more heartbeats
+    /// A sender's farewell: it goes quiet after `seq` (no more heartbeats
     /// until its next invalidation). Encoded as a heartbeat with `created`
     /// set, which an invalidation proper (with keys) never is without keys.
-    pub fn farewell(origin: u64, namespace: impl Into<String>, seq: u64) -> Self {
+    pub fn farewell(sender_instance: u64, namespace: impl Into<String>, seq: u64) -> Self {
         Self {
             created: true,
-            ..Self::heartbeat(origin, namespace, seq)
+            ..Self::heartbeat(sender_instance, namespace, seq)
         }
     }
 
-    /// What this message says of its origin.
+    /// What this message says of its sender.
     pub fn signal(&self) -> OriginSignal {
         match (self.keys.is_empty() && self.tags.is_empty(), self.created) {
             (false, _) => OriginSignal::Changes,
@@ -200,7 +203,7 @@ mod tests {
 
     fn sample() -> Invalidation {
         Invalidation {
-            origin: 7,
+            sender_instance: 7,
             namespace: "products".into(),
             keys: vec!["1".into(), "2".into()],
             tags: vec!["category:books".into()],

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tiercache_core::backend::{InProcessBus, InProcessSharedTier, SharedTier};
+use tiercache_core::fuzz_targets::envelope_format;
 use tiercache_core::{
-    BloomGuardConfig, Cache, CacheBuilder, ConfigError, Entry, Error, InProcessBus,
-    InProcessSharedTier, Outcome, SharedTier, Tier,
+    BloomGuardConfig, Cache, CacheBuilder, ConfigError, Entry, Error, Outcome, Tier,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -478,9 +479,9 @@ async fn a_corrupt_shared_value_is_a_miss_deleted_and_counted() {
     }
     assert_eq!(c.stats().corrupt_values, 4);
     // A value of a newer format is a miss but left alone.
-    let mut future = tiercache_core::envelope::encode(
+    let mut future = envelope_format::encode(
         false,
-        tiercache_core::envelope::Times {
+        envelope_format::Times {
             written_ms: 0,
             soft_ms: u64::MAX / 2,
             fresh_ms: u64::MAX / 2,
@@ -500,9 +501,9 @@ async fn a_corrupt_shared_value_is_a_miss_deleted_and_counted() {
     assert_eq!(v.as_deref().map(String::as_str), Some("loaded"));
     assert_eq!(c.stats().foreign_versions, 1);
     // A well-formed envelope whose payload the codec rejects is corrupt too.
-    let bad_payload = tiercache_core::envelope::encode(
+    let bad_payload = envelope_format::encode(
         false,
-        tiercache_core::envelope::Times {
+        envelope_format::Times {
             written_ms: 0,
             soft_ms: u64::MAX / 2,
             fresh_ms: u64::MAX / 2,
@@ -606,7 +607,7 @@ async fn messages_of_another_namespace_or_signed_with_another_key_are_dropped() 
         .await
         .unwrap();
     forger.invalidate(&1).await;
-    use tiercache_core::Bus;
+    use tiercache_core::backend::Bus;
     bus.publish(&name, Bytes::from_static(b"not a message"))
         .await
         .unwrap();
@@ -672,7 +673,7 @@ async fn bus_disconnect_flushes_and_caps_then_reconnect_flushes() {
 
 #[tokio::test]
 async fn a_sequence_gap_is_treated_as_a_loss() {
-    use tiercache_core::{Bus, Invalidation, MessageCodec};
+    use tiercache_core::backend::{Bus, Invalidation, MessageCodec};
     let tier = InProcessSharedTier::default();
     let bus = InProcessBus::new();
     let name = ns();
@@ -680,7 +681,7 @@ async fn a_sequence_gap_is_treated_as_a_loss() {
     settle().await;
     let codec = MessageCodec::unsigned();
     let msg = |seq| Invalidation {
-        origin: 77,
+        sender_instance: 77,
         namespace: name.clone(),
         keys: vec!["999".into()],
         tags: vec![],
@@ -798,7 +799,7 @@ async fn bloom_guard_rejects_absent_keys_and_never_existing_ones() {
     );
     assert!(c.stats().bloom_rejections > 9_000);
     // A key created on another instance is let through here.
-    peer.created(&500_000).await;
+    peer.mark_created(&500_000).await;
     settle().await;
     let v = c
         .get_or_load(&500_000, || async { Some("new".to_string()) })

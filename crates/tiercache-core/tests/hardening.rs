@@ -9,11 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tiercache_core::envelope::{self, Times};
-use tiercache_core::{
-    Bus, Cache, CacheBuilder, Codec, DecodeError, EncodeError, Entry, InProcessBus,
-    InProcessSharedTier, Invalidation, MessageCodec,
-};
+use tiercache_core::backend::{Bus, InProcessBus, InProcessSharedTier, Invalidation, MessageCodec};
+use tiercache_core::fuzz_targets::envelope_format::{self as envelope, Times};
+use tiercache_core::{Cache, CacheBuilder, Codec, DecodeError, EncodeError, Entry};
 
 fn ns() -> String {
     format!("h{:x}", rand::random::<u32>())
@@ -250,7 +248,7 @@ async fn forged_sequence_numbers_do_not_stop_the_listener() {
     let name = ns();
     let a: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
     let b: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
-    let mut applied = b.applied();
+    let mut applied = b.subscribe_applied();
     // Wait until b's listener is subscribed (the bus delivers only to
     // subscribers present at publish time).
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -263,7 +261,7 @@ async fn forged_sequence_numbers_do_not_stop_the_listener() {
     let forger = 0xf0f0_u64;
     let codec = MessageCodec::unsigned();
     let msg = |seq: u64, key: &str| Invalidation {
-        origin: forger,
+        sender_instance: forger,
         namespace: name.clone(),
         keys: vec![key.to_owned()],
         tags: vec![],
@@ -334,8 +332,7 @@ async fn a_panicking_codec_fails_open() {
     let tier = InProcessSharedTier::default();
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated::<u64, String>(&ns(), &tier, &bus)
-        .codec(Brittle)
-        .build_with_codec()
+        .build_with_codec(Brittle)
         .unwrap();
     let now = now_ms();
     let times = Times {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tiercache_core::{Cache, Entry, InProcessBus, InProcessSharedTier};
+use tiercache_core::backend::{InProcessBus, InProcessSharedTier};
+use tiercache_core::{Cache, Entry};
 
 fn cache(ns: &str) -> Cache<u64, u64> {
     Cache::builder(ns)
@@ -155,8 +156,7 @@ async fn hot_entries_are_served_from_a_thread_copy() {
     let c: Cache<u64, Bytes> = Cache::builder("hot-thread-copy")
         .local_only()
         .ttl(Duration::from_secs(3600))
-        .codec(RawBytes)
-        .build_with_codec()
+        .build_with_codec(RawBytes)
         .unwrap();
     let stored = Bytes::from(vec![1u8; 64]);
     let stored_at = stored.as_ptr() as usize;

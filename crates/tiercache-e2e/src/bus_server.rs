@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tiercache::core::Bus;
+use tiercache::core::backend::Bus;
 use tiercache_nats::NatsBus;
 use tiercache_redis::RedisBus;
 use tiercache_testkit::{NatsServer, RedisServer};
@@ -85,12 +85,12 @@ impl BusServer {
     /// cache asks for the pace its staleness bound needs).
     pub async fn connect(&self, kind: Kind) -> Arc<dyn Bus> {
         match kind {
-            Kind::NatsCore => Arc::new(NatsBus::builder().url(self.url()).connect().await.unwrap()),
+            Kind::NatsCore => Arc::new(NatsBus::builder().url(self.url()).build().await.unwrap()),
             Kind::NatsJetStream => Arc::new(
                 NatsBus::builder()
                     .url(self.url())
                     .jetstream(STREAM)
-                    .connect()
+                    .build()
                     .await
                     .unwrap(),
             ),

@@ -13,6 +13,7 @@
 //! cargo run --release -p tiercache-e2e --example nemesis -- --secs 600 --source logical
 //! ```
 #![allow(clippy::unwrap_used, clippy::panic)]
+#![deny(unreachable_pub)]
 
 pub mod bus_server;
 pub mod nemesis;

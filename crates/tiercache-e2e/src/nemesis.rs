@@ -282,7 +282,7 @@ async fn instance(ns: &str, redis: &str, nats: &str) -> Cache<i64, i64> {
     let bus = NatsBus::builder()
         .url(nats)
         .retry_on_initial_connect(true)
-        .connect()
+        .build()
         .await
         .unwrap();
     Cache::builder(ns)

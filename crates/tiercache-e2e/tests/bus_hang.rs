@@ -264,7 +264,7 @@ async fn created_keys_are_never_absent(kind: Kind) {
             let id = next_id;
             next_id += 1;
             db.lock().unwrap().insert(id);
-            creator.created(&id).await;
+            creator.mark_created(&id).await;
             created.push((id, Instant::now()));
             // Read-your-writes: the creating instance, at once.
             assert!(
@@ -351,7 +351,7 @@ async fn heartbeat_pace(kind: Kind) {
     let start = Instant::now();
     let mut beats = 0u32;
     while let Ok(Some(ev)) = tokio::time::timeout_at((start + window).into(), sub.next()).await {
-        if ev == tiercache::core::BusEvent::Heartbeat {
+        if ev == tiercache::core::backend::BusEvent::Heartbeat {
             beats += 1;
         }
     }

@@ -170,7 +170,7 @@ impl Setup {
     /// on instance `writer`; every other instance must apply it and read the
     /// new value within `PROPAGATION`. Returns the slowest apply time.
     async fn assert_propagates(&self, writer: usize, value: &str) -> Duration {
-        let mut receivers: Vec<_> = self.caches.iter().map(|c| c.applied()).collect();
+        let mut receivers: Vec<_> = self.caches.iter().map(|c| c.subscribe_applied()).collect();
         self.set_db(value);
         let start = Instant::now();
         let seq = self.caches[writer]
@@ -186,7 +186,7 @@ impl Setup {
             let applied = tokio::time::timeout(PROPAGATION, async {
                 loop {
                     let a = rx.recv().await.unwrap();
-                    if a.origin == origin && a.seq == seq {
+                    if a.sender_instance == origin && a.seq == seq {
                         return a.at;
                     }
                 }

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tiercache::core::{Bus, Cache};
+use tiercache::core::Cache;
+use tiercache::core::backend::Bus;
 use tiercache_e2e::postgres::{assert_tiers_match_postgres, bump, create_kv, pg, version_of};
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_testkit::{NatsServer, Postgres, RedisServer};
@@ -68,11 +69,11 @@ async fn run_check(name: &str, buses: Vec<Arc<dyn Bus>>) {
     // Every instance's record of when it applied what: (origin, seq) -> time.
     let applied: Vec<AppliedLog> = (0..INSTANCES).map(|_| AppliedLog::default()).collect();
     for (i, c) in caches.iter().enumerate() {
-        let mut rx = c.applied();
+        let mut rx = c.subscribe_applied();
         let log = applied[i].clone();
         tokio::spawn(async move {
             while let Ok(a) = rx.recv().await {
-                log.lock().unwrap().insert((a.origin, a.seq), a.at);
+                log.lock().unwrap().insert((a.sender_instance, a.seq), a.at);
             }
         });
     }
@@ -254,7 +255,7 @@ async fn consistency_with_nats() {
         buses.push(Arc::new(
             tiercache_nats::NatsBus::builder()
                 .url(nats.url())
-                .connect()
+                .build()
                 .await
                 .unwrap(),
         ));

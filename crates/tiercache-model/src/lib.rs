@@ -202,6 +202,7 @@
 //!
 //! Each extra write, fault or instance multiplies the count by ten to
 //! thirty; the checker keeps a fingerprint per state (tens of bytes).
+#![deny(unreachable_pub)]
 
 mod config;
 mod model;

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tiercache_core::{Cache, InProcessBus, InProcessSharedTier, SharedTier};
+use tiercache_core::Cache;
+use tiercache_core::backend::{InProcessBus, InProcessSharedTier, SharedTier};
 
 /// How the bus fails before the load starts.
 #[derive(Clone, Copy, Debug)]

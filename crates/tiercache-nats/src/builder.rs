@@ -23,9 +23,10 @@ pub const DEFAULT_JETSTREAM_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Configures and connects a [`NatsBus`]. Made by [`NatsBus::builder`].
 ///
 /// Only [`url`](Self::url) is required. Every problem with a value is reported
-/// by [`connect`](Self::connect) as [`NatsBusError::Config`] naming the
+/// by [`build`](Self::build) as [`NatsBusError::Config`] naming the
 /// builder method at fault.
 #[derive(Clone)]
+#[must_use]
 pub struct NatsBusBuilder {
     url: Option<String>,
     credentials_file: Option<PathBuf>,
@@ -129,7 +130,7 @@ impl NatsBusBuilder {
     }
 
     /// The longest a live subscription goes without a
-    /// [`BusEvent::Heartbeat`](tiercache_core::BusEvent::Heartbeat) (default
+    /// [`BusEvent::Heartbeat`](tiercache_core::backend::BusEvent::Heartbeat) (default
     /// 2 s). The bus proves liveness with a round trip through the server every
     /// half interval, and pings the server every interval (three missed pongs
     /// count as a disconnect). At least 10 ms.
@@ -158,7 +159,7 @@ impl NatsBusBuilder {
     }
 
     /// How long a publish may take (default 2 s) before it fails with
-    /// [`BusError::Timeout`](tiercache_core::BusError::Timeout). In JetStream
+    /// [`BusError::Timeout`](tiercache_core::backend::BusError::Timeout). In JetStream
     /// mode this includes the stream's acknowledgement.
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
@@ -173,7 +174,7 @@ impl NatsBusBuilder {
 
     /// How many received messages the client buffers per subscription before
     /// it drops them and the subscription reports
-    /// [`BusEvent::Lost`](tiercache_core::BusEvent::Lost) (default: async-nats'
+    /// [`BusEvent::Lost`](tiercache_core::backend::BusEvent::Lost) (default: async-nats'
     /// default, 65 536). In JetStream mode dropped messages are re-fetched, so
     /// nothing is lost.
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
@@ -181,11 +182,11 @@ impl NatsBusBuilder {
         self
     }
 
-    /// When the server cannot be reached, [`connect`](Self::connect) still
+    /// When the server cannot be reached, [`build`](Self::build) still
     /// succeeds and the client keeps trying in the background: subscriptions
     /// report `Disconnected` until it connects, and publishes fail with
-    /// [`BusError::Unavailable`](tiercache_core::BusError::Unavailable).
-    /// Default `false`: `connect` fails, so a wrong URL or credentials are
+    /// [`BusError::Unavailable`](tiercache_core::backend::BusError::Unavailable).
+    /// Default `false`: `build` fails, so a wrong URL or credentials are
     /// caught at start.
     pub fn retry_on_initial_connect(mut self, retry: bool) -> Self {
         self.retry_on_initial_connect = retry;
@@ -280,7 +281,7 @@ impl NatsBusBuilder {
     /// when the server cannot be reached or refuses the credentials (unless
     /// [`retry_on_initial_connect`](Self::retry_on_initial_connect)), and
     /// [`NatsBusError::JetStream`] when the stream cannot be created or found.
-    pub async fn connect(self) -> Result<NatsBus, NatsBusError> {
+    pub async fn build(self) -> Result<NatsBus, NatsBusError> {
         let addrs = self.check()?;
         let signals = Signals::new();
 
@@ -388,6 +389,16 @@ impl NatsBusBuilder {
                 heartbeat_task: task,
             }),
         })
+    }
+
+    /// The former name of [`build`](Self::build).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    #[deprecated(note = "renamed to `build`")]
+    pub async fn connect(self) -> Result<NatsBus, NatsBusError> {
+        self.build().await
     }
 }
 

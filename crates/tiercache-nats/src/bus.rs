@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tiercache_core::{Bus, BusError, BusEvent, ConfigError};
+use tiercache_core::ConfigError;
+use tiercache_core::backend::{Bus, BusError, BusEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -2,10 +2,10 @@
 
 use tiercache_core::ConfigError;
 
-/// Why [`NatsBusBuilder::connect`](crate::NatsBusBuilder::connect) failed.
+/// Why [`NatsBusBuilder::build`](crate::NatsBusBuilder::build) failed.
 ///
 /// Errors at runtime (publishing while disconnected, a timed-out publish) are
-/// [`tiercache_core::BusError`]s; this type is only about getting started.
+/// [`tiercache_core::backend::BusError`]s; this type is only about getting started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsBusError {

@@ -1,10 +1,10 @@
-//! tiercache-nats: the tiercache invalidation [`Bus`](tiercache_core::Bus) on
+//! tiercache-nats: the tiercache invalidation [`Bus`](tiercache_core::backend::Bus) on
 //! NATS.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use futures::StreamExt;
-//! use tiercache_core::{Bus, BusEvent};
+//! use tiercache_core::backend::{Bus, BusEvent};
 //! use tiercache_nats::NatsBus;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,7 +13,7 @@
 //!     .heartbeat(Duration::from_secs(2))
 //!     // Optional: replay what a subscriber missed while cut off.
 //!     .jetstream("TIERCACHE")
-//!     .connect()
+//!     .build()
 //!     .await?;
 //!
 //! let mut events = bus.subscribe("products").await?;
@@ -46,6 +46,7 @@
 //!
 //! See [`NatsBus`] for what a subscription reports and when, and [`metrics`]
 //! for the counters recorded.
+#![deny(unreachable_pub)]
 
 mod builder;
 mod bus;

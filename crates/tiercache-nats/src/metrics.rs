@@ -12,7 +12,7 @@ pub const PUBLISH_ERRORS: &str = "tiercache_nats_publish_errors_total";
 /// Counter: payloads delivered to a subscription. Label `namespace`.
 pub const RECEIVED: &str = "tiercache_nats_received_total";
 /// Counter: payloads the client dropped because a subscription did not keep
-/// up (slow consumer), as reported in [`BusEvent::Lost`](tiercache_core::BusEvent).
+/// up (slow consumer), as reported in [`BusEvent::Lost`](tiercache_core::backend::BusEvent).
 /// Label `namespace`.
 pub const LOST: &str = "tiercache_nats_lost_total";
 /// Counter: connections lost (one per disconnect the client reports).

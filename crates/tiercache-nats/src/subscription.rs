@@ -9,7 +9,7 @@ use async_nats::Subscriber;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
 use futures::{Stream, StreamExt};
-use tiercache_core::{BoxError, BusError, BusEvent};
+use tiercache_core::backend::{BoxError, BusError, BusEvent};
 use tokio::sync::watch;
 
 use crate::bus::{Shared, ensure_stream};

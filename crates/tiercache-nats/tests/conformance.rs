@@ -10,10 +10,10 @@ use tiercache_testkit::NatsServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_mode_conforms() {
     let server = common::blocking(NatsServer::start).unwrap();
-    let a = common::builder(&server.url()).connect().await.unwrap();
-    let b = common::builder(&server.url()).connect().await.unwrap();
+    let a = common::builder(&server.url()).build().await.unwrap();
+    let b = common::builder(&server.url()).build().await.unwrap();
     let t = Instant::now();
-    tiercache_core::conformance::bus_with_heartbeat(&a, &b, Duration::from_secs(1)).await;
+    tiercache_core::backend::conformance::bus_with_heartbeat(&a, &b, Duration::from_secs(1)).await;
     eprintln!("core conformance: {:?}", t.elapsed());
 }
 
@@ -23,17 +23,17 @@ async fn jetstream_mode_conforms() {
     let stream = common::stream_name();
     let a = common::builder(&server.url())
         .jetstream(&stream)
-        .connect()
+        .build()
         .await
         .unwrap();
     let b = common::builder(&server.url())
         .jetstream(&stream)
-        .connect()
+        .build()
         .await
         .unwrap();
     assert_eq!(a.jetstream_stream(), Some(stream.as_str()));
     let t = Instant::now();
-    tiercache_core::conformance::bus_with_heartbeat(&a, &b, Duration::from_secs(1)).await;
+    tiercache_core::backend::conformance::bus_with_heartbeat(&a, &b, Duration::from_secs(1)).await;
     eprintln!("jetstream conformance: {:?}", t.elapsed());
 }
 
@@ -42,8 +42,8 @@ async fn default_heartbeat_conforms() {
     let server = common::blocking(NatsServer::start).unwrap();
     let a = tiercache_nats::NatsBus::builder()
         .url(server.url())
-        .connect()
+        .build()
         .await
         .unwrap();
-    tiercache_core::conformance::bus(&a, &a.clone()).await;
+    tiercache_core::backend::conformance::bus(&a, &a.clone()).await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{blocking, builder, drain_for, expect, is_message};
-use tiercache_core::{Bus, BusEvent};
+use tiercache_core::backend::{Bus, BusEvent};
 use tiercache_nats::{NatsBus, NatsBusError};
 use tiercache_testkit::NatsServer;
 
@@ -17,7 +17,7 @@ async fn startup_errors_are_typed() {
     let url = server.url();
 
     // JetStream asked of a core-only server.
-    let err = builder(&url).jetstream("TC").connect().await.unwrap_err();
+    let err = builder(&url).jetstream("TC").build().await.unwrap_err();
     assert!(
         matches!(err, NatsBusError::JetStream { ref stream, .. } if stream == "TC"),
         "{err}"
@@ -26,7 +26,7 @@ async fn startup_errors_are_typed() {
     // A bad value names its field, before any connection is tried.
     let err = builder(&url)
         .subject_prefix("a.*")
-        .connect()
+        .build()
         .await
         .unwrap_err();
     assert!(
@@ -35,7 +35,7 @@ async fn startup_errors_are_typed() {
     );
     let err = builder(&url)
         .credentials_file("/nonexistent.creds")
-        .connect()
+        .build()
         .await
         .unwrap_err();
     assert!(
@@ -47,7 +47,7 @@ async fn startup_errors_are_typed() {
     blocking(|| server.kill());
     let err = builder(&url)
         .connect_timeout(Duration::from_secs(1))
-        .connect()
+        .build()
         .await
         .unwrap_err();
     assert!(matches!(err, NatsBusError::Connect(_)), "{err}");
@@ -60,12 +60,12 @@ async fn a_stream_that_does_not_cover_the_prefix_is_a_config_error() {
     let _other = builder(&server.url())
         .subject_prefix("elsewhere")
         .jetstream(&name)
-        .connect()
+        .build()
         .await
         .unwrap();
     let err = builder(&server.url())
         .jetstream(&name)
-        .connect()
+        .build()
         .await
         .unwrap_err();
     assert!(
@@ -77,7 +77,7 @@ async fn a_stream_that_does_not_cover_the_prefix_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_with_subject_syntax_stay_isolated() {
     let server = blocking(NatsServer::start).unwrap();
-    let bus = builder(&server.url()).connect().await.unwrap();
+    let bus = builder(&server.url()).build().await.unwrap();
     let names = ["a", "a.b", "a.>", "a.*", "a b", "", "%", "ü"];
     let mut subs = Vec::new();
     for ns in names {

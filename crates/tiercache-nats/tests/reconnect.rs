@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Events, blocking, builder, expect, is_message};
 use futures::StreamExt;
-use tiercache_core::{Bus, BusError, BusEvent};
+use tiercache_core::backend::{Bus, BusError, BusEvent};
 use tiercache_nats::NatsBus;
 use tiercache_testkit::NatsServer;
 
@@ -44,8 +44,8 @@ async fn connected(events: &mut Events, within: Duration) -> bool {
 async fn core_mode_survives_a_killed_server() {
     let mut server = blocking(NatsServer::start).unwrap();
     let url = server.url();
-    let sub_bus = builder(&url).connect().await.unwrap();
-    let pub_bus = builder(&url).connect().await.unwrap();
+    let sub_bus = builder(&url).build().await.unwrap();
+    let pub_bus = builder(&url).build().await.unwrap();
     let ns = common::unique("ns");
     let mut events = sub_bus.subscribe(&ns).await.unwrap();
     assert!(
@@ -134,8 +134,8 @@ async fn jetstream_mode_replays_what_was_missed() {
     let mut server = blocking(NatsServer::start_jetstream).unwrap();
     let url = server.url();
     let stream = common::stream_name();
-    let sub_bus = builder(&url).jetstream(&stream).connect().await.unwrap();
-    let pub_bus = builder(&url).jetstream(&stream).connect().await.unwrap();
+    let sub_bus = builder(&url).jetstream(&stream).build().await.unwrap();
+    let pub_bus = builder(&url).jetstream(&stream).build().await.unwrap();
     let ns = common::unique("ns");
     let other_ns = common::unique("ns");
     let mut events = sub_bus.subscribe(&ns).await.unwrap();
@@ -212,8 +212,8 @@ async fn jetstream_mode_live_reconnect_while_reading() {
     let mut server = blocking(NatsServer::start_jetstream).unwrap();
     let url = server.url();
     let stream = common::stream_name();
-    let sub_bus = builder(&url).jetstream(&stream).connect().await.unwrap();
-    let pub_bus = builder(&url).jetstream(&stream).connect().await.unwrap();
+    let sub_bus = builder(&url).jetstream(&stream).build().await.unwrap();
+    let pub_bus = builder(&url).jetstream(&stream).build().await.unwrap();
     let ns = common::unique("ns");
     let mut events = sub_bus.subscribe(&ns).await.unwrap();
     connected(&mut events, Duration::from_secs(5)).await;
@@ -274,13 +274,13 @@ async fn jetstream_mode_reports_aged_out_history_as_not_resumed() {
     let sub_bus = builder(&url)
         .jetstream(&stream)
         .jetstream_max_age(age)
-        .connect()
+        .build()
         .await
         .unwrap();
     let pub_bus = builder(&url)
         .jetstream(&stream)
         .jetstream_max_age(age)
-        .connect()
+        .build()
         .await
         .unwrap();
     let ns = common::unique("ns");
@@ -320,7 +320,7 @@ async fn starts_disconnected_and_connects_later() {
     blocking(|| server.kill());
     let bus = builder(&url)
         .retry_on_initial_connect(true)
-        .connect()
+        .build()
         .await
         .unwrap();
     let ns = common::unique("ns");
@@ -347,7 +347,7 @@ async fn starts_disconnected_and_connects_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_end_when_the_bus_is_dropped() {
     let server = blocking(NatsServer::start).unwrap();
-    let bus = builder(&server.url()).connect().await.unwrap();
+    let bus = builder(&server.url()).build().await.unwrap();
     let mut events = bus.subscribe("x").await.unwrap();
     connected(&mut events, Duration::from_secs(5)).await;
     drop(bus);
@@ -363,8 +363,8 @@ async fn jetstream_mode_notices_a_deleted_stream() {
     let server = blocking(NatsServer::start_jetstream).unwrap();
     let url = server.url();
     let stream = common::stream_name();
-    let sub_bus = builder(&url).jetstream(&stream).connect().await.unwrap();
-    let pub_bus = builder(&url).jetstream(&stream).connect().await.unwrap();
+    let sub_bus = builder(&url).jetstream(&stream).build().await.unwrap();
+    let pub_bus = builder(&url).jetstream(&stream).build().await.unwrap();
     let ns = common::unique("ns");
     let mut events = sub_bus.subscribe(&ns).await.unwrap();
     connected(&mut events, Duration::from_secs(5)).await;

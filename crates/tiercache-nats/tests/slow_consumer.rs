@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{blocking, builder, drain_for};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tiercache_core::{Bus, BusEvent};
+use tiercache_core::backend::{Bus, BusEvent};
 use tiercache_nats::metrics as m;
 use tiercache_testkit::NatsServer;
 
@@ -55,10 +55,10 @@ async fn slow_consumer_reports_lost_and_metrics_count() {
     let url = server.url();
     let slow = builder(&url)
         .subscription_capacity(8)
-        .connect()
+        .build()
         .await
         .unwrap();
-    let publisher = builder(&url).connect().await.unwrap();
+    let publisher = builder(&url).build().await.unwrap();
     let ns = common::unique("slow");
     let mut events = slow.subscribe(&ns).await.unwrap();
     let (ev, _) = common::expect(&mut events, Duration::from_secs(5), "Connected", |e| {

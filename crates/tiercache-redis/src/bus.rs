@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Value};
-use tiercache_core::{Bus, BusError, BusEvent};
+use tiercache_core::backend::{Bus, BusError, BusEvent};
 use tokio::sync::mpsc;
 
 use crate::error::BuildError;

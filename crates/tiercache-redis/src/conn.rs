@@ -15,7 +15,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline,
     RedisConnectionInfo, RedisFuture, RedisResult, Value,
 };
-use tiercache_core::SharedEvent;
+use tiercache_core::backend::SharedEvent;
 use tokio::sync::{Notify, broadcast};
 
 use crate::breaker::Breaker;
@@ -83,7 +83,7 @@ pub(crate) struct Connector {
 }
 
 /// The current connection and what is known about it.
-struct Slot {
+struct CurrentConn {
     generation: u64,
     conn: Option<Conn>,
     /// The server address behind a single connection (the Sentinel master).
@@ -92,7 +92,7 @@ struct Slot {
 
 /// State shared between calls and the supervisor.
 pub(crate) struct Link {
-    slot: Mutex<Slot>,
+    current: Mutex<CurrentConn>,
     wake: Arc<Notify>,
     pub(crate) events: broadcast::Sender<SharedEvent>,
     pub(crate) breaker: Breaker,
@@ -103,7 +103,7 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn new(breaker: Breaker, reporter: Reporter, cluster: bool) -> Self {
         Self {
-            slot: Mutex::new(Slot {
+            current: Mutex::new(CurrentConn {
                 generation: 0,
                 conn: None,
                 addr: None,
@@ -116,8 +116,8 @@ impl Link {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, CurrentConn> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The connection to use now and its generation, if connected.

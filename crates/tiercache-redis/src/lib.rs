@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tiercache_core::{Bus, SharedTier};
+//! use tiercache_core::backend::{Bus, SharedTier};
 //! use tiercache_redis::{RedisBus, RedisSharedTier};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,7 +63,7 @@
 //! - **Standalone**: one multiplexed connection, health-checked with `PING`
 //!   every second and re-established with backoff (50 ms doubling to 500 ms)
 //!   when lost; `SharedEvent::Disconnected` and `SharedEvent::Reconnected`
-//!   are emitted through [`SharedTier::events`](tiercache_core::SharedTier::events).
+//!   are emitted through [`SharedTier::events`](tiercache_core::backend::SharedTier::events).
 //! - **Sentinel**: redis-rs resolves a Sentinel master only when it connects
 //!   and does not follow `+switch-master`, so every (re)connect asks the
 //!   Sentinels for the master and checks `ROLE` is `master`; the health check
@@ -106,6 +106,7 @@
 //! credentials in their own URLs. With the `tls` feature, `rediss://` URLs
 //! work, and [`tls(true)`](RedisSharedTierBuilder::tls) makes connections to
 //! Sentinel-resolved masters and Cluster nodes use TLS.
+#![deny(unreachable_pub)]
 
 mod breaker;
 mod bus;

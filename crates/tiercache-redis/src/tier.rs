@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use redis::{ErrorKind, RedisResult, ServerErrorKind, Value};
-use tiercache_core::{FillTicket, SharedError, SharedEvent, SharedTier};
+use tiercache_core::backend::{FillTicket, SharedError, SharedEvent, SharedTier};
 use tokio::sync::broadcast;
 
 use crate::config::RedisSharedTierBuilder;

@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use tiercache_core::{Cache, SharedTier};
+use tiercache_core::Cache;
+use tiercache_core::backend::SharedTier;
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_testkit::{RedisServer, redis_command};
 

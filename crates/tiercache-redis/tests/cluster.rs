@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tiercache_core::{SharedEvent, SharedTier, conformance};
+use tiercache_core::backend::{SharedEvent, SharedTier, conformance};
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::{RedisCluster, redis_command};
 

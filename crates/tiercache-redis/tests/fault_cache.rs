@@ -165,7 +165,7 @@ async fn redis_killed_under_load_reaches_no_caller() {
 async fn a_value_left_by_a_failed_delete_is_not_served_after_redis_returns() {
     let mut server = RedisServer::start().unwrap();
     let port = server.port();
-    let bus = tiercache_core::InProcessBus::new();
+    let bus = tiercache_core::backend::InProcessBus::new();
     let ns = common::unique("leftover");
     let tier = || {
         RedisSharedTier::builder()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tiercache_core::{SharedEvent, SharedTier, conformance};
+use tiercache_core::backend::{SharedEvent, SharedTier, conformance};
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::{RedisSentinelSet, redis_command};
 

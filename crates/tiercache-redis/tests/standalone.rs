@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tiercache_core::{Bus, BusEvent, SharedError, SharedEvent, SharedTier, conformance};
+use tiercache_core::backend::{Bus, BusEvent, SharedError, SharedEvent, SharedTier, conformance};
 use tiercache_redis::{BuildError, RedisBus, RedisSharedTier};
 use tiercache_testkit::{RedisServer, Resp, redis_command};
 

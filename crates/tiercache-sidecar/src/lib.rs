@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use tiercache_core::{InProcessBus, InProcessSharedTier, MessageCodec};
+//! use tiercache_core::backend::{InProcessBus, InProcessSharedTier, MessageCodec};
 //! use tiercache_sidecar::{Config, Shutdown, Sidecar, sink::Sinks};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -73,9 +73,10 @@
 //! # Delivery
 //!
 //! See [`sink`]: per message, shared-tier key deletes, tag bumps, then a
-//! (signed, if configured) [`tiercache_core::Invalidation`] on the bus, each
+//! (signed, if configured) [`tiercache_core::backend::Invalidation`] on the bus, each
 //! retried with backoff; applying a change twice is harmless.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![deny(unreachable_pub)]
 
 pub mod config;
 pub mod emit;
@@ -369,7 +370,7 @@ impl Sidecar {
     pub async fn run(&self, shutdown: Shutdown) -> Result<(), Error> {
         tracing::info!(
             source = ?self.config.source.kind,
-            origin = self.sinks.origin(),
+            origin = self.sinks.instance_id(),
             rules = self.config.rules.len(),
             "tiercache-sidecar running"
         );

@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tiercache_core::{BoxError, Bus, Invalidation, KeyFormat, MessageCodec, SharedTier};
+use tiercache_core::backend::{BoxError, Bus, Invalidation, KeyFormat, MessageCodec, SharedTier};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::Shutdown;
@@ -159,8 +159,8 @@ pub struct Sinks {
     shared: Option<Arc<dyn SharedTier>>,
     bus: Option<Arc<dyn Bus>>,
     codec: MessageCodec,
-    origin: u64,
-    /// Per namespace: the last sequence number, and until when this origin
+    instance_id: u64,
+    /// Per namespace: the last sequence number, and until when this instance
     /// heartbeats there (it does for a while after each message).
     seqs: Seqs,
     retry: RetryConfig,
@@ -237,7 +237,7 @@ impl std::fmt::Debug for Sinks {
             .field("shared", &self.shared.is_some())
             .field("bus", &self.bus.is_some())
             .field("codec", &self.codec)
-            .field("origin", &self.origin)
+            .field("instance_id", &self.instance_id)
             .finish()
     }
 }
@@ -251,7 +251,7 @@ pub fn now_us() -> i64 {
 
 impl Sinks {
     /// Sinks over the given shared tier and bus (either may be absent), with
-    /// a random origin id, signing with `codec`.
+    /// a random instance id, signing with `codec`.
     pub fn new(
         shared: Option<Arc<dyn SharedTier>>,
         bus: Option<Arc<dyn Bus>>,
@@ -262,7 +262,7 @@ impl Sinks {
             shared,
             bus,
             codec,
-            origin: rand::random::<u64>() | 1,
+            instance_id: rand::random::<u64>() | 1,
             seqs: Arc::new(Mutex::new(HashMap::new())),
             retry,
             outbox: OnceLock::new(),
@@ -315,7 +315,7 @@ impl Sinks {
                 if let Some(stream) = &config.bus.jetstream {
                     b = b.jetstream(stream.clone());
                 }
-                let bus = b.connect().await.map_err(|e| SinkError::Nats(e.into()))?;
+                let bus = b.build().await.map_err(|e| SinkError::Nats(e.into()))?;
                 Some(Arc::new(bus))
             }
             BusKind::Redis => {
@@ -344,9 +344,11 @@ impl Sinks {
         Ok(Self::new(shared, bus, codec, config.retry.clone()))
     }
 
-    /// This process's origin id in published messages.
-    pub fn origin(&self) -> u64 {
-        self.origin
+    /// This process's instance id on the bus: the
+    /// [`sender_instance`](Invalidation::sender_instance) of the messages it
+    /// publishes.
+    pub fn instance_id(&self) -> u64 {
+        self.instance_id
     }
 
     /// The shared tier, if any.
@@ -470,7 +472,7 @@ impl Sinks {
                 outbox.tx.clone(),
                 Arc::clone(&outbox.backlog),
                 self.codec.clone(),
-                self.origin,
+                self.instance_id,
                 shutdown.clone(),
             ));
             outbox
@@ -484,7 +486,7 @@ impl Sinks {
             *s
         };
         let msg = Invalidation {
-            origin: self.origin,
+            sender_instance: self.instance_id,
             namespace: m.namespace.clone(),
             keys: m.keys.clone(),
             tags: m.tags.clone(),
@@ -550,7 +552,7 @@ async fn origin_heartbeats(
     tx: mpsc::UnboundedSender<Queued>,
     backlog: Arc<AtomicUsize>,
     codec: MessageCodec,
-    origin: u64,
+    sender_instance: u64,
     shutdown: Shutdown,
 ) {
     loop {
@@ -571,9 +573,9 @@ async fn origin_heartbeats(
                 continue;
             }
             let msg = if farewell {
-                Invalidation::farewell(origin, namespace.as_str(), *seq)
+                Invalidation::farewell(sender_instance, namespace.as_str(), *seq)
             } else {
-                Invalidation::heartbeat(origin, namespace.as_str(), *seq)
+                Invalidation::heartbeat(sender_instance, namespace.as_str(), *seq)
             };
             let (done, _) = oneshot::channel();
             backlog.fetch_add(1, Ordering::AcqRel);
@@ -681,7 +683,7 @@ mod tests {
     #[tokio::test]
     async fn applies_to_shared_tier_and_bus() {
         use futures::StreamExt;
-        use tiercache_core::{BusEvent, InProcessBus, InProcessSharedTier};
+        use tiercache_core::backend::{BusEvent, InProcessBus, InProcessSharedTier};
         let shared = Arc::new(InProcessSharedTier::default());
         let bus = InProcessBus::new();
         let mut sub = bus.subscribe("p").await.unwrap();
@@ -709,6 +711,6 @@ mod tests {
         };
         assert_eq!(msg.keys, vec!["1"]);
         assert_eq!(msg.seq, 1);
-        assert_eq!(msg.origin, sinks.origin());
+        assert_eq!(msg.sender_instance, sinks.instance_id());
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use tiercache_core::MessageCodec;
+use tiercache_core::backend::MessageCodec;
 use tiercache_nats::NatsBus;
 use tiercache_sidecar::Config;
 use tiercache_testkit::{NatsServer, RedisServer};
@@ -67,7 +67,7 @@ async fn measure(kind: &str, real_sinks: bool) {
     let in_process = Sinks2::new();
     let (mut inbox, running, _app_bus) = match &servers {
         Some((_, nats)) => {
-            let bus = NatsBus::builder().url(nats.url()).connect().await.unwrap();
+            let bus = NatsBus::builder().url(nats.url()).build().await.unwrap();
             let inbox = Inbox::subscribe(&bus, "products", MessageCodec::unsigned()).await;
             let sidecar = tiercache_sidecar::Sidecar::from_config(config)
                 .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use tiercache_core::{MessageCodec, SharedTier};
+use tiercache_core::backend::{MessageCodec, SharedTier};
 use tiercache_sidecar::Config;
 
 async fn update_reaches_bus_and_shared_tier(kind: &str) {
@@ -38,7 +38,7 @@ async fn update_reaches_bus_and_shared_tier(kind: &str) {
     assert_eq!(m.tags, s(&["products", "category:books", "category:games"]));
     assert!(!m.created);
     assert_eq!(m.seq, 1);
-    assert_eq!(m.origin, running.sidecar.sinks().origin());
+    assert_eq!(m.sender_instance, running.sidecar.sinks().instance_id());
     assert!(m.source_time_ms > 0);
     assert!(
         sinks.shared.get("products:1").await.unwrap().is_none(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use tiercache_core::{Bus, MessageCodec, SharedTier};
+use tiercache_core::backend::{Bus, MessageCodec, SharedTier};
 use tiercache_nats::NatsBus;
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_sidecar::Config;
@@ -86,13 +86,7 @@ async fn app_shared(sv: &Servers) -> RedisSharedTier {
 
 async fn app_bus(sv: &Servers, bus: &str) -> Arc<dyn Bus> {
     match bus {
-        "nats" => Arc::new(
-            NatsBus::builder()
-                .url(sv.nats.url())
-                .connect()
-                .await
-                .unwrap(),
-        ),
+        "nats" => Arc::new(NatsBus::builder().url(sv.nats.url()).build().await.unwrap()),
         _ => Arc::new(
             RedisBus::builder()
                 .url(sv.redis.url())

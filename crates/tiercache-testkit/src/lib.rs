@@ -49,6 +49,7 @@
 //!
 //! Missing binaries yield [`TestkitError::MissingBinary`] naming the Debian
 //! package (`redis-server`, `redis-tools`, `nats-server`, `postgresql`).
+#![deny(unreachable_pub)]
 
 mod binaries;
 mod cluster;

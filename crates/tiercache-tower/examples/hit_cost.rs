@@ -16,7 +16,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, Response, header};
 use bytes::Bytes;
-use tiercache_core::{Cache, InProcessBus, InProcessSharedTier};
+use tiercache_core::Cache;
+use tiercache_core::backend::{InProcessBus, InProcessSharedTier};
 use tiercache_tower::{CachedResponse, HttpCacheLayer, ResponseCodec};
 use tower::{Layer, Service, ServiceExt};
 
@@ -42,8 +43,7 @@ fn main() {
             .shared_tier(InProcessSharedTier::default())
             .bus(InProcessBus::new())
             .ttl(Duration::from_secs(3600))
-            .codec(ResponseCodec)
-            .build_with_codec()
+            .build_with_codec(ResponseCodec)
             .unwrap();
         while !cache.local_trusted() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -29,9 +29,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use tiercache_core::envelope;
+use tiercache_core::backend::{InProcessSharedTier, KeyFormat};
 use tiercache_core::fuzz_targets::block_on;
-use tiercache_core::{Cache, CacheKey, Codec, InProcessSharedTier, KeyFormat, Postcard};
+use tiercache_core::fuzz_targets::envelope_format as envelope;
+use tiercache_core::{Cache, CacheKey, Codec, Postcard};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -221,8 +222,7 @@ thread_local! {
         let cache = || {
             Cache::builder(NS)
                 .local_only()
-                .codec(ResponseCodec)
-                .build_with_codec()
+                .build_with_codec(ResponseCodec)
                 .expect("cache")
         };
         [
@@ -984,12 +984,11 @@ fn rig() -> (HttpCacheLayer, HttpCacheLayer, u64) {
                 let cache = Cache::builder(NS)
                     .shared_tier(tier.clone())
                     .no_bus()
-                    .codec(ResponseCodec)
                     .ttl_jitter(0.0)
                     .negative_jitter(0.0)
                     .max_value_size(MAX_VALUE)
                     .compress_at(COMPRESS_AT)
-                    .build_with_codec()
+                    .build_with_codec(ResponseCodec)
                     .expect("cache");
                 HttpCacheLayer::new(cache)
                     .vary([header::ACCEPT, RUN_HEADER])

@@ -34,6 +34,7 @@
 //! # drop(app); Ok(()) }
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![deny(unreachable_pub)]
 
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Env;
-use tiercache_core::InProcessBus;
+use tiercache_core::backend::InProcessBus;
 use tiercache_nats::NatsBus;
 use tiercache_redis::RedisSharedTier;
 use tiercache_testkit::{NatsServer, RedisServer};
@@ -86,7 +86,7 @@ fn two_instances_on_redis_and_nats() {
         let instance = || async {
             Env {
                 tier: Arc::new(redis_tier(&redis.url()).await),
-                bus: Arc::new(NatsBus::builder().url(nats.url()).connect().await.unwrap()),
+                bus: Arc::new(NatsBus::builder().url(nats.url()).build().await.unwrap()),
             }
         };
         let (a, b) = (instance().await, instance().await);

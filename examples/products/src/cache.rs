@@ -31,7 +31,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiercache_core::{BloomGuardConfig, Bus, Cache, SharedTier};
+use tiercache_core::backend::{Bus, SharedTier};
+use tiercache_core::{BloomGuardConfig, Cache};
 use tiercache_nats::NatsBus;
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_tower::{CachedResponse, HttpCacheLayer, ResponseCodec};
@@ -88,7 +89,7 @@ pub async fn build(settings: &Settings, db: &Db) -> Result<Caches, BoxError> {
                 builder = builder.jetstream(settings.nats_stream.as_str());
                 "nats-jetstream"
             };
-            (Some(Arc::new(builder.connect().await?)), kind)
+            (Some(Arc::new(builder.build().await?)), kind)
         }
         (None, Some(url)) => (
             Some(Arc::new(RedisBus::connect(url.as_str()).await?)),
@@ -122,8 +123,7 @@ pub async fn build(settings: &Settings, db: &Db) -> Result<Caches, BoxError> {
     let mut responses = Cache::<String, CachedResponse>::builder(HTTP_NAMESPACE)
         .ttl(ttl)
         .ttl_jitter(0.2)
-        .grace(grace)
-        .codec(ResponseCodec);
+        .grace(grace);
     if let Some(s) = shared {
         products = products.shared_tier_arc(Arc::clone(&s));
         responses = responses.shared_tier_arc(s);
@@ -132,7 +132,7 @@ pub async fn build(settings: &Settings, db: &Db) -> Result<Caches, BoxError> {
         products = products.bus_arc(Arc::clone(&b));
         responses = responses.bus_arc(b);
     }
-    let http = HttpCacheLayer::new(responses.build_with_codec()?)
+    let http = HttpCacheLayer::new(responses.build_with_codec(ResponseCodec)?)
         // `?category=a&x=1` and `?x=1&category=a` share an entry.
         .sort_query(true)
         // A 404 the database confirmed; the handler marks a Bloom

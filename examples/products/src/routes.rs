@@ -237,7 +237,7 @@ async fn create_product(
     // cache learn the id now, and so does a 404 of it stored by the layer
     // (tag `product:{id}`); the messages tell the other instances at once.
     // The sidecar's invalidations of the same row follow and change nothing.
-    st.caches.products.created(&p.id).await;
+    st.caches.products.mark_created(&p.id).await;
     st.caches
         .http
         .handle()

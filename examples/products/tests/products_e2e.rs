@@ -343,7 +343,7 @@ fn start_stack(http: &Http, rt: &tokio::runtime::Runtime) -> Stack {
             .env("NATS_URL", nats.url())
             .env("NATS_STREAM", "TIERCACHE")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info,tiercache_core::cache::sync=debug");
+            .env("RUST_LOG", "info,tiercache_core::cache::coherence=debug");
         apps.push(Proc::spawn(
             &format!("app{i}"),
             cmd,

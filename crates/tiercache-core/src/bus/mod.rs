@@ -1,22 +1,7 @@
 //! The invalidation bus: the trait a pub/sub transport (NATS, Redis pub/sub)
 //! implements, and the in-process implementation used by the embedded default.
 //!
-//! # Contract
-//!
-//! A bus moves opaque payloads (encoded [`Invalidation`](crate::Invalidation)s)
-//! between every subscriber of a namespace, including the publisher itself
-//! (the engine ignores its own echo). Besides messages, a subscription reports
-//! what the engine needs to keep the local tier honest:
-//!
-//! - [`BusEvent::Disconnected`] as soon as the transport knows it is cut off;
-//! - [`BusEvent::Connected`] when it is subscribed again, with `resumed: true`
-//!   only when everything published meanwhile has been (or will be) delivered;
-//! - [`BusEvent::Heartbeat`] while live, at least as often as
-//!   [`Bus::heartbeat_at_least`] asked (every few seconds by default), so
-//!   silence can be told apart from a quiet system;
-//! - [`BusEvent::Lost`] when the client itself dropped messages.
-//!
-//! Every implementation must pass [`conformance::bus`](crate::conformance).
+//! The contract every implementation keeps is on [`Bus`].
 
 mod memory;
 
@@ -53,6 +38,24 @@ pub enum BusEvent {
 }
 
 /// A publish/subscribe transport for invalidations.
+///
+/// # Contract
+///
+/// A bus moves opaque payloads (encoded [`Invalidation`](crate::backend::Invalidation)s)
+/// between every subscriber of a namespace, including the publisher itself
+/// (the engine ignores its own echo). Besides messages, a subscription reports
+/// what the engine needs to keep the local tier honest:
+///
+/// - [`BusEvent::Disconnected`] as soon as the transport knows it is cut off;
+/// - [`BusEvent::Connected`] when it is subscribed again, with `resumed: true`
+///   only when everything published meanwhile has been (or will be) delivered;
+/// - [`BusEvent::Heartbeat`] while live, at least as often as
+///   [`Bus::heartbeat_at_least`] asked (every few seconds by default), so
+///   silence can be told apart from a quiet system;
+/// - [`BusEvent::Lost`] when the client itself dropped messages.
+///
+/// Every implementation must pass `backend::conformance::bus` (feature
+/// `conformance`).
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` to every subscriber of `namespace`.

@@ -47,7 +47,7 @@ where
     /// A stream of the invalidations from other instances as this instance
     /// applies them, with the time each was applied: for consistency checkers
     /// and staleness measurements. Costs nothing while nobody subscribes.
-    pub fn applied(&self) -> tokio::sync::broadcast::Receiver<Applied> {
+    pub fn subscribe_applied(&self) -> tokio::sync::broadcast::Receiver<Applied> {
         self.inner.applied.subscribe()
     }
 
@@ -113,6 +113,7 @@ where
             outcome: Outcome::Hit(Tier::Local),
             written_ms: hit.written_ms,
             age: Some(hit.age),
+            clock: self.inner.clock().clone(),
         })
     }
 
@@ -312,8 +313,8 @@ where
 
     /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
     /// exists at the origin, and drops any negative entry for it.
-    pub async fn created(&self, key: &K) {
-        self.inner.created(key).await
+    pub async fn mark_created(&self, key: &K) {
+        self.inner.mark_created(key).await
     }
 
     /// Rebuilds the Bloom guard from its universe loader now (it also

@@ -10,8 +10,9 @@ use bytes::Bytes;
 
 use crate::bloom::BloomGuard;
 use crate::bus::Bus;
+use crate::codec::{Codec, Postcard};
 use crate::error::ConfigError;
-use crate::key::{CacheKey, KeyFormat, KeyHash};
+use crate::key::{CacheKey, KeyFormat};
 use crate::message::{Invalidation, MessageCodec};
 use crate::shared::SharedTier;
 use crate::stats::Stats;
@@ -20,7 +21,7 @@ use super::config::{Backend, embedded_bus, embedded_shared_tier};
 use super::fence::Fence;
 use super::flight::Flights;
 use super::hot::HotSlots;
-use super::local::LocalData;
+use super::local;
 use super::outbox::{self, Outbox};
 use super::{Cache, CacheBuilder, Inner, LocalMode};
 
@@ -29,42 +30,41 @@ where
     K: CacheKey + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    /// Builds the cache with the default codec ([`Postcard`](crate::Postcard))
-    /// unless one was given. Must be called inside a tokio runtime (the cache
-    /// runs its bus listener and Bloom rebuilds as tasks).
-    pub fn build(mut self) -> Result<Cache<K, V>, ConfigError>
+    /// Builds the cache, storing values with the default codec
+    /// ([`Postcard`]). Must be called inside a tokio runtime (the cache runs
+    /// its bus listener and Bloom rebuilds as tasks).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the setting at fault when one is out of range,
+    /// or `runtime` when called outside a tokio runtime.
+    pub fn build(self) -> Result<Cache<K, V>, ConfigError>
     where
         V: serde::Serialize + serde::de::DeserializeOwned,
     {
-        self.default_codec();
-        self.build_with_codec()
+        self.build_with_codec(Postcard)
     }
 
-    /// Builds the cache with the codec given to [`codec`](Self::codec), for
-    /// values that are not serde types.
-    pub fn build_with_codec(self) -> Result<Cache<K, V>, ConfigError> {
+    /// Builds the cache, storing values with `codec`: for values that are
+    /// not serde types, or to store them in another format. Otherwise as
+    /// [`build`](Self::build).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_with_codec<C: Codec<V>>(self, codec: C) -> Result<Cache<K, V>, ConfigError> {
         self.validate()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| ConfigError::new("runtime", "build the cache inside a tokio runtime"))?;
-        let codec = self.codec.ok_or_else(|| {
-            ConfigError::new("codec", "no codec given; call .codec(..) or use build()")
-        })?;
+        let codec: Arc<dyn Codec<V>> = Arc::new(codec);
         let config = self.config;
         let stats = Arc::new(Stats::new(&config.namespace));
         let local = (config.local_capacity > 0).then(|| {
-            let evictions = Arc::clone(&stats);
-            moka::sync::Cache::builder()
-                .max_capacity(config.local_capacity)
-                .weigher(|_: &KeyHash, e: &LocalData<V>| e.weight)
-                // Entries carry their own deadlines (checked on every hit);
-                // moka's one TTL bounds how long an expired one lingers.
-                .time_to_live(config.ttl.max(config.negative_ttl) + config.grace)
-                .eviction_listener(move |_, _, cause| {
-                    if cause == moka::notification::RemovalCause::Size {
-                        evictions.evictions(1);
-                    }
-                })
-                .build_with_hasher(crate::key::KeyHashBuilder)
+            local::tier(
+                config.local_capacity,
+                config.ttl.max(config.negative_ttl) + config.grace,
+                Arc::clone(&stats),
+            )
         });
         let shared: Option<Arc<dyn SharedTier>> = match self.shared {
             Backend::Embedded => Some(Arc::new(embedded_shared_tier().clone())),
@@ -115,7 +115,7 @@ where
             bus,
             codec,
             flights: Arc::new(Flights::new()),
-            fence: Fence::new(retention),
+            fence: Fence::new(retention, config.clock.clone()),
             bloom: self.bloom.map(BloomGuard::new),
             stats,
             instance,

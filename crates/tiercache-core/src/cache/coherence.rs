@@ -33,8 +33,9 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
-use super::{FlushReason, Inner, LocalMode, now_ms};
+use super::{FlushReason, Inner, LocalMode};
 use crate::bus::BusEvent;
+use crate::clock::Instant;
 use crate::message::OriginSignal;
 use crate::shared::SharedEvent;
 
@@ -123,17 +124,17 @@ where
     K: Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    let liveness = match weak.upgrade() {
-        Some(i) => i.config.liveness(),
+    let (liveness, clock) = match weak.upgrade() {
+        Some(i) => (i.config.liveness(), i.clock().clone()),
         None => return,
     };
     let mut last_seq: HashMap<u64, u64> = HashMap::new();
     // When each active origin was last heard (a message or its heartbeat).
-    let mut last_heard: HashMap<u64, std::time::Instant> = HashMap::new();
+    let mut last_heard: HashMap<u64, Instant> = HashMap::new();
     // Active origins gone silent, with when they were last heard: while
     // any is (for at most ACTIVE_FOR after it was last heard, as long as an
     // origin heartbeats after its last message), the local tier is bypassed.
-    let mut silent_origins: HashMap<u64, std::time::Instant> = HashMap::new();
+    let mut silent_origins: HashMap<u64, Instant> = HashMap::new();
     let mut connected = false;
     let mut silent = false;
     loop {
@@ -148,10 +149,10 @@ where
                 // stuck or lost on its side while this bus is live (its own
                 // connection down). A loss signal, once; its sequence numbers are
                 // kept, so a gap still shows when it is heard again.
-                let now = std::time::Instant::now();
-                let went_silent: Vec<(u64, std::time::Instant)> = last_heard
+                let now = clock.now();
+                let went_silent: Vec<(u64, Instant)> = last_heard
                     .iter()
-                    .filter(|(_, t)| now.duration_since(**t) > liveness)
+                    .filter(|(_, t)| now.saturating_duration_since(**t) > liveness)
                     .map(|(o, t)| (*o, *t))
                     .collect();
                 if !went_silent.is_empty() {
@@ -165,7 +166,8 @@ where
                     inner.set_mode(LocalMode::Bypass);
                 }
                 let before = silent_origins.len();
-                silent_origins.retain(|_, t| now.duration_since(*t) <= super::outbox::ACTIVE_FOR);
+                silent_origins
+                    .retain(|_, t| now.saturating_duration_since(*t) <= super::outbox::ACTIVE_FOR);
                 if before > 0 && silent_origins.is_empty() && !silent {
                     // Gone for longer than an origin heartbeats: no stuck message of
                     // theirs can still be unheard of.
@@ -232,33 +234,35 @@ where
                         continue;
                     }
                 };
-                if msg.origin == inner.instance {
+                if msg.sender_instance == inner.instance {
                     continue;
                 }
                 if last_seq.len() > 10_000 {
                     last_seq.clear();
                 }
-                let last = last_seq.entry(msg.origin).or_insert(0);
+                let last = last_seq.entry(msg.sender_instance).or_insert(0);
                 match sequence_step(*last, msg.seq) {
                     Step::Next => {}
                     Step::Gap(lost) => {
                         inner.stats.messages_lost(lost);
-                        tracing::warn!(ns = %inner.config.namespace, origin = msg.origin, lost, "gap in bus sequence; flushing the local tier");
+                        tracing::warn!(ns = %inner.config.namespace, origin = msg.sender_instance, lost, "gap in bus sequence; flushing the local tier");
                         inner.flush_local_because(FlushReason::SequenceGap);
                     }
                     Step::Old => {}
                     Step::Restart => {
-                        tracing::warn!(ns = %inner.config.namespace, origin = msg.origin, last = *last, seq = msg.seq, "bus sequence went far back; following it from here");
+                        tracing::warn!(ns = %inner.config.namespace, origin = msg.sender_instance, last = *last, seq = msg.seq, "bus sequence went far back; following it from here");
                     }
                 }
                 *last = next_last(*last, msg.seq);
                 let signal = msg.signal();
                 if signal == OriginSignal::Farewell {
-                    last_heard.remove(&msg.origin);
+                    last_heard.remove(&msg.sender_instance);
                 } else {
-                    last_heard.insert(msg.origin, std::time::Instant::now());
+                    last_heard.insert(msg.sender_instance, clock.now());
                 }
-                if silent_origins.remove(&msg.origin).is_some() && silent_origins.is_empty() {
+                if silent_origins.remove(&msg.sender_instance).is_some()
+                    && silent_origins.is_empty()
+                {
                     // Heard again: what it had stuck arrives from here on;
                     // a copy made meanwhile may predate it.
                     inner.flush_local_because(FlushReason::BusHeardAgain);
@@ -279,7 +283,7 @@ where
                 // Shared-tier values written before the change are older
                 // than it (the sender's clock; never later than now, so a
                 // clock ahead or a forged time costs misses, not more).
-                let now = now_ms();
+                let now = clock.wall_ms();
                 let at = match msg.source_time_ms {
                     0 => now,
                     t => t.min(now),
@@ -287,7 +291,7 @@ where
                 inner.apply_local(&hashes, &msg.tags, at);
                 tracing::debug!(
                     ns = %inner.config.namespace,
-                    origin = msg.origin,
+                    origin = msg.sender_instance,
                     seq = msg.seq,
                     keys = ?msg.keys,
                     tags = ?msg.tags,
@@ -303,15 +307,15 @@ where
                 inner.stats.invalidations_received(1);
                 if inner.applied.receiver_count() > 0 {
                     let _ = inner.applied.send(super::Applied {
-                        origin: msg.origin,
+                        sender_instance: msg.sender_instance,
                         seq: msg.seq,
                         keys: msg.keys,
                         tags: msg.tags,
-                        at: std::time::Instant::now(),
+                        at: clock.std_now(),
                     });
                 }
                 if msg.source_time_ms > 0 {
-                    let lag = now_ms().saturating_sub(msg.source_time_ms);
+                    let lag = clock.wall_ms().saturating_sub(msg.source_time_ms);
                     inner.stats.evict_lag_seconds.record(lag as f64 / 1000.0);
                 }
             }
@@ -323,7 +327,7 @@ where
                 // Every active origin gets a fresh window to be heard on the
                 // new connection: one that is not (its own connection still
                 // down) goes silent then.
-                let now = std::time::Instant::now();
+                let now = clock.now();
                 for t in last_heard.values_mut() {
                     *t = now;
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::bloom::BloomGuardConfig;
 use crate::bus::{Bus, InProcessBus};
-use crate::codec::{Codec, Postcard};
+use crate::clock::Clock;
 use crate::error::ConfigError;
 use crate::shared::{InProcessSharedTier, SharedTier};
 
@@ -49,6 +49,8 @@ pub(crate) struct Config {
     /// Overrides of what the bound derives (tests, special transports).
     pub(crate) unsynced_local_ttl: Option<Duration>,
     pub(crate) bus_liveness: Option<Duration>,
+    /// Where the engine reads the time (the system's but in tests).
+    pub(crate) clock: Clock,
 }
 
 impl Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             staleness_bound: DEFAULT_STALENESS_BOUND,
             unsynced_local_ttl: None,
             bus_liveness: None,
+            clock: Clock::default(),
         }
     }
 }
@@ -131,10 +134,9 @@ pub struct CacheBuilder<K, V> {
     pub(crate) config: Config,
     pub(crate) shared: Backend<dyn SharedTier>,
     pub(crate) bus: Backend<dyn Bus>,
-    pub(crate) codec: Option<Arc<dyn Codec<V>>>,
     pub(crate) bloom: Option<BloomGuardConfig>,
     pub(crate) signing_key: Option<Vec<u8>>,
-    pub(crate) _key: PhantomData<fn(K)>,
+    pub(crate) _types: PhantomData<fn(K) -> V>,
 }
 
 impl<T: ?Sized> Backend<T> {
@@ -153,7 +155,6 @@ impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
             .field("config", &self.config)
             .field("shared", &self.shared.describe())
             .field("bus", &self.bus.describe())
-            .field("codec", &self.codec.as_ref().map(|_| "given"))
             .field("bloom_guard", &self.bloom.is_some())
             .field("signed", &self.signing_key.is_some())
             .finish()
@@ -169,10 +170,9 @@ impl<K, V> CacheBuilder<K, V> {
             },
             shared: Backend::Embedded,
             bus: Backend::Embedded,
-            codec: None,
             bloom: None,
             signing_key: None,
-            _key: PhantomData,
+            _types: PhantomData,
         }
     }
 
@@ -304,10 +304,18 @@ impl<K, V> CacheBuilder<K, V> {
     }
 
     /// Cross-instance leases: one instance loads a missing key while others
-    /// wait up to [`lease_wait`](Self::lease_wait). `None` turns them off.
-    /// Default: leases of 5 s.
-    pub fn lease_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.config.lease_ttl = ttl;
+    /// wait up to [`lease_wait`](Self::lease_wait); a lease lapses after
+    /// `lease_ttl` if its holder never finishes. Default: leases of 5 s
+    /// ([`no_leases`](Self::no_leases) turns them off).
+    pub fn lease_ttl(mut self, lease_ttl: Duration) -> Self {
+        self.config.lease_ttl = Some(lease_ttl);
+        self
+    }
+
+    /// No cross-instance leases: every instance that misses a key loads it
+    /// (one load per key per process still).
+    pub fn no_leases(mut self) -> Self {
+        self.config.lease_ttl = None;
         self
     }
 
@@ -362,9 +370,12 @@ impl<K, V> CacheBuilder<K, V> {
         self
     }
 
-    /// A codec other than the default ([`Postcard`]).
-    pub fn codec<C: Codec<V>>(mut self, codec: C) -> Self {
-        self.codec = Some(Arc::new(codec));
+    /// Reads the time from `clock` instead of the system's: for tests that
+    /// advance time (the `test-util` feature; not an API).
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn clock(mut self, clock: crate::MockClock) -> Self {
+        self.config.clock = Clock::Mock(clock);
         self
     }
 
@@ -372,15 +383,6 @@ impl<K, V> CacheBuilder<K, V> {
     pub fn bloom_guard(mut self, config: BloomGuardConfig) -> Self {
         self.bloom = Some(config);
         self
-    }
-
-    pub(crate) fn default_codec(&mut self)
-    where
-        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-    {
-        if self.codec.is_none() {
-            self.codec = Some(Arc::new(Postcard));
-        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -473,7 +475,7 @@ impl<K, V> CacheBuilder<K, V> {
         {
             return Err(ConfigError::new(
                 "lease_ttl",
-                "must be greater than zero (or None)",
+                "must be greater than zero (no_leases() turns leases off)",
             ));
         }
         if c.staleness_bound < MIN_STALENESS_BOUND {

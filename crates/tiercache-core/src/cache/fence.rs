@@ -27,7 +27,9 @@
 //! hung or unreachable Redis) and is still being retried.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{Clock, Instant};
 
 use crate::key::{KeyHash, TagHash};
 use crate::sync_shim::Ordering::SeqCst;
@@ -43,6 +45,8 @@ pub(crate) struct Fence {
     gate: RwLock<()>,
     records: Mutex<Records>,
     retention: Duration,
+    /// Where the time is read (the cache's clock).
+    time: Clock,
 }
 
 /// One invalidation: its clock value, when (monotonic), and when (wall
@@ -63,7 +67,7 @@ pub(crate) struct FenceMark {
 }
 
 impl Fence {
-    pub(crate) fn new(retention: Duration) -> Self {
+    pub(crate) fn new(retention: Duration, clock: Clock) -> Self {
         Self {
             clock: AtomicU64::new(0),
             all: AtomicU64::new(0),
@@ -71,6 +75,7 @@ impl Fence {
             gate: RwLock::new(()),
             records: Mutex::new(Records::default()),
             retention,
+            time: clock,
         }
     }
 
@@ -81,19 +86,19 @@ impl Fence {
     pub(crate) fn mark(&self) -> FenceMark {
         FenceMark {
             at: self.clock.load(SeqCst),
-            began: Instant::now(),
+            began: self.time.now(),
         }
     }
 
     #[cfg(test)]
     pub(crate) fn invalidate_key(&self, key: KeyHash) {
-        self.invalidate_key_at(key, super::now_ms());
+        self.invalidate_key_at(key, self.time.wall_ms());
     }
 
     /// Records an invalidation of `key` that happened at `wall` (ms since the
     /// Unix epoch; for [`superseded`](Self::superseded)).
     pub(crate) fn invalidate_key_at(&self, key: KeyHash, wall: u64) {
-        let now = Instant::now();
+        let now = self.time.now();
         let _closed = self.close_gate();
         let mut r = self.records();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
@@ -104,12 +109,12 @@ impl Fence {
 
     #[cfg(test)]
     pub(crate) fn invalidate_tag(&self, tag: TagHash) {
-        self.invalidate_tag_at(tag, super::now_ms());
+        self.invalidate_tag_at(tag, self.time.wall_ms());
     }
 
     /// Records an invalidation of `tag` that happened at `wall`.
     pub(crate) fn invalidate_tag_at(&self, tag: TagHash, wall: u64) {
-        let now = Instant::now();
+        let now = self.time.now();
         let _closed = self.close_gate();
         let mut r = self.records();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
@@ -153,7 +158,8 @@ impl Fence {
 
     fn prune(&self, r: &mut Records, now: Instant) {
         if r.keys.len() + r.tags.len() > 8192 {
-            let keep = |(_, at, _): &mut Record| now.duration_since(*at) < self.retention;
+            let keep =
+                |(_, at, _): &mut Record| now.saturating_duration_since(*at) < self.retention;
             r.keys.retain(|_, v| keep(v));
             r.tags.retain(|_, v| keep(v));
         }
@@ -162,7 +168,7 @@ impl Fence {
     /// Whether a load that began at `mark` for `key` with `tags` was overtaken
     /// by an invalidation.
     pub(crate) fn revoked(&self, mark: FenceMark, key: KeyHash, tags: &[TagHash]) -> bool {
-        if mark.began.elapsed() >= self.retention {
+        if self.time.now().saturating_duration_since(mark.began) >= self.retention {
             return true;
         }
         if self.clock.load(SeqCst) == mark.at {
@@ -197,10 +203,20 @@ impl Fence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::MockClock;
+
+    /// A fence whose retention is a minute, on a clock the test moves.
+    fn fence() -> (Fence, MockClock) {
+        let clock = MockClock::new();
+        (
+            Fence::new(Duration::from_secs(60), Clock::Mock(clock.clone())),
+            clock,
+        )
+    }
 
     #[test]
     fn only_invalidations_after_the_mark_revoke() {
-        let f = Fence::new(Duration::from_secs(60));
+        let (f, _) = fence();
         let k = KeyHash(1);
         let t = TagHash(2);
         f.invalidate_key(k);
@@ -232,16 +248,72 @@ mod tests {
     }
 
     #[test]
+    fn an_invalidation_after_a_load_began_refuses_its_fill() {
+        let (f, _) = fence();
+        let k = KeyHash(1);
+        let mut filled = Vec::new();
+        let before = f.mark();
+        f.invalidate_key(k);
+        assert!(
+            !f.admit(before, k, &[], || filled.push("old")),
+            "the load that began before the invalidation does not fill"
+        );
+        let after = f.mark();
+        assert!(
+            f.admit(after, k, &[], || filled.push("new")),
+            "a load that began after it does"
+        );
+        assert!(
+            f.admit(before, KeyHash(2), &[], || filled.push("other key")),
+            "a fill of another key is not concerned"
+        );
+        assert_eq!(filled, ["new", "other key"], "a refused fill never inserts");
+    }
+
+    #[test]
+    fn a_load_older_than_the_retention_never_fills() {
+        let (f, clock) = fence();
+        let k = KeyHash(1);
+        let m = f.mark();
+        clock.advance(Duration::from_secs(59));
+        assert!(!f.revoked(m, k, &[]), "within the retention");
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            f.revoked(m, k, &[]),
+            "its invalidations may have been forgotten: refused"
+        );
+        assert!(!f.admit(m, k, &[], || panic!("must not insert")));
+    }
+
+    #[test]
+    fn records_past_the_retention_are_pruned() {
+        let (f, clock) = fence();
+        for i in 0..8192 {
+            f.invalidate_key(KeyHash(i));
+        }
+        clock.advance(Duration::from_secs(61));
+        f.invalidate_key(KeyHash(u128::MAX));
+        f.invalidate_tag(TagHash(1));
+        let r = f.records();
+        assert_eq!(
+            (r.keys.len(), r.tags.len()),
+            (1, 1),
+            "only the records within the retention are kept"
+        );
+    }
+
+    #[test]
     fn entries_written_before_an_applied_invalidation_are_superseded() {
-        let f = Fence::new(Duration::from_secs(60));
+        let (f, clock) = fence();
         let (k, t) = (KeyHash(1), TagHash(2));
-        let before = super::super::now_ms().saturating_sub(1);
+        let before = f.time.wall_ms();
         f.invalidate_key_at(KeyHash(7), before);
         assert!(
             !f.superseded(KeyHash(7), &[], before),
             "written in the invalidation's millisecond"
         );
         assert!(!f.superseded(k, &[t], before), "nothing recorded yet");
+        clock.advance(Duration::from_millis(1));
         f.invalidate_key(k);
         assert!(
             f.superseded(k, &[], before),

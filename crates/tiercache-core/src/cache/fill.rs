@@ -18,7 +18,7 @@ use super::config::{self};
 use super::fence::FenceMark;
 use super::local::LocalData;
 use super::types::Life;
-use super::{Decoded, Entry, Inner, LocalMode, jittered, log_due, now_ms};
+use super::{Decoded, Entry, Inner, LocalMode, jittered, log_due};
 
 impl<K, V> Inner<K, V>
 where
@@ -29,8 +29,8 @@ where
     pub(super) async fn insert(&self, key: &K, entry: Entry<V>) {
         let inner = self;
         // Values written before now are older than this one.
-        let at = now_ms();
-        let (sk, h) = inner.keys.both(key);
+        let at = inner.clock().wall_ms();
+        let (sk, h) = inner.keys.storage_key_and_hash(key);
         // Revoke loads in flight (here and elsewhere) that would put back an
         // older value: the shared tier first, then the local tier (the other
         // order lets a read in between copy the old shared value back into
@@ -112,7 +112,7 @@ where
         life: Life,
     ) -> u64 {
         let c = &self.config;
-        let now = now_ms();
+        let now = self.clock().wall_ms();
         let negative = value.is_none();
         // A per-entry TTL can come from outside (an origin's `max-age`):
         // clamped before any arithmetic, like every duration here.
@@ -235,7 +235,15 @@ where
         self.fill_local(
             h,
             mark,
-            LocalData::new(value, times, now, self.local_cap(), tag_hashes, weight),
+            LocalData::new(
+                value,
+                times,
+                self.clock().now(),
+                now,
+                self.local_cap(),
+                tag_hashes,
+                weight,
+            ),
         );
         now
     }
@@ -258,7 +266,8 @@ where
             LocalData::new(
                 d.value,
                 d.times,
-                now_ms(),
+                self.clock().now(),
+                self.clock().wall_ms(),
                 self.local_cap(),
                 d.tags,
                 d.weight,
@@ -321,7 +330,7 @@ where
     /// counted, logged once per interval.
     pub(super) fn unrecordable_tags(&self, sk: &str, e: &crate::error::EncodeError) {
         self.stats.unrecordable_tags(1);
-        if log_due(&self.last_tags_log_ms) {
+        if log_due(self.clock(), &self.last_tags_log_ms) {
             tracing::warn!(
                 ns = %self.config.namespace,
                 key = sk,

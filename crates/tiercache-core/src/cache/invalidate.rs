@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -12,7 +12,7 @@ use crate::key::{CacheKey, KeyHash, TagHash};
 use crate::message::Invalidation;
 
 use super::outbox::Sent;
-use super::{FlushReason, Inner, LocalMode, log_due, now_ms};
+use super::{FlushReason, Inner, LocalMode, log_due};
 
 impl<K, V> Inner<K, V>
 where
@@ -26,7 +26,7 @@ where
         tags: &[&str],
     ) -> Option<u64> {
         let inner = self;
-        let at = now_ms();
+        let at = inner.clock().wall_ms();
         let rendered: Vec<String> = keys.iter().map(|k| k.render()).collect();
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         let sks: Vec<String> = keys.iter().map(|k| inner.keys.storage_key(k)).collect();
@@ -41,11 +41,11 @@ where
         inner.publish(rendered, tags, false, at).await
     }
 
-    /// [`Cache::created`].
-    pub(super) async fn created(self: &Arc<Self>, key: &K) {
+    /// [`Cache::mark_created`].
+    pub(super) async fn mark_created(self: &Arc<Self>, key: &K) {
         let inner = self;
-        let at = now_ms();
-        let (sk, h) = inner.keys.both(key);
+        let at = inner.clock().wall_ms();
+        let (sk, h) = inner.keys.storage_key_and_hash(key);
         if let Some(b) = &inner.bloom {
             b.add(h);
         }
@@ -109,8 +109,9 @@ where
         at_ms: u64,
     ) {
         let weak = Arc::downgrade(self);
+        let clock = self.clock().clone();
         tokio::spawn(async move {
-            let started = Instant::now();
+            let started = clock.now();
             let mut backoff = Duration::from_millis(20);
             loop {
                 tokio::time::sleep(backoff).await;
@@ -120,7 +121,7 @@ where
                     inner.publish(rendered, tags, created, at_ms).await;
                     return;
                 }
-                if started.elapsed() > Duration::from_secs(300) {
+                if clock.now().saturating_duration_since(started) > Duration::from_secs(300) {
                     tracing::error!(ns = %inner.config.namespace, keys = ?rendered, ?tags, "shared-tier invalidation given up; the old value stays there until its TTL");
                     metrics::counter!("tiercache_shared_invalidations_given_up_total", "namespace" => inner.config.namespace.clone())
                         .increment(1);
@@ -174,7 +175,7 @@ where
     ) -> Option<u64> {
         let outbox = self.outbox.as_ref()?;
         let mut msg = Invalidation {
-            origin: self.instance,
+            sender_instance: self.instance,
             namespace: self.config.namespace.clone(),
             keys,
             tags,
@@ -193,7 +194,7 @@ where
             }
             Sent::Late(queued) => {
                 self.stats.invalidations_unsent(1);
-                if log_due(&self.last_publish_log_ms) {
+                if log_due(self.clock(), &self.last_publish_log_ms) {
                     tracing::warn!(
                         ns = %self.config.namespace,
                         queued = queued.is_some(),

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use tracing::Instrument;
@@ -19,7 +19,7 @@ use crate::shared::FillTicket;
 use super::fence::FenceMark;
 use super::flight::{self, Leader, LeaseSignal, Loaded, Role, WaitEnd};
 use super::types::Life;
-use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind, now_ms};
+use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind};
 
 /// One key of a batch load: the key, its storage key and hash, and the
 /// flight it leads.
@@ -52,8 +52,9 @@ where
             return Ok(Fetched {
                 value: None,
                 outcome: Outcome::Rejected,
-                written_ms: now_ms(),
+                written_ms: inner.clock().wall_ms(),
                 age: None,
+                clock: inner.clock().clone(),
             });
         }
         let sk = inner.keys.storage_key(key);
@@ -62,7 +63,8 @@ where
         match inner.shared_find(&sk, h).await {
             SharedFind::Fresh(d) => {
                 let out = inner.shared_hit(&d);
-                let refresh = d.times.soft_ms < d.times.fresh_ms && now_ms() >= d.times.soft_ms;
+                let refresh = d.times.soft_ms < d.times.fresh_ms
+                    && inner.clock().wall_ms() >= d.times.soft_ms;
                 let current = d.value.clone();
                 inner.fill_local_decoded(h, mark, d);
                 if refresh {
@@ -77,6 +79,7 @@ where
                         outcome: Outcome::Stale,
                         written_ms: d.times.written_ms,
                         age: None,
+                        clock: inner.clock().clone(),
                     });
                 }
             }
@@ -101,6 +104,7 @@ where
                             outcome: Outcome::Collapsed,
                             written_ms: done.written_ms,
                             age: None,
+                            clock: inner.clock().clone(),
                         });
                     }
                     Err(leader) => {
@@ -147,6 +151,7 @@ where
                 outcome,
                 written_ms: l.written_ms,
                 age: None,
+                clock: inner.clock().clone(),
             }),
             Err(e) => match stale {
                 // An answer the loader would not have stored is not a failure
@@ -433,11 +438,14 @@ where
             }
         }
         self.stats.loads(1);
-        let started = Instant::now();
+        let started = self.clock().now();
         let result = fut.await;
-        self.stats
-            .load_seconds
-            .record(started.elapsed().as_secs_f64());
+        self.stats.load_seconds.record(
+            self.clock()
+                .now()
+                .saturating_duration_since(started)
+                .as_secs_f64(),
+        );
         match result {
             Err(e) => {
                 let e: BoxError = e.into();
@@ -497,12 +505,15 @@ where
     {
         let (leads, tickets): (Vec<_>, Vec<_>) = leads.into_iter().unzip();
         self.stats.loads(1);
-        let started = Instant::now();
+        let started = self.clock().now();
         let hard = self.config.hard_timeout;
         let result = tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await;
-        self.stats
-            .load_seconds
-            .record(started.elapsed().as_secs_f64());
+        self.stats.load_seconds.record(
+            self.clock()
+                .now()
+                .saturating_duration_since(started)
+                .as_secs_f64(),
+        );
         let mut found = match result {
             Ok(Ok(Ok(map))) => map,
             other => {
@@ -552,10 +563,11 @@ where
         h: KeyHash,
         wait: Duration,
     ) -> Option<Loaded<V>> {
-        let deadline = Instant::now() + wait;
+        let clock = self.clock();
+        let deadline = clock.now() + wait.min(super::config::MAX_LIFE);
         let mut pause = Duration::from_millis(2);
-        while Instant::now() < deadline {
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        while clock.now() < deadline {
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(clock.now()))).await;
             pause = (pause * 2).min(Duration::from_millis(25));
             let mark = self.fence.mark();
             if let SharedFind::Fresh(d) = self.shared_find(sk, h).await {

@@ -1,16 +1,18 @@
-//! The local tier's entries. Each carries its own deadlines, read on a hit
-//! from a TSC clock (quanta); moka's single TTL only bounds how long an
-//! expired entry lingers before it is dropped.
+//! The local tier and its entries. Each entry carries its own deadlines,
+//! checked on a hit against the cache's [`Clock`](crate::clock::Clock) (a
+//! TSC read, quanta, outside tests); moka's single TTL, on moka's own clock,
+//! only bounds how long an expired entry lingers before it is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use quanta::Instant;
+use crate::clock::Instant;
 
 use super::config::MAX_LIFE;
 use crate::envelope::Times;
 use crate::key::{KeyHash, KeyHashBuilder, TagHash};
+use crate::stats::Stats;
 
 /// One local entry: the decoded value behind an `Arc`, so a hit copies a
 /// pointer and decodes nothing.
@@ -64,18 +66,42 @@ impl<V> LocalData<V> {
 /// it inside `Service::call` ([`Cache::get_local`](crate::Cache::get_local)).
 pub(crate) type LocalTier<V> = moka::sync::Cache<KeyHash, LocalEntry<V>, KeyHashBuilder>;
 
+/// The local tier: at most `capacity` bytes of entries (each weighs its
+/// encoded size plus its overhead, [`LocalData::weight`]), evictions for
+/// size counted in `stats`. Entries expire by their own deadlines; moka
+/// drops one at the latest `linger` after it was written (the longest an
+/// entry can live: its TTL and grace).
+pub(crate) fn tier<V: Send + Sync + 'static>(
+    capacity: u64,
+    linger: Duration,
+    stats: Arc<Stats>,
+) -> LocalTier<V> {
+    moka::sync::Cache::builder()
+        .max_capacity(capacity)
+        .weigher(|_: &KeyHash, e: &LocalData<V>| e.weight)
+        .time_to_live(linger)
+        .eviction_listener(move |_, _, cause| {
+            if cause == moka::notification::RemovalCause::Size {
+                stats.evictions(1);
+            }
+        })
+        .build_with_hasher(KeyHashBuilder)
+}
+
 impl<V> LocalData<V> {
     /// A local entry for shared-tier `times`, living no longer than `cap`
     /// from now (the local TTL, or the unsynced bound while the bus is down).
+    /// `now` and `now_ms` are the same moment on the cache's clock,
+    /// monotonic and wall.
     pub(crate) fn new(
         value: Option<Arc<V>>,
         times: Times,
+        now: Instant,
         now_ms: u64,
         cap: Duration,
         tags: Box<[TagHash]>,
         weight: usize,
     ) -> Self {
-        let now = Instant::now();
         // `times` may come from the shared tier (any bytes at all) or from
         // a TTL an origin chose: each span is clamped before it touches the
         // clock, so no value can overflow an `Instant`.

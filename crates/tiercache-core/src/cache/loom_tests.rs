@@ -67,6 +67,7 @@ use super::fence::{Fence, FenceMark};
 use super::flight::{Flights, Loaded, Role, Waiter};
 use super::hot::HotSlots;
 use super::local::LocalData;
+use crate::clock::Clock;
 use crate::envelope::Times;
 use crate::key::{KeyHash, TagHash};
 
@@ -205,7 +206,7 @@ impl World {
             local: tiers.local.then(|| Mutex::new(None)),
             shared: tiers.shared.then(|| Mutex::new(None)),
             tag_index: Mutex::new(HashMap::new()),
-            fence: Fence::new(Duration::from_secs(3600)),
+            fence: Fence::new(Duration::from_secs(3600), Clock::default()),
             flights: Arc::new(Flights::new()),
             notes: Notes::default(),
         }
@@ -547,6 +548,7 @@ fn entry(v: u64) -> LocalData<u64> {
     LocalData::new(
         Some(Arc::new(v)),
         times,
+        Clock::default().now(),
         0,
         Duration::from_secs(3600),
         Box::new([]),

@@ -39,12 +39,13 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
 
 use crate::bloom::BloomGuard;
 use crate::bus::Bus;
+use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::envelope::Times;
 use crate::error::SharedError;
@@ -155,17 +156,18 @@ pub(crate) struct Inner<K, V> {
     _key: PhantomData<fn(K)>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+impl<K, V> Inner<K, V> {
+    /// Where this cache reads the time (see [`crate::clock`]).
+    #[inline]
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.config.clock
+    }
 }
 
 /// Whether a warning rate-limited by `last` (the time it was last logged)
 /// is due: at most one per [`LOG_EVERY_MS`], however many threads ask.
-fn log_due(last: &AtomicU64) -> bool {
-    let now = now_ms();
+fn log_due(clock: &Clock, last: &AtomicU64) -> bool {
+    let now = clock.wall_ms();
     let seen = last.load(Ordering::Relaxed);
     now.saturating_sub(seen) >= LOG_EVERY_MS
         && last
@@ -205,7 +207,7 @@ where
 {
     pub(crate) fn shared_error(&self, e: &SharedError) {
         self.stats.shared_errors(1);
-        if log_due(&self.last_shared_log_ms) {
+        if log_due(self.clock(), &self.last_shared_log_ms) {
             tracing::warn!(
                 ns = %self.config.namespace,
                 error = %e,

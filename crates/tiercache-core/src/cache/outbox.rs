@@ -50,7 +50,9 @@ pub(super) struct Outbox {
 
 struct Queue {
     /// The last sequence number handed out, and until when this origin
-    /// heartbeats; the lock also keeps the queue in sequence order.
+    /// heartbeats; the lock also keeps the queue in sequence order. On
+    /// tokio's clock, not the cache's: it is only compared with the
+    /// heartbeat timer's (see [`crate::clock`]).
     state: Mutex<(u64, Option<tokio::time::Instant>)>,
     tx: mpsc::Sender<Pending>,
 }

@@ -17,7 +17,6 @@ use crate::shared::SharedTier;
 use super::local::{LocalData, LocalTier};
 use super::{
     BoxError, Decoded, Entry, Fetched, Inner, LocalHit, LocalMode, Outcome, SharedFind, Tier,
-    now_ms,
 };
 
 impl<K, V> Inner<K, V>
@@ -38,7 +37,7 @@ where
         let inner = self;
         inner
             .with_local_entry(&inner.keys.hash(key), |e| {
-                let now = quanta::Instant::now();
+                let now = inner.clock().now();
                 if now >= e.fresh || e.soft.is_some_and(|s| now >= s) {
                     return None;
                 }
@@ -67,7 +66,8 @@ where
                 value: e.value.clone(),
                 outcome: Outcome::Hit(Tier::Local),
                 written_ms: e.written_ms,
-                age: Some(quanta::Instant::now().saturating_duration_since(e.written)),
+                age: Some(self.clock().now().saturating_duration_since(e.written)),
+                clock: self.clock().clone(),
             }
         });
         if local.is_some() {
@@ -103,7 +103,7 @@ where
         let h = inner.keys.hash(key);
         let mut stale = None;
         if let Some(e) = inner.local_entry(&h) {
-            let now = quanta::Instant::now();
+            let now = inner.clock().now();
             let fresh = now < e.fresh;
             let refresh = fresh
                 && e.soft.is_some_and(|s| now >= s)
@@ -124,6 +124,7 @@ where
                     outcome: Outcome::Hit(Tier::Local),
                     written_ms: e.written_ms,
                     age: Some(now.saturating_duration_since(e.written)),
+                    clock: inner.clock().clone(),
                 });
             }
             if e.value.is_some() && now < e.stale {
@@ -132,6 +133,7 @@ where
                     outcome: Outcome::Stale,
                     written_ms: e.written_ms,
                     age: None,
+                    clock: inner.clock().clone(),
                 });
             }
         }
@@ -199,7 +201,7 @@ where
         h: &KeyHash,
         f: impl FnOnce(&LocalData<V>) -> R,
     ) -> Option<R> {
-        self.with_local_entry(h, |e| (quanta::Instant::now() < e.fresh).then(|| f(e)))
+        self.with_local_entry(h, |e| (self.clock().now() < e.fresh).then(|| f(e)))
             .flatten()
     }
 
@@ -229,6 +231,7 @@ where
             outcome: Outcome::Hit(Tier::Shared),
             written_ms: d.times.written_ms,
             age: None,
+            clock: self.clock().clone(),
         }
     }
 
@@ -265,7 +268,7 @@ where
             }
             Err(e) => return self.corrupt(sk, &e).await,
         };
-        let now = now_ms();
+        let now = self.clock().wall_ms();
         if now >= env.times.stale_ms {
             return SharedFind::Miss;
         }

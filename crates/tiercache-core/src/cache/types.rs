@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[cfg(doc)]
 use super::Cache;
-use super::now_ms;
+use crate::clock::Clock;
 
 /// A value to cache, with the tags it carries and, optionally, its own TTL.
 ///
@@ -144,7 +144,6 @@ impl Outcome {
 }
 
 /// The answer to [`Cache::fetch`]: the value and how it was found.
-#[derive(Debug)]
 pub struct Fetched<V> {
     /// The value; `None` when the origin has no such item.
     pub value: Option<Arc<V>>,
@@ -155,6 +154,19 @@ pub struct Fetched<V> {
     /// Its age when found, where the local tier's clock already told it
     /// (a local hit reads no wall clock).
     pub(super) age: Option<Duration>,
+    /// The cache's clock, for [`age`](Self::age) otherwise.
+    pub(super) clock: Clock,
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for Fetched<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("value", &self.value)
+            .field("outcome", &self.outcome)
+            .field("written_ms", &self.written_ms)
+            .field("age", &self.age)
+            .finish()
+    }
 }
 
 impl<V> Clone for Fetched<V> {
@@ -164,6 +176,7 @@ impl<V> Clone for Fetched<V> {
             outcome: self.outcome,
             written_ms: self.written_ms,
             age: self.age,
+            clock: self.clock.clone(),
         }
     }
 }
@@ -171,16 +184,18 @@ impl<V> Clone for Fetched<V> {
 impl<V> Fetched<V> {
     /// How long ago the value was loaded from the origin.
     pub fn age(&self) -> Duration {
-        self.age
-            .unwrap_or_else(|| Duration::from_millis(now_ms().saturating_sub(self.written_ms)))
+        self.age.unwrap_or_else(|| {
+            Duration::from_millis(self.clock.wall_ms().saturating_sub(self.written_ms))
+        })
     }
 }
 
-/// An invalidation from another instance, applied here (see [`Cache::applied`]).
+/// An invalidation from another instance, applied here (see
+/// [`Cache::subscribe_applied`]).
 #[derive(Clone, Debug)]
 pub struct Applied {
     /// The instance that sent it.
-    pub origin: u64,
+    pub sender_instance: u64,
     /// Its sequence number at that instance.
     pub seq: u64,
     /// The keys it dropped.

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::Expiry;
 
 use super::{FillTicket, SharedTier};
+use crate::clock::{Clock, Instant};
 use crate::error::SharedError;
 
 /// How long a key's version is remembered after an invalidation. Fill tickets
@@ -27,14 +28,19 @@ struct Stored {
 struct StoredExpiry;
 
 impl Expiry<String, Stored> for StoredExpiry {
-    fn expire_after_create(&self, _: &String, v: &Stored, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        v: &Stored,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(v.ttl)
     }
     fn expire_after_update(
         &self,
         _: &String,
         v: &Stored,
-        _: Instant,
+        _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(v.ttl)
@@ -55,7 +61,7 @@ impl Meta {
     fn prune(&mut self, now: Instant) {
         if self.versions.len() > 4096 {
             self.versions
-                .retain(|_, (_, at)| now.duration_since(*at) < VERSION_RETENTION);
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < VERSION_RETENTION);
         }
         if self.leases.len() > 4096 {
             self.leases.retain(|_, (_, until)| *until > now);
@@ -73,6 +79,9 @@ impl Meta {
 pub struct InProcessSharedTier {
     values: moka::sync::Cache<String, Stored>,
     meta: Arc<Mutex<Meta>>,
+    /// For leases, version retention and version clocks. A value's TTL
+    /// runs on moka's own clock.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for InProcessSharedTier {
@@ -99,13 +108,25 @@ impl InProcessSharedTier {
             })
             .expire_after(StoredExpiry)
             .build();
+        let clock = Clock::default();
         Self {
             values,
             meta: Arc::new(Mutex::new(Meta {
-                clock: now_micros(),
+                clock: now_micros(&clock),
                 ..Meta::default()
             })),
+            clock,
         }
+    }
+
+    /// Reads the time from `clock` instead of the system's, for its leases
+    /// and versions (the `test-util` feature; not an API). Values still
+    /// expire on moka's clock.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn with_clock(mut self, clock: crate::MockClock) -> Self {
+        self.clock = Clock::Mock(clock);
+        self
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -126,11 +147,8 @@ impl InProcessSharedTier {
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+fn now_micros(clock: &Clock) -> u64 {
+    u64::try_from(clock.since_epoch().as_micros()).unwrap_or(u64::MAX)
 }
 
 #[async_trait]
@@ -163,7 +181,7 @@ impl SharedTier for InProcessSharedTier {
         key: &str,
         lease_ttl: Option<Duration>,
     ) -> Result<FillTicket, SharedError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut m = self.meta();
         m.prune(now);
         let version = m.versions.get(key).map_or(0, |(v, _)| *v);
@@ -215,10 +233,10 @@ impl SharedTier for InProcessSharedTier {
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), SharedError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut m = self.meta();
         for key in keys {
-            m.clock = (m.clock + 1).max(now_micros());
+            m.clock = (m.clock + 1).max(now_micros(&self.clock));
             let v = m.clock;
             m.versions.insert(key.clone(), (v, now));
             m.leases.remove(key);
@@ -248,7 +266,7 @@ impl SharedTier for InProcessSharedTier {
         let mut m = self.meta();
         for tag in tags {
             let clock = m.tag_clocks.get(namespace).copied().unwrap_or(0);
-            let v = (clock + 1).max(now_micros());
+            let v = (clock + 1).max(now_micros(&self.clock));
             m.tag_clocks.insert(namespace.to_owned(), v);
             m.tags.insert((namespace.to_owned(), tag.clone()), v);
         }

@@ -1,27 +1,7 @@
 //! The shared tier: the trait a shared store (Redis) implements, and the
 //! in-process implementation used by the embedded default.
 //!
-//! # Contract
-//!
-//! Keys passed in are *storage keys* built by [`KeyFormat`](crate::KeyFormat)
-//! (`namespace:key`); values are opaque bytes (the engine's envelope). An
-//! implementation keeps, per key, besides the value:
-//!
-//! - a **version** that [`invalidate`](SharedTier::invalidate) increases, so a
-//!   fill whose [`FillTicket`] was taken before an invalidation is refused by
-//!   [`commit_fill`](SharedTier::commit_fill) (the fill race, closed across
-//!   instances);
-//! - an optional exclusive **lease**, so that across instances one loads a key
-//!   while the others wait briefly or serve stale.
-//!
-//! And per namespace, **tag versions** drawn from a per-namespace clock that
-//! never goes backwards: [`invalidate_tags`](SharedTier::invalidate_tags) gives
-//! each tag a version greater than every clock value handed out before, so an
-//! entry whose recorded tag versions differ from the current ones is stale, and
-//! a load whose ticket's `tag_clock` is below a tag's version was overtaken by
-//! an invalidation of that tag. Tag invalidation is O(1) per tag: no scan.
-//!
-//! Every implementation must pass [`conformance::shared_tier`](crate::conformance).
+//! The contract every implementation keeps is on [`SharedTier`].
 
 mod memory;
 
@@ -67,6 +47,29 @@ pub enum SharedEvent {
 /// A shared store of encoded entries, with fill tickets, leases and tag
 /// versions. Redis implements it in `tiercache-redis`;
 /// [`InProcessSharedTier`] is the embedded default.
+///
+/// # Contract
+///
+/// Keys passed in are *storage keys* built by [`KeyFormat`](crate::backend::KeyFormat)
+/// (`namespace:key`); values are opaque bytes (the engine's envelope). An
+/// implementation keeps, per key, besides the value:
+///
+/// - a **version** that [`invalidate`](SharedTier::invalidate) increases, so a
+///   fill whose [`FillTicket`] was taken before an invalidation is refused by
+///   [`commit_fill`](SharedTier::commit_fill) (the fill race, closed across
+///   instances);
+/// - an optional exclusive **lease**, so that across instances one loads a key
+///   while the others wait briefly or serve stale.
+///
+/// And per namespace, **tag versions** drawn from a per-namespace clock that
+/// never goes backwards: [`invalidate_tags`](SharedTier::invalidate_tags) gives
+/// each tag a version greater than every clock value handed out before, so an
+/// entry whose recorded tag versions differ from the current ones is stale, and
+/// a load whose ticket's `tag_clock` is below a tag's version was overtaken by
+/// an invalidation of that tag. Tag invalidation is O(1) per tag: no scan.
+///
+/// Every implementation must pass `backend::conformance::shared_tier`
+/// (feature `conformance`).
 #[async_trait]
 pub trait SharedTier: Send + Sync + 'static {
     /// The value under `key`, if any.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tiercache_core::BusEvent;
+use tiercache_core::backend::BusEvent;
 use tiercache_nats::{NatsBus, NatsBusBuilder};
 
 /// A subscription's events.

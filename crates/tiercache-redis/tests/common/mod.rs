@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tiercache_core::{SharedEvent, SharedTier};
+use tiercache_core::backend::{SharedEvent, SharedTier};
 use tiercache_redis::RedisSharedTier;
 
 /// A random key prefix, so tests never see each other's keys.

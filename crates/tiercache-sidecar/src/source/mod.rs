@@ -19,7 +19,7 @@ use crate::{Error, Shutdown, Sidecar};
 /// Connects to the source database (no TLS; `application_name`
 /// `tiercache-sidecar`, TCP keepalives, the configured connect timeout) and
 /// drives the connection in a task. The caller aborts the task when done.
-pub async fn connect(
+pub(crate) async fn connect(
     cfg: &SourceConfig,
 ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
     let (client, connection) = pg_config(cfg).connect(NoTls).await?;
@@ -136,7 +136,7 @@ pub(crate) async fn check_catalog_for_session(
 /// Checks every rule against the catalog: the table exists and has every
 /// referenced column. Errors name the config field; warnings (e.g. a table
 /// without `REPLICA IDENTITY FULL` under `logical`) are returned.
-pub async fn validate_catalog(
+pub(crate) async fn validate_catalog(
     client: &Client,
     rules: &RuleSet,
     kind: SourceKind,
@@ -206,11 +206,11 @@ pub async fn validate_catalog(
 }
 
 /// `"ident"` with embedded quotes doubled.
-pub fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// `'literal'` with embedded quotes doubled.
-pub fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }

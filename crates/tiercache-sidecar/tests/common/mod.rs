@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tiercache_core::{
+use tiercache_core::backend::{
     Bus, BusEvent, InProcessBus, InProcessSharedTier, Invalidation, MessageCodec, SharedTier,
 };
 use tiercache_sidecar::config::RetryConfig;
@@ -178,7 +178,7 @@ impl Inbox {
                     match codec.decode(&bytes) {
                         // Origin heartbeats and farewells say the sidecar
                         // is alive, not what changed.
-                        Ok(m) if m.signal() != tiercache_core::OriginSignal::Changes => {}
+                        Ok(m) if m.signal() != tiercache_core::backend::OriginSignal::Changes => {}
                         Ok(m) => {
                             if tx.send(m).is_err() {
                                 break;

@@ -57,8 +57,7 @@ pub(crate) struct Config {
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cache: Cache<String, CachedResponse> = Cache::builder("pages")
 ///     .ttl(Duration::from_secs(60))
-///     .codec(ResponseCodec)
-///     .build_with_codec()?;
+///     .build_with_codec(ResponseCodec)?;
 /// let layer = HttpCacheLayer::new(cache)
 ///     .vary([ACCEPT])
 ///     .sort_query(true)

@@ -116,8 +116,7 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache: Cache<String, CachedResponse> = Cache::builder("shop-pages")
 //!     .ttl(Duration::from_secs(300))
-//!     .codec(ResponseCodec)
-//!     .build_with_codec()?;
+//!     .build_with_codec(ResponseCodec)?;
 //! let app = Router::new()
 //!     .route("/products/{id}", get(product).put(update))
 //!     .layer(HttpCacheLayer::new(cache));

@@ -564,7 +564,7 @@ impl<'a> Reader<'a> {
 
 /// The [`Codec`] of [`CachedResponse`]: a compact binary form (status,
 /// ETag, headers as name/value byte strings, body), no serde in between.
-/// Use it with `.codec(ResponseCodec).build_with_codec()`; `.build()` works
+/// Use it with `.build_with_codec(ResponseCodec)`; `.build()` works
 /// too (serde, through the same encoding).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResponseCodec;

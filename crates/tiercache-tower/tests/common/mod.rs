@@ -18,7 +18,8 @@ use axum::routing;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
-use tiercache_core::{Bus, Cache, CacheBuilder, InProcessBus, InProcessSharedTier, SharedTier};
+use tiercache_core::backend::{Bus, InProcessBus, InProcessSharedTier, SharedTier};
+use tiercache_core::{Cache, CacheBuilder};
 use tiercache_tower::{CacheHandle, CacheLayer, CachedResponse, HttpCacheLayer, ResponseCodec};
 use tower::{Service, ServiceExt};
 
@@ -68,9 +69,7 @@ impl Env {
         ns: &str,
         f: impl FnOnce(CacheBuilder<String, CachedResponse>) -> CacheBuilder<String, CachedResponse>,
     ) -> Cache<String, CachedResponse> {
-        let cache = f(self.builder(ns).codec(ResponseCodec))
-            .build_with_codec()
-            .unwrap();
+        let cache = f(self.builder(ns)).build_with_codec(ResponseCodec).unwrap();
         trusted(&cache).await;
         cache
     }
@@ -1129,7 +1128,7 @@ pub async fn many_header_values(env: Env) {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let times = tiercache_core::envelope::Times {
+    let times = tiercache_core::fuzz_targets::envelope_format::Times {
         written_ms: now,
         soft_ms: now + 60_000,
         fresh_ms: now + 60_000,
@@ -1137,7 +1136,14 @@ pub async fn many_header_values(env: Env) {
     };
     let mut poison = vec![0x01, 0x00, 0xc8, 0x00, 0x81, 0x80, 0x02];
     poison.extend(std::iter::repeat_n(0u8, 32_769));
-    let bytes = tiercache_core::envelope::encode(false, times, &[], &poison, usize::MAX).unwrap();
+    let bytes = tiercache_core::fuzz_targets::envelope_format::encode(
+        false,
+        times,
+        &[],
+        &poison,
+        usize::MAX,
+    )
+    .unwrap();
     env.tier
         .set(&sk, Bytes::from(bytes), Duration::from_secs(60))
         .await

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use tiercache_core::{conformance, InProcessBus, InProcessSharedTier};
+//! use tiercache_core::backend::{conformance, InProcessBus, InProcessSharedTier};
 //! conformance::shared_tier(&InProcessSharedTier::default()).await;
 //! let bus = InProcessBus::new();
 //! conformance::bus(&bus, &bus.clone()).await;
