@@ -24,7 +24,8 @@ where
     V: Send + Sync + 'static,
 {
     /// A builder for a cache in `namespace` (a short name shared by every
-    /// instance caching the same data, e.g. `"products"`).
+    /// instance caching the same data, e.g. `"products"`). See
+    /// [`CacheBuilder`] for the settings and an example.
     pub fn builder(namespace: impl Into<String>) -> CacheBuilder<K, V> {
         CacheBuilder::new(namespace)
     }
@@ -96,6 +97,8 @@ where
     /// a key it never builds as a `K`. Middleware uses this to answer a local
     /// hit inside `Service::call`, with no future to box.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use tiercache_core::Cache;
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -125,6 +128,8 @@ where
     /// `f` runs inside the local tier's lookup: keep it short, and a lookup
     /// of this cache from inside it may miss the local tier.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use tiercache_core::Cache;
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -144,6 +149,18 @@ where
 
     /// The fresh value under `key`, from either tier; never calls the origin.
     /// `None` when absent, expired, or cached as "no such item".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-get").build()?;
+    /// assert!(users.get(&1).await.is_none());
+    /// users.insert(&1, "ada".to_string()).await;
+    /// assert_eq!(users.get(&1).await.as_deref().map(String::as_str), Some("ada"));
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, key: &K) -> Option<Arc<V>> {
         self.lookup(key).await.and_then(|f| f.value)
     }
@@ -151,6 +168,8 @@ where
     /// The fresh entry under `key` from either tier, with how it was found
     /// and its age; never calls the origin. `None` when absent or expired;
     /// a cached "no such item" is `Some` with no value.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use tiercache_core::{Cache, Outcome, Tier};
@@ -169,7 +188,34 @@ where
 
     /// The value under `key`, loading it with `loader` on a miss. The loader
     /// returns `None` when the origin has no such item (cached as a negative
-    /// entry). Errors only when the load panicked, was cancelled or timed out.
+    /// entry). One load per key per process: callers that miss the same key
+    /// meanwhile wait for it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # async fn db_name(id: u64) -> Option<String> { (id == 7).then(|| "ada".to_string()) }
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-get-or-load").build()?;
+    /// let name = users.get_or_load(&7, || db_name(7)).await?;
+    /// assert_eq!(name.as_deref().map(String::as_str), Some("ada"));
+    /// // "No such user" is cached too (for the negative TTL).
+    /// assert_eq!(users.get_or_load(&8, || db_name(8)).await?, None);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The loader itself cannot fail; the call fails with
+    /// [`Error::LoaderPanicked`] when it panicked, [`Error::Timeout`] when it
+    /// ran past the [`hard_timeout`](CacheBuilder::hard_timeout), and
+    /// [`Error::LoaderCancelled`] when its task was aborted. A caller that
+    /// waited on another caller's fallible load of the same key
+    /// ([`try_get_or_load`](Self::try_get_or_load), [`fetch`](Self::fetch))
+    /// gets that load's [`Error::Load`]. A stale value within
+    /// [`grace`](CacheBuilder::grace) answers instead of an error. Failures of
+    /// the shared tier or the bus never surface.
     pub async fn get_or_load<F, Fut>(&self, key: &K, loader: F) -> Result<Option<Arc<V>>, Error>
     where
         F: FnOnce() -> Fut,
@@ -186,6 +232,34 @@ where
     /// [`get_or_load`](Self::get_or_load) with a fallible loader. Loader
     /// errors are never cached; waiters of the same load all get the error
     /// (or a stale value, within grace).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io;
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-try-get-or-load").build()?;
+    /// let name = users
+    ///     .try_get_or_load(&1, || async { Ok::<_, io::Error>(Some("ada".to_string())) })
+    ///     .await?;
+    /// assert_eq!(name.as_deref().map(String::as_str), Some("ada"));
+    ///
+    /// // The origin fails: the caller gets its error, and nothing is cached.
+    /// let failed = users
+    ///     .try_get_or_load(&2, || async { Err::<Option<String>, _>(io::Error::other("db down")) })
+    ///     .await;
+    /// let err = failed.err().ok_or("the load failed")?;
+    /// assert!(err.loader_error::<io::Error>().is_some());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`] with the loader's error (see
+    /// [`Error::loader_error`]), unless a stale value within
+    /// [`grace`](CacheBuilder::grace) answers; otherwise as
+    /// [`get_or_load`](Self::get_or_load).
     pub async fn try_get_or_load<F, Fut, E>(
         &self,
         key: &K,
@@ -206,6 +280,40 @@ where
 
     /// The general lookup: the loader returns an [`Entry`] (value, tags,
     /// TTL), and the answer says how it was found ([`Fetched`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache_core::{Cache, Entry, Outcome};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let products: Cache<u64, String> = Cache::builder("doc-fetch").build()?;
+    /// let load = || async {
+    ///     // Tagged for `invalidate_tag`, with a TTL of its own.
+    ///     let entry = Entry::new("lamp".to_string())
+    ///         .tag("category:7")
+    ///         .ttl(Duration::from_secs(60));
+    ///     Ok::<_, std::io::Error>(Some(entry))
+    /// };
+    /// let first = products.fetch(&42, load).await?;
+    /// assert_eq!(first.outcome, Outcome::Loaded);
+    /// let again = products.fetch(&42, load).await?;
+    /// assert!(again.outcome.is_hit());
+    /// assert_eq!(again.value.as_deref().map(String::as_str), Some("lamp"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`] with the loader's error (never cached),
+    /// [`Error::LoaderPanicked`], [`Error::Timeout`] past the
+    /// [`hard_timeout`](CacheBuilder::hard_timeout), or
+    /// [`Error::LoaderCancelled`]; a caller that waited on another caller's
+    /// load of the key gets that load's error. A stale value within
+    /// [`grace`](CacheBuilder::grace) answers instead (outcome
+    /// [`Outcome::Stale`]), except for a loader's
+    /// [`NotStored`](crate::NotStored). Failures of the shared tier or the
+    /// bus never surface.
     pub async fn fetch<F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>, Error>
     where
         F: FnOnce() -> Fut,
@@ -220,6 +328,8 @@ where
     /// within grace) on a load, the current value on a refresh-ahead. An
     /// HTTP cache uses it to revalidate (a conditional request) instead of
     /// loading the whole response again.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
@@ -262,6 +372,35 @@ where
     /// every key no tier had (and no other caller is already loading) and
     /// returns the values it found; keys it leaves out are cached as absent.
     /// The answer is in the order of `keys`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-get-many").build()?;
+    /// users.insert(&1, "ada".to_string()).await;
+    /// // One origin call for the keys no tier had: 2 and 3 (3 does not exist).
+    /// let found = users
+    ///     .get_many_or_load(&[1, 2, 3], |missing: Vec<u64>| async move {
+    ///         assert_eq!(missing, [2, 3]);
+    ///         Ok::<_, std::io::Error>(HashMap::from([(2, "bo".to_string())]))
+    ///     })
+    ///     .await?;
+    /// let names: Vec<Option<&str>> =
+    ///     found.iter().map(|v| v.as_deref().map(String::as_str)).collect();
+    /// assert_eq!(names, [Some("ada"), Some("bo"), None]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the loader fails ([`Error::Load`], never cached), panics
+    /// ([`Error::LoaderPanicked`]) or runs past the
+    /// [`hard_timeout`](CacheBuilder::hard_timeout) ([`Error::Timeout`]), the
+    /// whole call fails; so it does with the error of another caller's load
+    /// of one of the keys that it waited on. No stale value stands in.
     pub async fn get_many_or_load<F, Fut, E>(
         &self,
         keys: &[K],
@@ -278,11 +417,38 @@ where
 
     /// Stores `value` under `key` in both tiers, as a fresh load would, and
     /// tells other instances to drop their copies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-insert").build()?;
+    /// // After writing the new value to the origin:
+    /// users.insert(&1, "ada".to_string()).await;
+    /// assert_eq!(users.get(&1).await.as_deref().map(String::as_str), Some("ada"));
+    /// # Ok(()) }
+    /// ```
     pub async fn insert(&self, key: &K, value: V) {
         self.insert_entry(key, Entry::new(value)).await
     }
 
     /// [`insert`](Self::insert) with tags and TTL.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache_core::{Cache, Entry};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let products: Cache<u64, String> = Cache::builder("doc-insert-entry").build()?;
+    /// let lamp = Entry::new("lamp".to_string())
+    ///     .tag("category:7")
+    ///     .ttl(Duration::from_secs(60));
+    /// products.insert_entry(&42, lamp).await;
+    /// assert!(products.get(&42).await.is_some());
+    /// # Ok(()) }
+    /// ```
     pub async fn insert_entry(&self, key: &K, entry: Entry<V>) {
         self.inner.insert(key, entry).await
     }
@@ -292,6 +458,19 @@ where
     /// anywhere will not fill.
     ///
     /// Returns the bus sequence number of the message sent, if one was.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-invalidate").build()?;
+    /// users.insert(&1, "ada".to_string()).await;
+    /// // After a write at the origin:
+    /// users.invalidate(&1).await;
+    /// assert!(users.get(&1).await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate(&self, key: &K) -> Option<u64> {
         self.invalidate_many(std::slice::from_ref(key), &[]).await
     }
@@ -299,6 +478,21 @@ where
     /// Drops every entry tagged `tag`, everywhere, in O(1).
     ///
     /// Returns the bus sequence number of the message sent, if one was.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::{Cache, Entry};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let products: Cache<u64, String> = Cache::builder("doc-invalidate-tag").build()?;
+    /// products.insert_entry(&1, Entry::new("lamp".to_string()).tag("category:7")).await;
+    /// products.insert_entry(&2, Entry::new("desk".to_string()).tag("category:7")).await;
+    /// // Every product of category 7 changed:
+    /// products.invalidate_tag("category:7").await;
+    /// assert!(products.get(&1).await.is_none());
+    /// assert!(products.get(&2).await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Option<u64> {
         self.invalidate_many(&[], &[tag]).await
     }
@@ -307,18 +501,69 @@ where
     /// one bus message.
     ///
     /// Returns the bus sequence number of the message sent, if one was.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::{Cache, Entry};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let products: Cache<u64, String> = Cache::builder("doc-invalidate-many").build()?;
+    /// products.insert(&1, "lamp".to_string()).await;
+    /// products.insert_entry(&2, Entry::new("desk".to_string()).tag("category:7")).await;
+    /// products.invalidate_many(&[1], &["category:7"]).await;
+    /// assert!(products.get(&1).await.is_none());
+    /// assert!(products.get(&2).await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) -> Option<u64> {
         self.inner.invalidate_many(keys, tags).await
     }
 
     /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
     /// exists at the origin, and drops any negative entry for it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::Cache;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-mark-created").build()?;
+    /// // User 2 does not exist yet: "no such user" is cached.
+    /// assert_eq!(users.get_or_load(&2, || async { None }).await?, None);
+    ///
+    /// // After creating user 2 at the origin: the negative entry goes, and
+    /// // Bloom guards (here and on every instance) learn the key.
+    /// users.mark_created(&2).await;
+    /// let bo = users.get_or_load(&2, || async { Some("bo".to_string()) }).await?;
+    /// assert_eq!(bo.as_deref().map(String::as_str), Some("bo"));
+    /// # Ok(()) }
+    /// ```
     pub async fn mark_created(&self, key: &K) {
         self.inner.mark_created(key).await
     }
 
     /// Rebuilds the Bloom guard from its universe loader now (it also
-    /// rebuilds on its own schedule). Returns how many keys it holds.
+    /// rebuilds on its own schedule). Returns how many keys it holds; 0
+    /// without a Bloom guard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tiercache_core::{BloomGuardConfig, Cache};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-rebuild-bloom")
+    ///     .bloom_guard(BloomGuardConfig::new(|| async {
+    ///         Ok::<_, std::io::Error>(vec!["1".to_string(), "2".to_string()])
+    ///     }))
+    ///     .build()?;
+    /// assert_eq!(users.rebuild_bloom().await?, 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The universe loader's error (the guard keeps its current filter), or
+    /// why the filter could not be sized.
     pub async fn rebuild_bloom(&self) -> Result<usize, BoxError> {
         match &self.inner.bloom {
             Some(b) => {

@@ -34,6 +34,24 @@ where
     /// ([`Postcard`]). Must be called inside a tokio runtime (the cache runs
     /// its bus listener and Bloom rebuilds as tasks).
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache_core::Cache;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let users: Cache<u64, String> = Cache::builder("doc-build").build()?;
+    /// # drop(users);
+    ///
+    /// // A setting out of range fails the build, naming the setting.
+    /// let refused = Cache::<u64, String>::builder("doc-build-refused")
+    ///     .ttl(Duration::ZERO)
+    ///     .build();
+    /// assert_eq!(refused.err().ok_or("a zero TTL is refused")?.field, "ttl");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the setting at fault when one is out of range,
@@ -48,6 +66,24 @@ where
     /// Builds the cache, storing values with `codec`: for values that are
     /// not serde types, or to store them in another format. Otherwise as
     /// [`build`](Self::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tiercache_core::{Cache, RawBytes};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Values that are bytes already, stored as they are. Any `Codec<V>`
+    /// // of your own goes here the same way.
+    /// let pages: Cache<String, Bytes> = Cache::builder("doc-build-with-codec")
+    ///     .build_with_codec(RawBytes)?;
+    /// let page = pages
+    ///     .get_or_load(&"/".to_string(), || async { Some(Bytes::from_static(b"<html>")) })
+    ///     .await?;
+    /// assert_eq!(page.as_deref(), Some(&Bytes::from_static(b"<html>")));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///

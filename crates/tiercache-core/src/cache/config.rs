@@ -129,6 +129,26 @@ pub fn embedded_bus() -> &'static InProcessBus {
 /// [`Cache::builder`](crate::Cache::builder); every setting has a default
 /// suited to a web service, and [`build`](Self::build) checks them all,
 /// naming the field at fault.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tiercache_core::Cache;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The embedded default: a local tier plus the process-wide in-process
+/// // shared tier and bus. `.shared_tier(..)` and `.bus(..)` take Redis or
+/// // NATS instead; `.local_only()` keeps to the local tier.
+/// let users: Cache<u64, String> = Cache::builder("doc-builder")
+///     .ttl(Duration::from_secs(300))
+///     .negative_ttl(Duration::from_secs(30))
+///     .grace(Duration::from_secs(60))
+///     .local_capacity(16 * 1024 * 1024)
+///     .build()?;
+/// assert_eq!(users.namespace(), "doc-builder");
+/// # Ok(()) }
+/// ```
 #[must_use]
 pub struct CacheBuilder<K, V> {
     pub(crate) config: Config,
@@ -518,5 +538,271 @@ impl<K, V> CacheBuilder<K, V> {
             return Err(ConfigError::new("signing_key", "must be at least 16 bytes"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Builder = CacheBuilder<u64, String>;
+    /// A builder's duration setter.
+    type SetDuration = fn(Builder, Duration) -> Builder;
+
+    fn builder() -> Builder {
+        CacheBuilder::new("ok")
+    }
+
+    /// The field `b` is refused for, checking the message names it too.
+    fn refused(b: Builder) -> &'static str {
+        let e = b.validate().expect_err("refused");
+        assert!(
+            e.to_string().contains(&format!("`{}`", e.field)),
+            "the message names the field: {e}"
+        );
+        e.field
+    }
+
+    fn bloom() -> BloomGuardConfig {
+        BloomGuardConfig::new(|| async { Ok::<Vec<String>, std::convert::Infallible>(vec![]) })
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_as_documented() {
+        let b = builder();
+        assert_eq!(b.validate(), Ok(()));
+        let c = &b.config;
+        assert_eq!(c.namespace, "ok");
+        assert_eq!(c.local_capacity, 64 * 1024 * 1024);
+        assert_eq!(c.local_ttl, None);
+        assert_eq!(c.ttl, Duration::from_secs(300));
+        assert_eq!((c.ttl_jitter, c.negative_jitter), (0.1, 0.1));
+        assert_eq!(c.negative_ttl, Duration::from_secs(30));
+        assert_eq!((c.soft_ttl, c.grace), (None, Duration::ZERO));
+        assert_eq!(c.max_key_len, 250);
+        assert_eq!(c.max_value_size, 1024 * 1024);
+        assert_eq!(c.compress_at, 1024);
+        assert_eq!(c.lease_ttl, Some(Duration::from_secs(5)));
+        assert_eq!(c.lease_wait, Duration::from_millis(200));
+        assert_eq!(c.soft_timeout, None);
+        assert_eq!(c.hard_timeout, Duration::from_secs(30));
+        assert_eq!(c.staleness_bound, DEFAULT_STALENESS_BOUND);
+        assert!(matches!(c.clock, Clock::System));
+        assert!(matches!(b.shared, Backend::Embedded));
+        assert!(matches!(b.bus, Backend::Embedded));
+        assert!(b.bloom.is_none() && b.signing_key.is_none());
+    }
+
+    #[test]
+    fn the_bus_windows_follow_from_the_staleness_bound() {
+        let c = builder().config;
+        assert_eq!(c.liveness(), Duration::from_millis(400), "four fifths");
+        assert_eq!(
+            c.heartbeat(),
+            Duration::from_millis(100),
+            "a quarter of that"
+        );
+        assert_eq!(
+            c.unsynced_ttl(),
+            DEFAULT_STALENESS_BOUND,
+            "the bound itself"
+        );
+        let c = builder().staleness_bound(Duration::from_secs(2)).config;
+        assert_eq!(
+            (c.liveness(), c.heartbeat(), c.unsynced_ttl()),
+            (
+                Duration::from_millis(1600),
+                Duration::from_millis(400),
+                Duration::from_secs(2)
+            )
+        );
+        let c = builder()
+            .bus_liveness(Duration::from_millis(200))
+            .unsynced_local_ttl(Duration::from_millis(300))
+            .config;
+        assert_eq!(c.liveness(), Duration::from_millis(200), "overridden");
+        assert_eq!(c.heartbeat(), Duration::from_millis(50));
+        assert_eq!(c.unsynced_ttl(), Duration::from_millis(300), "overridden");
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert_eq!(refused(CacheBuilder::new("")), "namespace");
+        assert_eq!(refused(CacheBuilder::new("a".repeat(65))), "namespace");
+        assert_eq!(
+            CacheBuilder::<u64, String>::new("a".repeat(64)).validate(),
+            Ok(())
+        );
+        for bad in [
+            "has space",
+            "tab\t",
+            "nl\n",
+            "ctl\u{7}",
+            "{",
+            "}",
+            "a:b",
+            "*",
+            ">",
+        ] {
+            assert_eq!(refused(CacheBuilder::new(bad)), "namespace", "{bad:?}");
+        }
+        for good in ["orders", "app.users-v2", "UPPER_lower", "café"] {
+            assert_eq!(
+                CacheBuilder::<u64, String>::new(good).validate(),
+                Ok(()),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_is_bounded_by_max_life() {
+        let over = MAX_LIFE + Duration::from_secs(1);
+        let cases: [(&str, SetDuration); 12] = [
+            ("ttl", Builder::ttl),
+            ("negative_ttl", Builder::negative_ttl),
+            ("local_ttl", Builder::local_ttl),
+            ("soft_ttl", Builder::soft_ttl),
+            ("grace", Builder::grace),
+            ("lease_ttl", Builder::lease_ttl),
+            ("lease_wait", Builder::lease_wait),
+            ("soft_timeout", Builder::soft_timeout),
+            ("hard_timeout", Builder::hard_timeout),
+            ("staleness_bound", Builder::staleness_bound),
+            ("unsynced_local_ttl", Builder::unsynced_local_ttl),
+            ("bus_liveness", Builder::bus_liveness),
+        ];
+        for (field, set) in cases {
+            assert_eq!(refused(set(builder(), over)), field);
+            assert_eq!(refused(set(builder(), Duration::MAX)), field);
+        }
+        // MAX_LIFE itself is allowed.
+        let b = builder()
+            .ttl(MAX_LIFE)
+            .negative_ttl(MAX_LIFE)
+            .grace(MAX_LIFE)
+            .local_ttl(MAX_LIFE)
+            .hard_timeout(MAX_LIFE)
+            .lease_ttl(MAX_LIFE)
+            .lease_wait(MAX_LIFE)
+            .staleness_bound(MAX_LIFE);
+        assert_eq!(b.validate(), Ok(()));
+    }
+
+    #[test]
+    fn jitters_are_fractions_below_one() {
+        for j in [0.0, 0.5, 0.999] {
+            assert_eq!(
+                builder().ttl_jitter(j).negative_jitter(j).validate(),
+                Ok(())
+            );
+        }
+        for j in [1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
+            assert_eq!(refused(builder().ttl_jitter(j)), "ttl_jitter", "{j}");
+            assert_eq!(
+                refused(builder().negative_jitter(j)),
+                "negative_jitter",
+                "{j}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let cases: Vec<(&str, Builder)> = vec![
+            ("ttl", builder().ttl(Duration::ZERO)),
+            ("soft_ttl", builder().soft_ttl(Duration::ZERO)),
+            ("soft_ttl", builder().ttl(s(60)).soft_ttl(s(60))),
+            ("max_key_len", builder().max_key_len(47)),
+            ("max_value_size", builder().max_value_size(0)),
+            ("hard_timeout", builder().hard_timeout(Duration::ZERO)),
+            (
+                "soft_timeout",
+                builder().soft_timeout(s(30)).hard_timeout(s(30)),
+            ),
+            ("lease_ttl", builder().lease_ttl(Duration::ZERO)),
+            ("staleness_bound", builder().staleness_bound(ms(49))),
+            ("bus_liveness", builder().bus_liveness(Duration::ZERO)),
+            (
+                "bus_liveness",
+                builder().staleness_bound(ms(100)).bus_liveness(ms(101)),
+            ),
+            (
+                "unsynced_local_ttl",
+                builder()
+                    .staleness_bound(ms(100))
+                    .unsynced_local_ttl(ms(101)),
+            ),
+            (
+                "bloom_guard.false_positive_rate",
+                builder().bloom_guard(bloom().false_positive_rate(0.0)),
+            ),
+            (
+                "bloom_guard.false_positive_rate",
+                builder().bloom_guard(bloom().false_positive_rate(1.0)),
+            ),
+            (
+                "bloom_guard.false_positive_rate",
+                builder().bloom_guard(bloom().false_positive_rate(f64::NAN)),
+            ),
+            (
+                "bloom_guard.rebuild_every",
+                builder().bloom_guard(bloom().rebuild_every(Duration::ZERO)),
+            ),
+            ("signing_key", builder().signing_key(vec![0u8; 15])),
+        ];
+        for (field, b) in cases {
+            assert_eq!(refused(b), field);
+        }
+    }
+
+    #[test]
+    fn values_at_each_limit_are_accepted() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let b = builder()
+            .ttl(s(60))
+            .soft_ttl(s(59))
+            .max_key_len(48)
+            .max_value_size(1)
+            .soft_timeout(ms(999))
+            .hard_timeout(s(1))
+            .staleness_bound(MIN_STALENESS_BOUND)
+            .bus_liveness(MIN_STALENESS_BOUND)
+            .unsynced_local_ttl(MIN_STALENESS_BOUND)
+            .bloom_guard(bloom().false_positive_rate(0.5).rebuild_every(ms(1)))
+            .signing_key(vec![0u8; 16]);
+        assert_eq!(b.validate(), Ok(()));
+        // A zero local capacity turns the local tier off; no leases at all
+        // is not a zero lease.
+        assert_eq!(builder().local_capacity(0).no_leases().validate(), Ok(()));
+        assert_eq!(builder().no_leases().config.lease_ttl, None);
+    }
+
+    #[test]
+    fn local_only_turns_off_both_backends() {
+        let b = builder().local_only();
+        assert!(matches!(b.shared, Backend::Off) && matches!(b.bus, Backend::Off));
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("shared: \"off\"") && shown.contains("bus: \"off\""),
+            "{shown}"
+        );
+        let b = builder()
+            .no_bus()
+            .shared_tier(InProcessSharedTier::default())
+            .signing_key(vec![7u8; 32]);
+        assert!(matches!(b.shared, Backend::Given(_)) && matches!(b.bus, Backend::Off));
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("shared: \"given\"") && shown.contains("signed: true"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("7, 7"),
+            "the key itself is not shown: {shown}"
+        );
     }
 }
