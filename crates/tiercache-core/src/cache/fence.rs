@@ -102,6 +102,10 @@ impl Fence {
         let _closed = self.close_gate();
         let mut r = self.records();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
+        // Keep the later wall time: an older invalidation applied late (a
+        // delayed message, a retry replaying its time) must not let values
+        // written between the two pass `superseded`.
+        let wall = r.keys.get(&key).map_or(wall, |(.., ms)| wall.max(*ms));
         r.keys.insert(key, (v, now, wall));
         self.latest_ms.fetch_max(wall, SeqCst);
         self.prune(&mut r, now);
@@ -118,6 +122,10 @@ impl Fence {
         let _closed = self.close_gate();
         let mut r = self.records();
         let v = self.clock.fetch_add(1, SeqCst) + 1;
+        // Keep the later wall time: an older invalidation applied late (a
+        // delayed message, a retry replaying its time) must not let values
+        // written between the two pass `superseded`.
+        let wall = r.tags.get(&tag).map_or(wall, |(.., ms)| wall.max(*ms));
         r.tags.insert(tag, (v, now, wall));
         self.latest_ms.fetch_max(wall, SeqCst);
         self.prune(&mut r, now);
@@ -332,5 +340,18 @@ mod tests {
             f.superseded(KeyHash(9), &[t], before),
             "written before its tag's invalidation"
         );
+    }
+
+    #[test]
+    fn an_older_invalidation_applied_late_keeps_the_later_time() {
+        let (f, _clock) = fence();
+        let k = KeyHash(7);
+        f.invalidate_key_at(k, 2000);
+        f.invalidate_key_at(k, 1000);
+        assert!(f.superseded(k, &[], 1500));
+        let t = TagHash(8);
+        f.invalidate_tag_at(t, 2000);
+        f.invalidate_tag_at(t, 1000);
+        assert!(f.superseded(KeyHash(9), &[t], 1500));
     }
 }
