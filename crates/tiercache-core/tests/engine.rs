@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tiercache_core::backend::{InProcessBus, InProcessSharedTier, SharedTier};
 use tiercache_core::fuzz_targets::envelope_format;
 use tiercache_core::{
-    BloomGuardConfig, Cache, CacheBuilder, ConfigError, Entry, Error, Outcome, Tier,
+    BloomGuardConfig, Cache, CacheBuilder, ConfigError, Entry, Error, MockClock, Outcome, Tier,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -34,6 +34,23 @@ fn cache(ns: &str) -> (Cache<u64, String>, InProcessSharedTier, InProcessBus) {
     (isolated(ns, &tier, &bus).build().unwrap(), tier, bus)
 }
 
+/// [`cache`] on a clock the test drives: the cache and its shared tier's
+/// leases read `clock`, which moves with tokio's (paused) time.
+fn cache_on(
+    ns: &str,
+    clock: &MockClock,
+) -> (Cache<u64, String>, InProcessSharedTier, InProcessBus) {
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
+    let bus = InProcessBus::new();
+    let c = isolated(ns, &tier, &bus)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (c, tier, bus)
+}
+
+/// Lets the background tasks (bus listeners, loads) run. With tokio's time
+/// paused it takes no real time: the clock jumps once every task is idle.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(30)).await;
 }
@@ -107,9 +124,9 @@ async fn callers_overlapping_the_end_of_a_load_do_not_load_again() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_loader_wakes_every_waiter_with_an_error() {
-    let (c, _, _) = cache(&ns());
+    let (c, _, _) = cache_on(&ns(), &MockClock::new());
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let c = c.clone();
@@ -180,9 +197,9 @@ fn a_cancelled_load_wakes_waiters_in_other_runtimes() {
     assert!(matches!(r, Err(Error::LoaderCancelled)), "got {r:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dropped_caller_does_not_cancel_the_load_for_others() {
-    let (c, _, _) = cache(&ns());
+    let (c, _, _) = cache_on(&ns(), &MockClock::new());
     let (tx, rx) = oneshot::channel::<()>();
     let c1 = c.clone();
     let first = tokio::spawn(async move {
@@ -223,11 +240,13 @@ async fn loader_errors_are_returned_and_never_cached() {
     assert_eq!(c.stats().load_errors, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn negative_entries_are_cached_and_expire_on_their_own_ttl() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock)
         .ttl(Duration::from_secs(60))
         .negative_ttl(Duration::from_millis(300))
         .negative_jitter(0.0)
@@ -254,7 +273,17 @@ async fn negative_entries_are_cached_and_expire_on_their_own_ttl() {
         "the second lookup is a negative hit"
     );
     assert_eq!(c.stats().negative_hits, 1);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        c.get_or_load(&404, load(calls.clone())).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "still within the negative TTL: a negative hit"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         c.get_or_load(&404, load(calls.clone())).await.unwrap(),
         None
@@ -266,11 +295,13 @@ async fn negative_entries_are_cached_and_expire_on_their_own_ttl() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn jitter_spreads_expiries() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock)
         .ttl(Duration::from_secs(4))
         .ttl_jitter(0.5)
         .build()
@@ -433,13 +464,19 @@ async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
 
 /// Another instance's invalidation arriving over the bus mid-load also
 /// revokes this instance's fill.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fill_race_remote_invalidation_during_load_drops_the_fill() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
-    let a: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
-    let b: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
+    let build = || -> Cache<u64, String> {
+        isolated(&name, &tier, &bus)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
     settle().await;
     let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
     let (release_tx, release_rx) = oneshot::channel::<()>();
@@ -547,13 +584,19 @@ async fn values_are_shared_between_instances_through_the_shared_tier() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn invalidations_reach_other_instances_and_own_echo_is_ignored() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
-    let a: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
-    let b: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
+    let build = || -> Cache<u64, String> {
+        isolated(&name, &tier, &bus)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
     settle().await;
     for c in [&a, &b] {
         c.fetch(&1, || async {
@@ -589,16 +632,19 @@ async fn invalidations_reach_other_instances_and_own_echo_is_ignored() {
     assert_eq!(b.stats().invalidations_received, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn messages_of_another_namespace_or_signed_with_another_key_are_dropped() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
     let a: Cache<u64, String> = isolated(&name, &tier, &bus)
+        .clock(clock.clone())
         .signing_key(*b"0123456789abcdef")
         .build()
         .unwrap();
     let forger: Cache<u64, String> = isolated(&name, &tier, &bus)
+        .clock(clock)
         .signing_key(*b"fedcba9876543210")
         .build()
         .unwrap();
@@ -616,11 +662,13 @@ async fn messages_of_another_namespace_or_signed_with_another_key_are_dropped() 
     assert_eq!(a.stats().invalidations_received, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bus_disconnect_flushes_and_caps_then_reconnect_flushes() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock)
         .unsynced_local_ttl(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -671,13 +719,14 @@ async fn bus_disconnect_flushes_and_caps_then_reconnect_flushes() {
     assert_eq!(c.stats().bus_disconnects, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_sequence_gap_is_treated_as_a_loss() {
     use tiercache_core::backend::{Bus, Invalidation, MessageCodec};
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
-    let c: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
+    let c: Cache<u64, String> = isolated(&name, &tier, &bus).clock(clock).build().unwrap();
     settle().await;
     let codec = MessageCodec::unsigned();
     let msg = |seq| Invalidation {
@@ -706,11 +755,13 @@ async fn a_sequence_gap_is_treated_as_a_loss() {
     assert_eq!(c.local_entry_count(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bus_silence_bypasses_the_local_tier_until_heard_again() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock)
         .staleness_bound(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -741,14 +792,16 @@ async fn bus_silence_bypasses_the_local_tier_until_heard_again() {
     assert!(c.local_trusted());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bloom_guard_rejects_absent_keys_and_never_existing_ones() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
     let universe = || async { Ok::<_, OriginDown>((0..1000u64).map(|k| k.to_string()).collect()) };
     let build = || {
         isolated::<String>(&name, &tier, &bus)
+            .clock(clock.clone())
             .bloom_guard(
                 BloomGuardConfig::new(universe)
                     .expected_items(1000)
@@ -868,11 +921,13 @@ async fn get_many_or_load_calls_the_batch_loader_once_for_the_missing_keys() {
     assert_eq!(again.iter().filter(|v| v.is_some()).count(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn grace_serves_stale_when_the_origin_fails() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock.clone())
         .ttl(Duration::from_millis(200))
         .ttl_jitter(0.0)
         .grace(Duration::from_secs(30))
@@ -890,7 +945,7 @@ async fn grace_serves_stale_when_the_origin_fails() {
     assert_eq!(f.value.as_deref().map(String::as_str), Some("v1"));
     assert_eq!(c.stats().stale_served, 1);
     // Without grace the error comes through.
-    let (plain, _, _) = cache(&ns());
+    let (plain, _, _) = cache_on(&ns(), &clock);
     assert!(
         plain
             .fetch(&1, || async { Err::<Option<Entry<String>>, _>(OriginDown) })
@@ -899,11 +954,13 @@ async fn grace_serves_stale_when_the_origin_fails() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn soft_timeout_serves_stale_while_the_load_goes_on_and_hard_timeout_errors() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock)
         .ttl(Duration::from_secs(10))
         .ttl_jitter(0.0)
         .grace(Duration::from_secs(30))
@@ -919,7 +976,8 @@ async fn soft_timeout_serves_stale_while_the_load_goes_on_and_hard_timeout_error
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let t = std::time::Instant::now();
+    // Paused time: how long the caller waited on tokio's clock, exactly.
+    let t = tokio::time::Instant::now();
     let f = c
         .fetch(&1, || async {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -950,11 +1008,13 @@ async fn soft_timeout_serves_stale_while_the_load_goes_on_and_hard_timeout_error
     assert_eq!(c.stats().load_timeouts, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refresh_ahead_serves_and_refreshes_once_in_the_background() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .clock(clock)
         .ttl(Duration::from_secs(10))
         .ttl_jitter(0.0)
         .soft_ttl(Duration::from_millis(100))
@@ -1056,13 +1116,19 @@ async fn long_keys_are_hashed_in_the_shared_tier() {
     assert_eq!(c.get(&key).await.as_deref().map(String::as_str), Some("v"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn insert_writes_both_tiers_and_evicts_peers() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
-    let a: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
-    let b: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
+    let build = || -> Cache<u64, String> {
+        isolated(&name, &tier, &bus)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
     settle().await;
     b.get_or_load(&1, || async { Some("old".to_string()) })
         .await
@@ -1144,9 +1210,9 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
 /// read past `refresh_after` serves it and refreshes it once in the
 /// background, handing the loader the value it replaces; past its TTL and
 /// within its own grace, a failing origin gets the stale value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn per_entry_refresh_after_and_grace() {
-    let (c, _, _) = cache(&ns());
+    let (c, _, _) = cache_on(&ns(), &MockClock::new());
     let seen: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
     let load = |next: &'static str, seen: Arc<std::sync::Mutex<Vec<Option<String>>>>| {
         move |old: Option<Arc<String>>| async move {

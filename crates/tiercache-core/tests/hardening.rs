@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tiercache_core::backend::{Bus, InProcessBus, InProcessSharedTier, Invalidation, MessageCodec};
 use tiercache_core::fuzz_targets::envelope_format::{self as envelope, Times};
-use tiercache_core::{Cache, CacheBuilder, Codec, DecodeError, EncodeError, Entry};
+use tiercache_core::{Cache, CacheBuilder, Codec, DecodeError, EncodeError, Entry, MockClock};
 
 fn ns() -> String {
     format!("h{:x}", rand::random::<u32>())
@@ -241,13 +241,19 @@ async fn a_short_key_cannot_read_a_long_keys_value() {
 /// Case 3: a forged `seq = u64::MAX` then `seq = 1` from one origin neither
 /// stops the listener nor turns that origin's later messages into losses;
 /// invalidations from every origin keep being applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn forged_sequence_numbers_do_not_stop_the_listener() {
-    let tier = InProcessSharedTier::default();
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
     let name = ns();
-    let a: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
-    let b: Cache<u64, String> = isolated(&name, &tier, &bus).build().unwrap();
+    let build = || -> Cache<u64, String> {
+        isolated(&name, &tier, &bus)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
     let mut applied = b.subscribe_applied();
     // Wait until b's listener is subscribed (the bus delivers only to
     // subscribers present at publish time).

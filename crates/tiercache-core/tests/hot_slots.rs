@@ -8,13 +8,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tiercache_core::backend::{InProcessBus, InProcessSharedTier};
-use tiercache_core::{Cache, Entry};
+use tiercache_core::{Cache, Entry, MockClock};
 
 fn cache(ns: &str) -> Cache<u64, u64> {
     Cache::builder(ns)
         .shared_tier(InProcessSharedTier::default())
         .bus(InProcessBus::new())
         .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+/// [`cache`] on a clock the test drives (with tokio's time paused).
+fn cache_on(ns: &str, clock: &MockClock) -> Cache<u64, u64> {
+    Cache::builder(ns)
+        .shared_tier(InProcessSharedTier::default().with_clock(clock.clone()))
+        .bus(InProcessBus::new())
+        .ttl(Duration::from_secs(3600))
+        .clock(clock.clone())
         .build()
         .unwrap()
 }
@@ -29,9 +40,9 @@ fn local(cache: &Cache<u64, u64>, key: u64) -> Option<u64> {
     cache.get_local(&key).and_then(|f| f.value.map(|v| *v))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_change_on_the_same_thread_voids_the_copy() {
-    let c = cache("hot-same-thread");
+    let c = cache_on("hot-same-thread", &MockClock::new());
     trusted(&c).await;
     c.insert_entry(&1, Entry::new(10).tag("t")).await;
     c.insert(&2, 20).await;

@@ -224,3 +224,222 @@ impl<V> Waiter<V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn flights() -> Arc<Flights<String>> {
+        Arc::new(Flights::new())
+    }
+
+    fn loaded(v: &str) -> LoadResult<String> {
+        Ok(Loaded {
+            value: Some(Arc::new(v.to_owned())),
+            written_ms: 7,
+        })
+    }
+
+    /// The value of an outcome, or its error.
+    fn value(r: LoadResult<String>) -> Result<Option<String>, Error> {
+        r.map(|l| l.value.map(|v| (*v).clone()))
+    }
+
+    fn lead(f: &Arc<Flights<String>>, key: KeyHash) -> (Leader<String>, Waiter<String>) {
+        match f.join(key) {
+            Role::Leader(l, w) => (l, w),
+            Role::Waiter(_) => panic!("expected to lead the load of {key:?}"),
+        }
+    }
+
+    fn follow(f: &Arc<Flights<String>>, key: KeyHash) -> Waiter<String> {
+        match f.join(key) {
+            Role::Waiter(w) => w,
+            Role::Leader(..) => panic!("expected to join the load of {key:?} in flight"),
+        }
+    }
+
+    /// Every waiter of `ws`, awaited with a bound: none may hang.
+    async fn outcomes(ws: Vec<Waiter<String>>) -> Vec<Result<Option<String>, Error>> {
+        let mut out = Vec::new();
+        for w in ws {
+            let r = tokio::time::timeout(Duration::from_secs(5), w.wait())
+                .await
+                .expect("a waiter is woken");
+            out.push(value(r));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_caller_leads_and_every_other_gets_its_outcome() {
+        let f = flights();
+        let k = KeyHash(1);
+        let (leader, own) = lead(&f, k);
+        let early = follow(&f, k);
+        // One waiter already parked on the channel when the outcome lands.
+        let parked = tokio::spawn(follow(&f, k).wait());
+        tokio::task::yield_now().await;
+        leader.complete(loaded("v"));
+        let late = own; // awaited only after the outcome was published
+        let parked = parked.await.unwrap().unwrap();
+        assert_eq!(parked.written_ms, 7);
+        assert_eq!(parked.value.as_deref().map(String::as_str), Some("v"));
+        for r in outcomes(vec![early, late]).await {
+            assert_eq!(r.unwrap().as_deref(), Some("v"));
+        }
+    }
+
+    #[test]
+    fn a_completed_flight_is_removed_and_counted() {
+        let f = flights();
+        let (k, other) = (KeyHash(1), KeyHash(2));
+        assert_eq!((f.ended(&k), f.ended(&other)), (0, 0));
+        let (leader, _) = lead(&f, k);
+        let _ = follow(&f, k);
+        assert_eq!(f.ended(&k), 0, "not counted while in flight");
+        leader.complete(loaded("v"));
+        assert_eq!(f.ended(&k), 1, "counted once it completed");
+        assert_eq!(f.ended(&other), 0, "another bucket's count is untouched");
+        assert!(f.map().is_empty(), "the flight is gone");
+        let _next = lead(&f, k);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_reaches_every_waiter_and_is_not_kept() {
+        let f = flights();
+        let k = KeyHash(3);
+        let (leader, own) = lead(&f, k);
+        let other = follow(&f, k);
+        leader.complete(Err(Error::Timeout(Duration::from_secs(2))));
+        for r in outcomes(vec![own, other]).await {
+            assert!(
+                matches!(r, Err(Error::Timeout(d)) if d == Duration::from_secs(2)),
+                "got {r:?}"
+            );
+        }
+        let _retry = lead(&f, k);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_dropped_without_an_outcome_cancels_its_waiters() {
+        let f = flights();
+        let k = KeyHash(4);
+        let (leader, own) = lead(&f, k);
+        let parked = tokio::spawn(follow(&f, k).wait());
+        let other = follow(&f, k);
+        tokio::task::yield_now().await;
+        drop(leader);
+        assert!(matches!(parked.await.unwrap(), Err(Error::LoaderCancelled)));
+        for r in outcomes(vec![own, other]).await {
+            assert!(matches!(r, Err(Error::LoaderCancelled)), "got {r:?}");
+        }
+        assert_eq!(f.ended(&k), 0, "a cancelled flight filled nothing");
+        assert!(f.map().is_empty(), "and is gone: the next caller leads");
+        let _next = lead(&f, k);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_task_panics_cancels_its_waiters() {
+        let f = flights();
+        let k = KeyHash(5);
+        let (leader, _) = lead(&f, k);
+        let waiter = follow(&f, k);
+        let task = tokio::spawn(async move {
+            let _leader = leader;
+            tokio::task::yield_now().await;
+            panic!("loader bug");
+        });
+        let r = tokio::time::timeout(Duration::from_secs(5), waiter.wait())
+            .await
+            .expect("the waiter is woken");
+        assert!(
+            matches!(r, Err(Error::LoaderCancelled)),
+            "got {:?}",
+            value(r)
+        );
+        assert!(task.await.unwrap_err().is_panic());
+        let _next = lead(&f, k);
+    }
+
+    /// Detaching (an invalidation) leaves the old flight to its waiters,
+    /// and its end does not remove the new flight of the same key.
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_flight_answers_its_waiters_while_new_callers_lead_anew() {
+        let f = flights();
+        let k = KeyHash(6);
+        let (old, old_own) = lead(&f, k);
+        let old_waiter = follow(&f, k);
+        f.detach(k);
+        let (new, new_own) = lead(&f, k);
+        old.complete(loaded("old"));
+        let joined_after = follow(&f, k);
+        new.complete(loaded("new"));
+        let got = outcomes(vec![old_own, old_waiter, new_own, joined_after]).await;
+        let got: Vec<_> = got.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        assert_eq!(got, ["old", "old", "new", "new"]);
+        assert_eq!(f.ended(&k), 2);
+    }
+
+    #[test]
+    fn detach_all_detaches_every_key() {
+        let f = flights();
+        let (_a, _) = lead(&f, KeyHash(1));
+        let (_b, _) = lead(&f, KeyHash(2));
+        f.detach_all();
+        let _a2 = lead(&f, KeyHash(1));
+        let _b2 = lead(&f, KeyHash(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_held_elsewhere_ends_the_wait_early_but_not_the_flight() {
+        let f = flights();
+        let k = KeyHash(7);
+        let (leader, own) = lead(&f, k);
+        let impatient = tokio::spawn(follow(&f, k).wait_or_elsewhere());
+        let patient = follow(&f, k);
+        tokio::task::yield_now().await;
+        leader.lease_signal().held_elsewhere();
+        assert!(matches!(impatient.await.unwrap(), WaitEnd::Elsewhere));
+        // Raised already: a caller arriving now is told at once.
+        assert!(matches!(
+            follow(&f, k).wait_or_elsewhere().await,
+            WaitEnd::Elsewhere
+        ));
+        assert!(!f.map().is_empty(), "the flight goes on");
+        let finished = follow(&f, k);
+        leader.complete(loaded("filled elsewhere"));
+        for r in outcomes(vec![own, patient]).await {
+            assert_eq!(r.unwrap().as_deref(), Some("filled elsewhere"));
+        }
+        // Once there is an outcome, it wins over the lease signal.
+        match finished.wait_or_elsewhere().await {
+            WaitEnd::Done(r) => assert_eq!(value(r).unwrap().as_deref(), Some("filled elsewhere")),
+            WaitEnd::Elsewhere => panic!("the outcome was already there"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_lease_still_sees_a_cancelled_flight() {
+        let f = flights();
+        let k = KeyHash(8);
+        let (leader, _) = lead(&f, k);
+        // The load keeps its lease signal (it raises it later), so only the
+        // outcome's channel closes.
+        let signal = leader.lease_signal();
+        let waiting = tokio::spawn(follow(&f, k).wait_or_elsewhere());
+        tokio::task::yield_now().await;
+        drop(leader);
+        match tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap()
+        {
+            WaitEnd::Done(r) => assert!(matches!(r, Err(Error::LoaderCancelled))),
+            WaitEnd::Elsewhere => panic!("the lease was never held elsewhere"),
+        }
+        drop(signal);
+    }
+}

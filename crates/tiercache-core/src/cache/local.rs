@@ -126,3 +126,243 @@ impl<V> LocalData<V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::clock::{Clock, MockClock};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// One moment on `clock`, monotonic and wall, as the engine reads it.
+    fn moment(clock: &MockClock) -> (Instant, u64) {
+        let c = Clock::Mock(clock.clone());
+        (c.now(), c.wall_ms())
+    }
+
+    fn times(written_ms: u64, soft_ms: u64, fresh_ms: u64, stale_ms: u64) -> Times {
+        Times {
+            written_ms,
+            soft_ms,
+            fresh_ms,
+            stale_ms,
+        }
+    }
+
+    fn entry(times: Times, now: Instant, now_ms: u64, cap: Duration) -> LocalData<String> {
+        LocalData::new(
+            Some(Arc::new("v".to_owned())),
+            times,
+            now,
+            now_ms,
+            cap,
+            Box::new([]),
+            10,
+        )
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_are_the_stored_times_on_the_local_clock() {
+        let clock = MockClock::new();
+        let (now, now_ms) = moment(&clock);
+        let e = entry(
+            times(now_ms, now_ms + 100, now_ms + 1000, now_ms + 5000),
+            now,
+            now_ms,
+            HOUR,
+        );
+        assert_eq!(e.written, now);
+        assert_eq!(e.soft, Some(now + ms(100)));
+        assert_eq!(e.fresh, now + ms(1000));
+        assert_eq!(e.stale, now + ms(5000));
+        assert_eq!(e.written_ms, now_ms);
+        // Read as the engine does (`now < fresh`), on the clock as it moves.
+        let c = Clock::Mock(clock.clone());
+        clock.advance(ms(999));
+        assert!(c.now() < e.fresh, "fresh for its last millisecond");
+        clock.advance(ms(1));
+        assert!(c.now() >= e.fresh, "expired at its deadline");
+        assert!(c.now() < e.stale, "still within grace");
+        tokio::time::sleep(ms(4000)).await;
+        assert!(c.now() >= e.stale, "tokio's paused time moves it too");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_bounds_freshness_and_the_refresh_point() {
+        let clock = MockClock::new();
+        let (now, now_ms) = moment(&clock);
+        // While the bus is down: at most the unsynced bound, here 200 ms.
+        let e = entry(
+            times(now_ms, now_ms + 500, now_ms + 1000, now_ms + 5000),
+            now,
+            now_ms,
+            ms(200),
+        );
+        assert_eq!(e.fresh, now + ms(200));
+        assert_eq!(e.soft, Some(e.fresh), "never after the capped freshness");
+        assert_eq!(e.stale, now + ms(5000), "grace is not cut by the cap");
+        // Grace shorter than the cap: stale is never before fresh.
+        let e = entry(times(now_ms, 0, now_ms + 1000, now_ms), now, now_ms, HOUR);
+        assert_eq!(e.stale, e.fresh);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_entry_is_aged_and_a_past_deadline_is_already_over() {
+        let (now, now_ms) = moment(&MockClock::new());
+        let e = entry(
+            times(now_ms - 3000, now_ms - 2000, now_ms - 1, now_ms - 1),
+            now,
+            now_ms,
+            HOUR,
+        );
+        assert_eq!(now.duration_since(e.written), ms(3000), "written 3 s ago");
+        assert_eq!(e.fresh, now, "expired before it was read: not fresh");
+        assert!(now >= e.fresh);
+        assert_eq!(e.stale, now);
+        // Written "later" than now (another machine's clock ahead): age 0.
+        let e = entry(
+            times(now_ms + 60_000, 0, now_ms + 90_000, 0),
+            now,
+            now_ms,
+            HOUR,
+        );
+        assert_eq!(e.written, now);
+        assert_eq!(e.fresh, now + ms(90_000));
+    }
+
+    #[test]
+    fn times_from_outside_cannot_overflow_the_clock() {
+        let c = Clock::System;
+        let (now, now_ms) = (c.now(), c.wall_ms());
+        for t in [
+            times(0, u64::MAX - 1, u64::MAX, u64::MAX),
+            times(u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+            times(0, 0, 0, u64::MAX),
+        ] {
+            for cap in [Duration::ZERO, HOUR, Duration::MAX] {
+                let e = entry(t, now, now_ms, cap);
+                assert!(e.fresh <= now + MAX_LIFE, "{t:?} {cap:?}");
+                assert!(e.stale >= e.fresh && e.stale <= now + MAX_LIFE * 2);
+                assert!(e.soft.is_none_or(|s| s <= e.fresh));
+                assert!(e.written <= now);
+            }
+        }
+    }
+
+    #[test]
+    fn refresh_ahead_only_when_the_soft_point_comes_first() {
+        let (now, now_ms) = (Clock::System.now(), 1_000_000);
+        let (fresh_ms, cap) = (now_ms + 1000, HOUR);
+        let e = entry(
+            times(now_ms, fresh_ms, fresh_ms, fresh_ms),
+            now,
+            now_ms,
+            cap,
+        );
+        assert!(e.soft.is_none() && e.refreshing.is_none(), "no soft TTL");
+        let e = entry(
+            times(now_ms, now_ms + 10, fresh_ms, fresh_ms),
+            now,
+            now_ms,
+            cap,
+        );
+        assert_eq!(e.soft, Some(now + ms(10)));
+        let flag = e.refreshing.as_ref().expect("a refresh flag");
+        assert!(!flag.load(Ordering::Acquire), "no refresh started yet");
+    }
+
+    #[test]
+    fn weight_tags_and_copies() {
+        let (now, now_ms) = (Clock::System.now(), 1_000_000);
+        let t = times(now_ms, now_ms + 10, now_ms + 1000, now_ms + 1000);
+        let untagged = entry(t, now, now_ms, HOUR);
+        assert_eq!(untagged.weight, 10 + 96, "its size and the overhead");
+        assert!(untagged.tags.is_none(), "no tags: no allocation");
+        let huge: LocalData<String> = LocalData::new(
+            None,
+            t,
+            now,
+            now_ms,
+            HOUR,
+            Box::new([TagHash(1)]),
+            usize::MAX,
+        );
+        assert_eq!(huge.weight, u32::MAX, "saturates");
+        assert_eq!(huge.tags.as_deref(), Some(&[TagHash(1)][..]));
+        // A thread's copy: the same deadlines and flag around another value.
+        let other = Arc::new("copy".to_owned());
+        let copy = untagged.with_value(Some(Arc::clone(&other)));
+        assert!(Arc::ptr_eq(copy.value.as_ref().unwrap(), &other));
+        assert_eq!(
+            (
+                copy.written,
+                copy.soft,
+                copy.fresh,
+                copy.stale,
+                copy.weight,
+                copy.written_ms
+            ),
+            (
+                untagged.written,
+                untagged.soft,
+                untagged.fresh,
+                untagged.stale,
+                untagged.weight,
+                untagged.written_ms
+            )
+        );
+        assert!(Arc::ptr_eq(
+            copy.refreshing.as_ref().unwrap(),
+            untagged.refreshing.as_ref().unwrap()
+        ));
+        // A clone shares the value itself.
+        let clone = untagged.clone();
+        assert!(Arc::ptr_eq(
+            clone.value.as_ref().unwrap(),
+            untagged.value.as_ref().unwrap()
+        ));
+    }
+
+    #[test]
+    fn the_tier_is_bounded_by_weight_and_counts_only_size_evictions() {
+        let stats = Arc::new(Stats::new("local-unit"));
+        let t: LocalTier<String> = tier(10_000, HOUR, Arc::clone(&stats));
+        let (now, now_ms) = (Clock::System.now(), 1_000_000);
+        let fill = |k: u128| {
+            let e = LocalData::new(
+                Some(Arc::new(k.to_string())),
+                times(now_ms, 0, now_ms + 60_000, now_ms + 60_000),
+                now,
+                now_ms,
+                HOUR,
+                Box::new([]),
+                1000,
+            );
+            assert_eq!(e.weight, 1096);
+            t.insert(KeyHash(k), e);
+        };
+        for k in 0..50 {
+            fill(k);
+        }
+        t.run_pending_tasks();
+        assert!(t.weighted_size() <= 10_000, "{}", t.weighted_size());
+        assert!(t.entry_count() <= 9, "{}", t.entry_count());
+        let evicted = stats.snapshot().evictions;
+        assert_eq!(
+            evicted,
+            50 - t.entry_count(),
+            "every entry dropped for size is counted"
+        );
+        // Removed by the engine (an invalidation): not an eviction.
+        let kept = (0..50).find(|k| t.contains_key(&KeyHash(*k))).unwrap();
+        t.invalidate(&KeyHash(kept));
+        t.run_pending_tasks();
+        assert_eq!(stats.snapshot().evictions, evicted);
+    }
+}
