@@ -3,8 +3,9 @@
 //! keys, in the same run: over 1,024 keys
 //! in turn (each read once in a while: moka answers, the per-thread hot
 //! slots only cost their check) and on one hot key (the hot slots answer).
-//! Also 10,000 concurrent `get_or_load` calls on one cold key (exactly one
-//! loader call, checked on every iteration), and two threads taking a
+//! Also 10,000 concurrent `get_or_load` calls on one cold key with a 20 ms
+//! loader (exactly one loader call, checked on every iteration), beside the
+//! same 10,000 tasks waiting on one bare tokio watch channel, and two threads taking a
 //! `Bytes` clone of one hot value on every hit: per-thread copies
 //! ([`Codec::thread_copy`], as `RawBytes` makes them) against one value
 //! both threads share (the same codec without copies).
@@ -162,6 +163,9 @@ fn local_hit(c: &mut Criterion) {
     g.finish();
 }
 
+/// The stampede's loader: the wall time of 10,000 callers is read against it.
+const LOADER: Duration = Duration::from_millis(20);
+
 fn cold_stampede(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -178,7 +182,7 @@ fn cold_stampede(c: &mut Criterion) {
     let mut g = c.benchmark_group("cold_key_stampede");
     g.sample_size(10);
     let mut key = 0u64;
-    g.bench_function("10000_concurrent_get_or_load", |b| {
+    g.bench_function("10000_concurrent_get_or_load_20ms_loader", |b| {
         b.to_async(&rt).iter(|| {
             key += 1;
             let cache = cache.clone();
@@ -192,7 +196,7 @@ fn cold_stampede(c: &mut Criterion) {
                         cache
                             .get_or_load(&key, move || async move {
                                 calls.fetch_add(1, Ordering::SeqCst);
-                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                tokio::time::sleep(LOADER).await;
                                 Some("loaded".to_string())
                             })
                             .await
@@ -202,6 +206,30 @@ fn cold_stampede(c: &mut Criterion) {
                     assert!(t.await.unwrap().unwrap().is_some());
                 }
                 assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one loader call");
+            }
+        })
+    });
+    // The floor: the same 10,000 tasks waiting on one tokio watch channel
+    // that a task fills after the loader's 20 ms. What `get_or_load` adds
+    // to a stampede is the gap between the two.
+    g.bench_function("10000_tasks_on_one_watch_channel_20ms", |b| {
+        b.to_async(&rt).iter(|| async {
+            let (tx, rx) = tokio::sync::watch::channel(None::<Arc<String>>);
+            // The "load" starts first, as the first caller's does.
+            tokio::spawn(async move {
+                tokio::time::sleep(LOADER).await;
+                tx.send_replace(Some(Arc::new("loaded".to_string())));
+            });
+            let mut tasks = Vec::with_capacity(10_000);
+            for _ in 0..10_000 {
+                let mut rx = rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let v = rx.wait_for(Option::is_some).await.unwrap();
+                    v.clone()
+                }));
+            }
+            for t in tasks {
+                assert!(t.await.unwrap().is_some());
             }
         })
     });

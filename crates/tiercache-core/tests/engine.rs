@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tiercache_core::backend::{InProcessBus, InProcessSharedTier, SharedTier};
+use tiercache_core::backend::{
+    FillTicket, InProcessBus, InProcessSharedTier, SharedError, SharedTier,
+};
 use tiercache_core::fuzz_targets::envelope_format;
 use tiercache_core::{
     BloomGuardConfig, Cache, CacheBuilder, ConfigError, Entry, Error, MockClock, Outcome, Tier,
@@ -1262,4 +1264,128 @@ async fn per_entry_refresh_after_and_grace() {
     assert_eq!(f.value.as_deref().map(String::as_str), Some("v2"));
     // lookup never loads: a stale entry is not found.
     assert!(c.lookup(&1).await.is_none());
+}
+
+/// The in-process shared tier, counting the reads of single keys.
+#[derive(Clone, Default)]
+struct CountingTier {
+    tier: InProcessSharedTier,
+    gets: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl SharedTier for CountingTier {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, SharedError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.tier.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, SharedError> {
+        self.tier.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), SharedError> {
+        self.tier.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), SharedError> {
+        self.tier.delete(key).await
+    }
+    async fn begin_fill(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease_ttl: Option<Duration>,
+    ) -> Result<FillTicket, SharedError> {
+        self.tier.begin_fill(namespace, key, lease_ttl).await
+    }
+    async fn commit_fill(
+        &self,
+        key: &str,
+        ticket: &FillTicket,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, SharedError> {
+        self.tier.commit_fill(key, ticket, value, ttl).await
+    }
+    async fn abort_fill(&self, key: &str, ticket: &FillTicket) -> Result<(), SharedError> {
+        self.tier.abort_fill(key, ticket).await
+    }
+    async fn invalidate(&self, keys: &[String]) -> Result<(), SharedError> {
+        self.tier.invalidate(keys).await
+    }
+    async fn tag_versions(
+        &self,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<Vec<u64>, SharedError> {
+        self.tier.tag_versions(namespace, tags).await
+    }
+    async fn invalidate_tags(&self, namespace: &str, tags: &[String]) -> Result<(), SharedError> {
+        self.tier.invalidate_tags(namespace, tags).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stampede_reads_the_shared_tier_once_and_shares_its_stale_copy() {
+    let clock = MockClock::new();
+    let tier = CountingTier {
+        tier: InProcessSharedTier::default().with_clock(clock.clone()),
+        gets: Arc::default(),
+    };
+    let bus = InProcessBus::new();
+    let ns = ns();
+    let build = || -> Cache<u64, String> {
+        Cache::builder(&ns)
+            .shared_tier(tier.clone())
+            .bus(bus.clone())
+            .clock(clock.clone())
+            .ttl_jitter(0.0)
+            .grace(Duration::from_secs(30))
+            .soft_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    // One instance stores a value that is stale by the time a fresh
+    // instance, whose local tier has no copy, is stampeded for it.
+    let writer = build();
+    writer
+        .fetch(&1, || async {
+            Ok::<_, OriginDown>(Some(
+                Entry::new("old".to_string()).ttl(Duration::from_millis(100)),
+            ))
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reader = build();
+    let before = tier.gets.load(Ordering::SeqCst);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (reader, calls) = (reader.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            reader
+                .fetch(&1, move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, OriginDown>(Some(Entry::new("new".to_string())))
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        let f = t.await.unwrap();
+        assert_eq!(
+            f.outcome,
+            Outcome::Stale,
+            "every caller gets the stale copy"
+        );
+        assert_eq!(f.value.as_deref().map(String::as_str), Some("old"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load");
+    assert_eq!(
+        tier.gets.load(Ordering::SeqCst) - before,
+        1,
+        "the callers that joined the load did not read the shared tier"
+    );
+    assert_eq!(reader.stats().stale_served, 100);
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::epochs::KeyEpochs;
+use crate::clock::Instant;
 use crate::error::Error;
 use crate::key::KeyHash;
 use crate::sync_shim::{AtomicU64, Mutex, MutexGuard, Ordering};
@@ -33,9 +34,50 @@ impl<V> Clone for Loaded<V> {
     }
 }
 
+/// A copy past its TTL and within grace that a caller found, which it may
+/// answer with while a load goes on (see `Inner::fetch_slow`).
+pub(crate) struct StaleCopy<V> {
+    pub(crate) value: Arc<V>,
+    pub(crate) written_ms: u64,
+    /// Served no later than this.
+    pub(crate) until: Instant,
+}
+
+impl<V> Clone for StaleCopy<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: Arc::clone(&self.value),
+            written_ms: self.written_ms,
+            until: self.until,
+        }
+    }
+}
+
 pub(crate) type LoadResult<V> = Result<Loaded<V>, Error>;
 type Slot<V> = Option<LoadResult<V>>;
-type FlightMap<V> = HashMap<KeyHash, (u64, watch::Receiver<Slot<V>>, watch::Receiver<bool>)>;
+type FlightMap<V> = HashMap<KeyHash, InFlight<V>>;
+
+/// A flight as callers find it in the map.
+struct InFlight<V> {
+    id: u64,
+    rx: watch::Receiver<Slot<V>>,
+    elsewhere: watch::Receiver<bool>,
+    /// Led by a caller that missed both tiers (not a refresh or a batch):
+    /// later callers may join it before reading the shared tier themselves
+    /// ([`Flights::join_early`]).
+    miss: bool,
+    /// The stale copy that caller found, for early joiners to answer with.
+    stale: Option<StaleCopy<V>>,
+}
+
+impl<V> InFlight<V> {
+    fn waiter(&self) -> Waiter<V> {
+        Waiter {
+            rx: self.rx.clone(),
+            elsewhere: self.elsewhere.clone(),
+        }
+    }
+}
 
 pub(crate) struct Flights<V> {
     map: Mutex<FlightMap<V>>,
@@ -105,21 +147,57 @@ impl<V> Flights<V> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the load of `key` in flight, or becomes its leader.
+    /// Joins the load of `key` in flight, or becomes its leader (of a
+    /// refresh or a batch load: callers do not join it early).
     pub(crate) fn join(self: &Arc<Self>, key: KeyHash) -> Role<V> {
+        self.join_as(key, false, None)
+    }
+
+    /// [`join`](Self::join) for a caller that missed both tiers, with the
+    /// stale copy it found, if any. Leading, it lets later callers join
+    /// before their own shared read and hands them `stale`.
+    pub(crate) fn join_miss(
+        self: &Arc<Self>,
+        key: KeyHash,
+        stale: Option<StaleCopy<V>>,
+    ) -> Role<V> {
+        self.join_as(key, true, stale)
+    }
+
+    /// Joins the load of `key` in flight if a caller that missed both tiers
+    /// leads it, with the stale copy that caller found: what this caller
+    /// would learn from the shared tier is what the leader learned, or the
+    /// load's outcome. A refresh's flight is not joined: the shared tier
+    /// still has a fresh value for the asking.
+    ///
+    /// The flight is detached when its key is invalidated, so a caller that
+    /// arrives after an invalidation never joins a load from before it.
+    pub(crate) fn join_early(&self, key: &KeyHash) -> Option<(Waiter<V>, Option<StaleCopy<V>>)> {
+        let map = self.map();
+        let f = map.get(key).filter(|f| f.miss)?;
+        Some((f.waiter(), f.stale.clone()))
+    }
+
+    fn join_as(self: &Arc<Self>, key: KeyHash, miss: bool, stale: Option<StaleCopy<V>>) -> Role<V> {
         let mut map = self.map();
-        if let Some((_, rx, elsewhere)) = map.get(&key) {
+        if let Some(f) = map.get(&key) {
             // A finished flight whose leader has not yet removed it still
             // answers its waiters correctly: the value is in the channel.
-            return Role::Waiter(Waiter {
-                rx: rx.clone(),
-                elsewhere: elsewhere.clone(),
-            });
+            return Role::Waiter(f.waiter());
         }
         let (tx, rx) = watch::channel(None);
         let (elsewhere, elsewhere_rx) = watch::channel(false);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        map.insert(key, (id, rx.clone(), elsewhere_rx.clone()));
+        map.insert(
+            key,
+            InFlight {
+                id,
+                rx: rx.clone(),
+                elsewhere: elsewhere_rx.clone(),
+                miss,
+                stale,
+            },
+        );
         Role::Leader(
             Leader {
                 flights: Arc::clone(self),
@@ -171,7 +249,7 @@ impl<V> Leader<V> {
 
     fn remove(&self) {
         let mut map = self.flights.map();
-        if map.get(&self.key).is_some_and(|(id, ..)| *id == self.id) {
+        if map.get(&self.key).is_some_and(|f| f.id == self.id) {
             map.remove(&self.key);
         }
     }
@@ -441,5 +519,36 @@ mod tests {
             WaitEnd::Elsewhere => panic!("the lease was never held elsewhere"),
         }
         drop(signal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_miss_flight_is_joined_early_and_it_hands_out_its_stale_copy() {
+        let f = flights();
+        let (refresh, miss) = (KeyHash(1), KeyHash(2));
+        let _refreshing = lead(&f, refresh);
+        assert!(
+            f.join_early(&refresh).is_none(),
+            "a refresh's flight leaves callers to read the shared tier"
+        );
+        assert!(f.join_early(&miss).is_none(), "nothing in flight");
+        let copy = StaleCopy {
+            value: Arc::new("old".to_owned()),
+            written_ms: 3,
+            until: crate::clock::Clock::default().now(),
+        };
+        let Role::Leader(leader, _) = f.join_miss(miss, Some(copy)) else {
+            panic!("expected to lead");
+        };
+        let (waiter, stale) = f.join_early(&miss).expect("joined early");
+        let stale = stale.expect("the leader's stale copy");
+        assert_eq!((stale.value.as_str(), stale.written_ms), ("old", 3));
+        leader.complete(loaded("new"));
+        assert_eq!(value(waiter.wait().await).unwrap().as_deref(), Some("new"));
+        assert!(
+            f.join_early(&miss).is_none(),
+            "a completed flight is not joined"
+        );
+        f.detach(refresh);
+        assert!(f.map().is_empty());
     }
 }

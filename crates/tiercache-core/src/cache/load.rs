@@ -17,7 +17,7 @@ use crate::key::{CacheKey, KeyHash};
 use crate::shared::FillTicket;
 
 use super::fence::FenceMark;
-use super::flight::{self, Leader, LeaseSignal, Loaded, Role, WaitEnd};
+use super::flight::{self, Leader, LeaseSignal, Loaded, Role, StaleCopy, WaitEnd, Waiter};
 use super::types::Life;
 use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind};
 
@@ -31,12 +31,18 @@ where
     V: Send + Sync + 'static,
 {
     /// The miss path of [`Cache::fetch_revalidating`]: the shared tier, then
-    /// a load (led here or joined).
+    /// a load (led here or joined). `stale` is the caller's local copy past
+    /// its TTL and within grace, if any.
+    ///
+    /// A caller that finds a load of its key in flight, led by a caller that
+    /// missed both tiers, joins it before reading the shared tier: in a
+    /// stampede one caller reads the shared tier and loads, and the others
+    /// only wait (with the leader's stale copy, if it found one).
     pub(super) async fn fetch_slow<F, Fut, E>(
         self: &Arc<Self>,
         key: &K,
         h: KeyHash,
-        mut stale: Option<Fetched<V>>,
+        mut stale: Option<StaleCopy<V>>,
         loader: F,
     ) -> Result<Fetched<V>, Error>
     where
@@ -57,6 +63,13 @@ where
                 clock: inner.clock().clone(),
             });
         }
+        if let Some((waiter, leaders)) = inner.flights.join_early(&h) {
+            inner.stats.misses(1);
+            inner.stats.collapsed(1);
+            let now = inner.clock().now();
+            let stale = stale.or(leaders).filter(|st| now < st.until);
+            return inner.await_flight(waiter, Outcome::Collapsed, stale).await;
+        }
         let sk = inner.keys.storage_key(key);
         let mark = inner.fence.mark();
         let ended = inner.flights.ended(&h);
@@ -73,20 +86,22 @@ where
                 return Ok(out);
             }
             SharedFind::Stale(d) => {
-                if stale.is_none() && d.value.is_some() {
-                    stale = Some(Fetched {
-                        value: d.value,
-                        outcome: Outcome::Stale,
+                if stale.is_none()
+                    && let Some(value) = d.value
+                {
+                    let clock = inner.clock();
+                    let left = d.times.stale_ms.saturating_sub(clock.wall_ms());
+                    stale = Some(StaleCopy {
+                        value,
                         written_ms: d.times.written_ms,
-                        age: None,
-                        clock: inner.clock().clone(),
+                        until: clock.now() + Duration::from_millis(left),
                     });
                 }
             }
             SharedFind::Miss => {}
         }
         inner.stats.misses(1);
-        let (waiter, outcome) = match inner.flights.join(h) {
+        let (waiter, outcome) = match inner.flights.join_miss(h, stale.clone()) {
             Role::Waiter(w) => {
                 inner.stats.collapsed(1);
                 (w, Outcome::Collapsed)
@@ -108,7 +123,7 @@ where
                         });
                     }
                     Err(leader) => {
-                        let old = stale.as_ref().and_then(|st| st.value.clone());
+                        let old = stale.as_ref().map(|st| Arc::clone(&st.value));
                         // With a stale copy, callers are answered with it
                         // while another instance loads: this load may wait
                         // for that fill as long as the lease lives.
@@ -119,50 +134,64 @@ where
                 }
             }
         };
-        let result = match &stale {
-            None => waiter.wait().await,
-            // With a stale copy within grace at hand: answer with it as soon
-            // as the load finds another instance holding the key's lease
-            // (that instance is loading it; this one would only wait), or
-            // once `soft_timeout` has passed.
+        inner.await_flight(waiter, outcome, stale).await
+    }
+
+    /// Waits for a flight's outcome, answered as `outcome`. With a stale copy
+    /// at hand the wait is shorter: the copy answers as soon as the load
+    /// finds another instance holding the key's lease (that instance is
+    /// loading it; this one would only wait), once `soft_timeout` has
+    /// passed, or when the load fails.
+    async fn await_flight(
+        &self,
+        waiter: Waiter<V>,
+        outcome: Outcome,
+        stale: Option<StaleCopy<V>>,
+    ) -> Result<Fetched<V>, Error> {
+        let loaded = match stale {
+            None => waiter.wait().await?,
             Some(st) => {
                 let wait = async {
                     match waiter.wait_or_elsewhere().await {
-                        WaitEnd::Done(r) => Ok(r),
-                        WaitEnd::Elsewhere => Err(()),
+                        WaitEnd::Done(r) => Some(r),
+                        WaitEnd::Elsewhere => None,
                     }
                 };
-                let ended = match inner.config.soft_timeout {
-                    Some(soft) => tokio::time::timeout(soft, wait).await.unwrap_or(Err(())),
+                let ended = match self.config.soft_timeout {
+                    Some(soft) => tokio::time::timeout(soft, wait).await.unwrap_or(None),
                     None => wait.await,
                 };
                 match ended {
-                    Ok(r) => r,
-                    Err(()) => {
-                        inner.stats.stale_served(1);
-                        return Ok(st.clone());
+                    Some(Ok(l)) => l,
+                    // An answer the loader would not have stored is not a
+                    // failure of the origin: no stale copy stands in for it.
+                    Some(Err(e)) if e.is_not_stored() => return Err(e),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "origin failed; serving stale");
+                        return Ok(self.serve_stale(st));
                     }
+                    None => return Ok(self.serve_stale(st)),
                 }
             }
         };
-        match result {
-            Ok(l) => Ok(Fetched {
-                value: l.value,
-                outcome,
-                written_ms: l.written_ms,
-                age: None,
-                clock: inner.clock().clone(),
-            }),
-            Err(e) => match stale {
-                // An answer the loader would not have stored is not a failure
-                // of the origin: no stale copy stands in for it.
-                Some(st) if !e.is_not_stored() => {
-                    inner.stats.stale_served(1);
-                    tracing::debug!(error = %e, "origin failed; serving stale");
-                    Ok(st)
-                }
-                _ => Err(e),
-            },
+        Ok(Fetched {
+            value: loaded.value,
+            outcome,
+            written_ms: loaded.written_ms,
+            age: None,
+            clock: self.clock().clone(),
+        })
+    }
+
+    /// The answer a stale copy gives (counted).
+    fn serve_stale(&self, stale: StaleCopy<V>) -> Fetched<V> {
+        self.stats.stale_served(1);
+        Fetched {
+            value: Some(stale.value),
+            outcome: Outcome::Stale,
+            written_ms: stale.written_ms,
+            age: None,
+            clock: self.clock().clone(),
         }
     }
 

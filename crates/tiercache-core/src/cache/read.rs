@@ -14,6 +14,7 @@ use crate::error::{DecodeError, Error};
 use crate::key::{CacheKey, KeyHash, ShowKey, TagHash};
 use crate::shared::SharedTier;
 
+use super::flight::StaleCopy;
 use super::local::{LocalData, LocalTier};
 use super::{
     BoxError, Decoded, Entry, Fetched, Inner, LocalHit, LocalMode, Outcome, SharedFind, Tier,
@@ -127,21 +128,23 @@ where
                     clock: inner.clock().clone(),
                 });
             }
-            if e.value.is_some() && now < e.stale {
-                stale = Some(Fetched {
-                    value: e.value.clone(),
-                    outcome: Outcome::Stale,
+            if let Some(value) = &e.value
+                && now < e.stale
+            {
+                stale = Some(StaleCopy {
+                    value: Arc::clone(value),
                     written_ms: e.written_ms,
-                    age: None,
-                    clock: inner.clock().clone(),
+                    until: e.stale,
                 });
             }
         }
-        self.fetch_slow(key, h, stale, loader)
-            .instrument(
-                tracing::debug_span!("tiercache.fetch", ns = %inner.config.namespace, key = %ShowKey(key)),
-            )
-            .await
+        // Boxed: the miss path's future is large, and a caller's future that
+        // holds it inline is copied whole each time it moves (into a spawned
+        // task, say), hits included.
+        Box::pin(self.fetch_slow(key, h, stale, loader).instrument(
+            tracing::debug_span!("tiercache.fetch", ns = %inner.config.namespace, key = %ShowKey(key)),
+        ))
+        .await
     }
 }
 
