@@ -29,6 +29,9 @@ export SIDECAR_PORT="${SIDECAR_PORT:-29187}"
 export APP1_PORT="${APP1_PORT:-28081}"
 export APP2_PORT="${APP2_PORT:-28082}"
 export SEED="${SEED:-1000}"
+# The debug binaries: CI runs this right after the test suite built them,
+# and a release build of the app and the sidecar would add about 10 minutes.
+export STACK_PROFILE="${STACK_PROFILE:-debug}"
 DEADLINE_MS="${SMOKE_DEADLINE_MS:-1000}"
 ID=7
 

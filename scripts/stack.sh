@@ -17,6 +17,8 @@
 # Ports (override with the environment variables of the same names):
 #   postgres 15432, redis 16379, nats 14222 (monitoring 18222),
 #   sidecar /healthz+/metrics 19187, app1 8081, app2 8082.
+# STACK_PROFILE=debug runs debug builds of the app and the sidecar (default:
+# release).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,8 +38,16 @@ REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
 NATS_URL="nats://127.0.0.1:${NATS_PORT}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-APP_BIN="$TARGET_DIR/release/products"
-SIDECAR_BIN="$TARGET_DIR/release/tiercache-sidecar"
+# release (the default) or debug: CI's smoke run uses the debug binaries the
+# test suite has just built rather than compiling everything again.
+STACK_PROFILE="${STACK_PROFILE:-release}"
+case "$STACK_PROFILE" in
+  release) PROFILE_FLAG=(--release) ;;
+  debug) PROFILE_FLAG=() ;;
+  *) printf '[stack] error: STACK_PROFILE must be release or debug, not %s\n' "$STACK_PROFILE" >&2; exit 2 ;;
+esac
+APP_BIN="$TARGET_DIR/$STACK_PROFILE/products"
+SIDECAR_BIN="$TARGET_DIR/$STACK_PROFILE/tiercache-sidecar"
 SERVICES=(postgres redis nats sidecar app1 app2)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -75,8 +85,8 @@ ensure_packages() {
 }
 
 build() {
-  log "building the app and the sidecar (release)"
-  (cd "$ROOT" && cargo build --release -p tiercache-products -p tiercache-sidecar \
+  log "building the app and the sidecar ($STACK_PROFILE)"
+  (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -p tiercache-products -p tiercache-sidecar \
     --bin products --bin tiercache-sidecar)
 }
 
