@@ -119,6 +119,42 @@ async fn planted_times_far_ahead_are_read_without_panic() {
     }
 }
 
+/// Planted: a stale shared value whose grace lasts until `u64::MAX` ms is
+/// kept as the miss path's stale copy (its deadline clamped on the local
+/// clock, no overflow) and served when the origin fails, to the caller that
+/// read it and to one that joined its load.
+#[tokio::test]
+async fn a_planted_endless_grace_is_a_stale_copy_without_panic() {
+    let tier = InProcessSharedTier::default();
+    let bus = InProcessBus::new();
+    let c: Cache<u64, String> = isolated(&ns(), &tier, &bus)
+        .grace(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let now = now_ms();
+    let times = Times {
+        written_ms: now - 10_000,
+        soft_ms: now - 5_000,
+        fresh_ms: now - 5_000,
+        stale_ms: u64::MAX,
+    };
+    let bytes = envelope::encode(false, times, &[], &postcard("planted"), 1024).unwrap();
+    tier.put_raw(
+        &c.key_format().storage_key(&1),
+        Bytes::from(bytes),
+        Duration::from_secs(60),
+    );
+    let failing = || async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err::<Option<Entry<String>>, _>(std::io::Error::other("origin down"))
+    };
+    let (a, b) = tokio::join!(c.fetch(&1, failing), c.fetch(&1, failing));
+    for f in [a, b] {
+        let f = f.unwrap();
+        assert_eq!(f.value.as_deref().map(String::as_str), Some("planted"));
+    }
+}
+
 /// Case 4: a 42-byte value whose lz4 size prefix claims 256 MiB is a
 /// corrupt miss: nothing allocated, the value deleted and counted.
 #[tokio::test]

@@ -17,6 +17,7 @@ use crate::key::{CacheKey, KeyHash};
 use crate::shared::FillTicket;
 
 use super::fence::FenceMark;
+use super::local::deadline;
 use super::flight::{self, Leader, LeaseSignal, Loaded, Role, StaleCopy, WaitEnd, Waiter};
 use super::types::Life;
 use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind};
@@ -90,11 +91,10 @@ where
                     && let Some(value) = d.value
                 {
                     let clock = inner.clock();
-                    let left = d.times.stale_ms.saturating_sub(clock.wall_ms());
                     stale = Some(StaleCopy {
                         value,
                         written_ms: d.times.written_ms,
-                        until: clock.now() + Duration::from_millis(left),
+                        until: deadline(clock.now(), clock.wall_ms(), d.times.stale_ms),
                     });
                 }
             }

@@ -66,6 +66,16 @@ impl<V> LocalData<V> {
 /// it inside `Service::call` ([`Cache::get_local`](crate::Cache::get_local)).
 pub(crate) type LocalTier<V> = moka::sync::Cache<KeyHash, LocalEntry<V>, KeyHashBuilder>;
 
+/// The wall-clock time `ms` as a deadline on the monotonic clock, given
+/// that `now` and `now_ms` are the same moment. `ms` may come from the
+/// shared tier (any bytes at all) or from a TTL an origin chose: the span is
+/// clamped before it touches the clock, so no value can overflow an
+/// `Instant`; a time already past is `now`.
+pub(crate) fn deadline(now: Instant, now_ms: u64, ms: u64) -> Instant {
+    let ahead = Duration::from_millis(ms.saturating_sub(now_ms)).min(MAX_LIFE * 2);
+    now.checked_add(ahead).unwrap_or(now)
+}
+
 /// The local tier: at most `capacity` bytes of entries (each weighs its
 /// encoded size plus its overhead, [`LocalData::weight`]), evictions for
 /// size counted in `stats`. Entries expire by their own deadlines; moka
@@ -102,13 +112,7 @@ impl<V> LocalData<V> {
         tags: Box<[TagHash]>,
         weight: usize,
     ) -> Self {
-        // `times` may come from the shared tier (any bytes at all) or from
-        // a TTL an origin chose: each span is clamped before it touches the
-        // clock, so no value can overflow an `Instant`.
-        let at = |ms: u64| {
-            let ahead = Duration::from_millis(ms.saturating_sub(now_ms)).min(MAX_LIFE * 2);
-            now.checked_add(ahead).unwrap_or(now)
-        };
+        let at = |ms: u64| deadline(now, now_ms, ms);
         let fresh = at(times.fresh_ms).min(now.checked_add(cap.min(MAX_LIFE)).unwrap_or(now));
         let soft = (times.soft_ms < times.fresh_ms).then(|| at(times.soft_ms).min(fresh));
         let stale = at(times.stale_ms).max(fresh);
