@@ -17,8 +17,8 @@ use crate::key::{CacheKey, KeyHash};
 use crate::shared::FillTicket;
 
 use super::fence::FenceMark;
-use super::local::deadline;
 use super::flight::{self, Leader, LeaseSignal, Loaded, Role, StaleCopy, WaitEnd, Waiter};
+use super::local::deadline;
 use super::types::Life;
 use super::{BoxError, Entry, Fetched, Inner, Outcome, SharedFind};
 
@@ -56,13 +56,7 @@ where
             && !b.may_contain(h)
         {
             inner.stats.bloom_rejections(1);
-            return Ok(Fetched {
-                value: None,
-                outcome: Outcome::Rejected,
-                written_ms: inner.clock().wall_ms(),
-                age: None,
-                clock: inner.clock().clone(),
-            });
+            return Ok(inner.answer(None, Outcome::Rejected, inner.clock().wall_ms()));
         }
         if let Some((waiter, leaders)) = inner.flights.join_early(&h) {
             inner.stats.misses(1);
@@ -114,13 +108,7 @@ where
                     // The load this caller missed finished between its tier
                     // reads and its join: take its fill, load nothing.
                     Ok(done) => {
-                        return Ok(Fetched {
-                            value: done.value,
-                            outcome: Outcome::Collapsed,
-                            written_ms: done.written_ms,
-                            age: None,
-                            clock: inner.clock().clone(),
-                        });
+                        return Ok(inner.answer(done.value, Outcome::Collapsed, done.written_ms));
                     }
                     Err(leader) => {
                         let old = stale.as_ref().map(|st| Arc::clone(&st.value));
@@ -174,25 +162,13 @@ where
                 }
             }
         };
-        Ok(Fetched {
-            value: loaded.value,
-            outcome,
-            written_ms: loaded.written_ms,
-            age: None,
-            clock: self.clock().clone(),
-        })
+        Ok(self.answer(loaded.value, outcome, loaded.written_ms))
     }
 
     /// The answer a stale copy gives (counted).
     fn serve_stale(&self, stale: StaleCopy<V>) -> Fetched<V> {
         self.stats.stale_served(1);
-        Fetched {
-            value: Some(stale.value),
-            outcome: Outcome::Stale,
-            written_ms: stale.written_ms,
-            age: None,
-            clock: self.clock().clone(),
-        }
+        self.answer(Some(stale.value), Outcome::Stale, stale.written_ms)
     }
 
     pub(super) fn refresh<F, Fut, E>(self: &Arc<Self>, key: &K, h: KeyHash, loader: F)

@@ -162,6 +162,23 @@ impl<K, V> Inner<K, V> {
     pub(crate) fn clock(&self) -> &Clock {
         &self.config.clock
     }
+
+    /// An answer found outside the local tier: its age is read from the
+    /// wall clock when asked.
+    pub(super) fn answer(
+        &self,
+        value: Option<Arc<V>>,
+        outcome: Outcome,
+        written_ms: u64,
+    ) -> Fetched<V> {
+        Fetched {
+            value,
+            outcome,
+            written_ms,
+            age: None,
+            clock: self.clock().clone(),
+        }
+    }
 }
 
 /// Whether a warning rate-limited by `last` (the time it was last logged)

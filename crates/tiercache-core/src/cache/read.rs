@@ -229,13 +229,11 @@ where
         if d.value.is_none() {
             self.stats.negative_hits(1);
         }
-        Fetched {
-            value: d.value.clone(),
-            outcome: Outcome::Hit(Tier::Shared),
-            written_ms: d.times.written_ms,
-            age: None,
-            clock: self.clock().clone(),
-        }
+        self.answer(
+            d.value.clone(),
+            Outcome::Hit(Tier::Shared),
+            d.times.written_ms,
+        )
     }
 
     pub(super) async fn shared_find(&self, sk: &str, h: KeyHash) -> SharedFind<V> {
