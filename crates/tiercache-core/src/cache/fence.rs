@@ -57,7 +57,14 @@ type Record = (u64, Instant, u64);
 struct Records {
     keys: HashMap<KeyHash, Record>,
     tags: HashMap<TagHash, Record>,
+    /// Prune when the records outnumber this: twice what the last prune
+    /// kept, so a burst of invalidations (a bulk update, a writer filling
+    /// many keys) costs amortised O(1) each, not a pass over every record.
+    prune_over: usize,
 }
+
+/// Records are never pruned below this many.
+const PRUNE_FLOOR: usize = 8192;
 
 /// What a load remembers from when it began.
 #[derive(Clone, Copy, Debug)]
@@ -165,12 +172,27 @@ impl Fence {
     }
 
     fn prune(&self, r: &mut Records, now: Instant) {
-        if r.keys.len() + r.tags.len() > 8192 {
-            let keep =
-                |(_, at, _): &mut Record| now.saturating_duration_since(*at) < self.retention;
-            r.keys.retain(|_, v| keep(v));
-            r.tags.retain(|_, v| keep(v));
+        if r.keys.len() + r.tags.len() <= r.prune_over.max(PRUNE_FLOOR) {
+            return;
         }
+        let keep = |(_, at, _): &mut Record| now.saturating_duration_since(*at) < self.retention;
+        r.keys.retain(|_, v| keep(v));
+        r.tags.retain(|_, v| keep(v));
+        // After a burst, give the memory back.
+        if r.keys.capacity() > 4 * r.keys.len().max(PRUNE_FLOOR) {
+            r.keys.shrink_to(2 * r.keys.len());
+        }
+        if r.tags.capacity() > 4 * r.tags.len().max(PRUNE_FLOOR) {
+            r.tags.shrink_to(2 * r.tags.len());
+        }
+        r.prune_over = 2 * (r.keys.len() + r.tags.len());
+    }
+
+    /// Records held (keys and tags).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        let r = self.records();
+        r.keys.len() + r.tags.len()
     }
 
     /// Whether a load that began at `mark` for `key` with `tags` was overtaken
@@ -353,5 +375,29 @@ mod tests {
         f.invalidate_tag_at(t, 2000);
         f.invalidate_tag_at(t, 1000);
         assert!(f.superseded(KeyHash(9), &[t], 1500));
+    }
+
+    #[test]
+    fn a_burst_is_pruned_once_it_is_past_retention_not_on_every_record() {
+        let (f, clock) = fence();
+        for k in 0..20_000u128 {
+            f.invalidate_key(KeyHash(k));
+        }
+        assert_eq!(f.held(), 20_000, "within retention: every record kept");
+        clock.advance(Duration::from_secs(61));
+        // The next prune is due once the records double what the last one
+        // kept; it drops everything past retention.
+        let mut recorded = 0;
+        while f.held() > recorded {
+            f.invalidate_key(KeyHash(1_000_000 + recorded as u128));
+            recorded += 1;
+            assert!(recorded <= 20_000, "never pruned");
+        }
+        assert!(f.held() <= 20_000, "{}", f.held());
+        // What was pruned no longer revokes or supersedes; what is kept does.
+        let m = f.mark();
+        assert!(!f.superseded(KeyHash(5), &[], 0), "pruned");
+        assert!(f.superseded(KeyHash(1_000_000), &[], 0), "kept");
+        assert!(!f.revoked(m, KeyHash(5), &[]));
     }
 }
