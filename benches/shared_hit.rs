@@ -3,6 +3,15 @@
 //! multiplexed connection), both with 64 concurrent tasks, in the same run,
 //! against a redis-server started by the testkit; and the whole engine's
 //! `Cache::get` with the local tier off (every call a shared-tier hit).
+//!
+//! Then W2, the path a fresh or scaled-out instance lives on: 200,000
+//! distinct keys written through one instance and read by a fresh one with
+//! its local tier on, 64 tasks, so each read is a local miss, a shared hit
+//! and a local fill. Its baseline is raw redis-rs `GET` of the same storage
+//! keys over one multiplexed connection, in interleaved rounds of the same
+//! run; the summary prints the median ratio and its spread, for a 100-byte
+//! JSON value and a 1 KiB one (target: at least 0.9 of raw), and the same
+//! reader with shared-tier read batching off.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -10,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use redis::aio::MultiplexedConnection;
 use tiercache_core::Cache;
 use tiercache_core::backend::SharedTier;
 use tiercache_redis::RedisSharedTier;
@@ -132,7 +142,210 @@ fn shared_hit(c: &mut Criterion) {
         })
     });
     group.finish();
+    w2(c, &rt, &server, &tier, &raw);
     drop(server);
+}
+
+/// W2's key count.
+const W2_KEYS: u64 = 200_000;
+
+/// A JSON document of about `len` bytes.
+fn json_of(len: usize) -> String {
+    let item = r#"{"id":17,"name":"desk lamp","price":1999,"stock":12}"#;
+    let mut s = String::from("[");
+    while s.len() + item.len() + 2 <= len {
+        if s.len() > 1 {
+            s.push(',');
+        }
+        s.push_str(item);
+    }
+    while s.len() + 1 < len {
+        s.push(' ');
+    }
+    s.push(']');
+    s
+}
+
+/// A reader that has never seen the keys: local tier on and large enough
+/// for all of them, no bus (its local entries live at most the staleness
+/// bound, which no round outlasts per key: each key is read once).
+fn fresh_reader(tier: &RedisSharedTier, ns: &str, batch: bool) -> Cache<u64, String> {
+    Cache::builder(ns)
+        .batch_shared_reads(batch)
+        .shared_tier(tier.clone())
+        .no_bus()
+        .local_capacity(512 * 1024 * 1024)
+        .compress_at(usize::MAX)
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+/// Keys `from..from + n` (mod [`W2_KEYS`]) read by 64 tasks through a fresh
+/// reader: each a local miss, a shared hit and a local fill.
+async fn w2_engine(
+    tier: &RedisSharedTier,
+    ns: &str,
+    (from, n): (u64, u64),
+    len: usize,
+    batch: bool,
+) -> Duration {
+    let reader = fresh_reader(tier, ns, batch);
+    concurrent_keys(from, n, move |k| {
+        let reader = reader.clone();
+        async move {
+            let v = reader.get(&k).await;
+            assert_eq!(v.map(|v| v.len()), Some(len), "key {k}");
+        }
+    })
+    .await
+}
+
+/// The same keys' storage keys read with raw redis-rs `GET`.
+async fn w2_raw(raw: &MultiplexedConnection, ns: &str, from: u64, n: u64) -> Duration {
+    let raw = raw.clone();
+    let ns = ns.to_owned();
+    concurrent_keys(from, n, move |k| {
+        let mut raw = raw.clone();
+        let key = format!("{{{ns}:{k}}}");
+        async move {
+            let v: Option<Bytes> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert!(v.is_some(), "{key}");
+        }
+    })
+    .await
+}
+
+/// `n` distinct keys from `from` on, split over 64 tasks, each task reading
+/// its share one after another; returns the wall time.
+async fn concurrent_keys<F, Fut>(from: u64, n: u64, op: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut i = t;
+                while i < n {
+                    op((from + i) % W2_KEYS).await;
+                    i += TASKS;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn w2(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
+    tier: &RedisSharedTier,
+    raw: &MultiplexedConnection,
+) {
+    let _ = server;
+    let rounds: usize = std::env::var("W2_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut summary = Vec::new();
+    for (label, len) in [("100B", 100usize), ("1KiB", 1024)] {
+        let ns = format!("w2-{label}");
+        let value = json_of(len);
+        assert_eq!(value.len(), len);
+        // One instance writes every key.
+        rt.block_on(async {
+            let writer = fresh_reader(tier, &ns, true);
+            let value = value.clone();
+            concurrent_keys(0, W2_KEYS, move |k| {
+                let writer = writer.clone();
+                let value = value.clone();
+                async move { writer.insert(&k, value).await }
+            })
+            .await;
+        });
+
+        let mut group = c.benchmark_group(format!("w2_shared_hit_{label}_64_tasks"));
+        group.throughput(Throughput::Elements(1));
+        group.sample_size(10);
+        group.bench_function("raw_redis_get", |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let ns = ns.clone();
+                async move { w2_raw(raw, &ns, 0, iters).await }
+            })
+        });
+        group.bench_function("fresh_instance_get", |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let ns = ns.clone();
+                async move {
+                    // A fresh reader per 200,000 keys: every read stays a
+                    // local miss.
+                    let mut total = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let n = (iters - done).min(W2_KEYS);
+                        total += w2_engine(tier, &ns, (0, n), len, true).await;
+                        done += n;
+                    }
+                    total
+                }
+            })
+        });
+        group.finish();
+
+        // Interleaved rounds over all 200,000 keys, each engine round on a
+        // fresh reader; the ratio is taken per round, so drift in machine
+        // load between rounds cancels out.
+        let mut ratios = Vec::new();
+        let mut unbatched = Vec::new();
+        for _ in 0..rounds {
+            let (raw_t, engine_t, plain_t) = rt.block_on(async {
+                let raw_t = w2_raw(raw, &ns, 0, W2_KEYS).await;
+                let engine_t = w2_engine(tier, &ns, (0, W2_KEYS), len, true).await;
+                let plain_t = w2_engine(tier, &ns, (0, W2_KEYS), len, false).await;
+                (raw_t, engine_t, plain_t)
+            });
+            let per_s = |t: Duration| W2_KEYS as f64 / t.as_secs_f64();
+            let ratio = raw_t.as_secs_f64() / engine_t.as_secs_f64();
+            eprintln!(
+                "w2 {label}: raw {:.0}/s, fresh instance {:.0}/s (ratio {ratio:.3}), \
+                 unbatched {:.0}/s",
+                per_s(raw_t),
+                per_s(engine_t),
+                per_s(plain_t)
+            );
+            ratios.push(ratio);
+            unbatched.push(raw_t.as_secs_f64() / plain_t.as_secs_f64());
+        }
+        unbatched.sort_by(f64::total_cmp);
+        ratios.sort_by(f64::total_cmp);
+        summary.push((label, ratios, unbatched));
+    }
+    println!("\nW2 summary (200,000 distinct keys, fresh instance vs raw GET, 64 tasks):");
+    for (label, r, u) in summary {
+        println!(
+            "  {label:<5} median {:.3} of raw (range {:.3}-{:.3}, {} rounds; target >= 0.9); \
+             reads unbatched: {:.3} ({:.3}-{:.3})",
+            r[r.len() / 2],
+            r[0],
+            r[r.len() - 1],
+            r.len(),
+            u[u.len() / 2],
+            u[0],
+            u[u.len() - 1],
+        );
+    }
 }
 
 criterion_group!(benches, shared_hit);

@@ -17,6 +17,7 @@ use crate::message::{Invalidation, MessageCodec};
 use crate::shared::SharedTier;
 use crate::stats::Stats;
 
+use super::batch::ReadBatch;
 use super::config::{Backend, embedded_bus, embedded_shared_tier};
 use super::fence::Fence;
 use super::flight::Flights;
@@ -137,11 +138,16 @@ where
                 &runtime,
             )
         });
+        let reads = shared
+            .as_ref()
+            .filter(|_| config.batch_shared_reads)
+            .map(|s| ReadBatch::new(Arc::clone(s), runtime.clone()));
         let inner = Arc::new(Inner {
             keys: KeyFormat::new(config.namespace.as_str(), config.max_key_len),
             local,
             hot: HotSlots::new(),
             shared,
+            reads,
             // Until the bus reports itself live, fills are capped.
             mode: AtomicU8::new(if bus.is_some() {
                 LocalMode::Capped

@@ -41,6 +41,7 @@ pub(crate) struct Config {
     pub(crate) max_key_len: usize,
     pub(crate) max_value_size: usize,
     pub(crate) compress_at: usize,
+    pub(crate) batch_shared_reads: bool,
     pub(crate) lease_ttl: Option<Duration>,
     pub(crate) lease_wait: Duration,
     pub(crate) soft_timeout: Option<Duration>,
@@ -89,6 +90,7 @@ impl Default for Config {
             max_key_len: 250,
             max_value_size: 1024 * 1024,
             compress_at: 1024,
+            batch_shared_reads: true,
             lease_ttl: Some(Duration::from_secs(5)),
             lease_wait: Duration::from_millis(200),
             soft_timeout: None,
@@ -196,8 +198,12 @@ impl<K, V> CacheBuilder<K, V> {
         }
     }
 
-    /// Bytes the local tier may hold (entries weighed by their encoded
-    /// size). 0 turns the local tier off. Default 64 MiB.
+    /// Bytes the local tier may hold. An entry weighs its value's encoded
+    /// size (before compression) plus a fixed 512 bytes, what moka and the
+    /// engine keep per entry as measured by `benches/memory.rs`, so the
+    /// tier's resident memory stays near this bound (within 1.5x of it,
+    /// plus a fixed base) whatever the values' sizes. 0 turns the local
+    /// tier off. Default 64 MiB.
     pub fn local_capacity(mut self, local_capacity: u64) -> Self {
         self.config.local_capacity = local_capacity;
         self
@@ -266,6 +272,18 @@ impl<K, V> CacheBuilder<K, V> {
     /// shared tier. Default 1 KiB.
     pub fn compress_at(mut self, compress_at: usize) -> Self {
         self.config.compress_at = compress_at;
+        self
+    }
+
+    /// Whether shared-tier reads that arrive while another is in flight are
+    /// sent together, as one `get_many` (`MGET` on Redis). A read with
+    /// none in flight goes out alone at once; a batch waits on no timer,
+    /// only for the tasks already runnable to join it. Under many
+    /// concurrent local misses (a fresh instance under load) this costs the
+    /// shared tier one command per batch instead of one per key; see
+    /// `benches/shared_hit.rs`. Default on.
+    pub fn batch_shared_reads(mut self, on: bool) -> Self {
+        self.config.batch_shared_reads = on;
         self
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::envelope::{self, Times};
-use crate::error::SharedError;
+use crate::error::{EncodeError, SharedError};
 use crate::key::{CacheKey, KeyHash, TagHash};
 use crate::shared::FillTicket;
 
@@ -18,7 +18,17 @@ use super::config::{self};
 use super::fence::FenceMark;
 use super::local::LocalData;
 use super::types::Life;
-use super::{Decoded, Entry, Inner, LocalMode, jittered, log_due};
+use super::{Decoded, Entry, Inner, LocalMode, jittered, log_due, scratch};
+
+/// Why a fill's value is not stored.
+enum Refused {
+    /// The codec failed (or panicked).
+    Codec(EncodeError),
+    /// A tag cannot be recorded exactly.
+    Tags(EncodeError),
+    /// Over `max_value_size`.
+    Oversized,
+}
 
 impl<K, V> Inner<K, V>
 where
@@ -152,16 +162,6 @@ where
             fresh_ms,
             stale_ms,
         };
-        let mut payload = Vec::new();
-        if let Some(v) = &value
-            && let Err(e) =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.encode(v, &mut payload)))
-                    .unwrap_or_else(|_| Err(crate::error::EncodeError("the codec panicked".into())))
-        {
-            tracing::warn!(key = sk, error = %e, "value could not be encoded; not cached");
-            self.abort_fill(sk, ticket).await;
-            return now;
-        }
         // Tags that cannot be recorded exactly are never stored: a cut tag
         // would never match its invalidation.
         if let Err(e) = envelope::check_tags(tags.iter().map(String::as_str)) {
@@ -197,23 +197,45 @@ where
             }
         }
         let tagged: Vec<(String, u64)> = tags.iter().cloned().zip(versions).collect();
-        let bytes = match envelope::encode(negative, times, &tagged, &payload, c.compress_at) {
-            Ok(b) => b,
-            Err(e) => {
-                self.unrecordable_tags(sk, &e);
+        // Only a fill that will be written to the shared tier needs its
+        // envelope; the value is encoded either way, for its size (the local
+        // tier's weight, and `max_value_size`).
+        let written = self.shared.is_some() && ticket.is_some();
+        let encoded = scratch::with_scratch(|payload| {
+            if let Some(v) = &value {
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.encode(v, payload)))
+                    .unwrap_or_else(|_| Err(EncodeError("the codec panicked".into())))
+                    .map_err(Refused::Codec)?;
+            }
+            // Both bounds: readers refuse a payload that decompresses past
+            // `max_value_size` (a size prefix is never taken on trust).
+            if payload.len() > c.max_value_size {
+                return Err(Refused::Oversized);
+            }
+            let bytes = written
+                .then(|| envelope::encode(negative, times, &tagged, payload, c.compress_at))
+                .transpose()
+                .map_err(Refused::Tags)?;
+            if bytes.as_ref().is_some_and(|b| b.len() > c.max_value_size) {
+                return Err(Refused::Oversized);
+            }
+            Ok((bytes, payload.len()))
+        });
+        let (bytes, weight) = match encoded {
+            Ok(e) => e,
+            Err(refused) => {
+                match refused {
+                    Refused::Codec(e) => {
+                        tracing::warn!(key = sk, error = %e, "value could not be encoded; not cached");
+                    }
+                    Refused::Tags(e) => self.unrecordable_tags(sk, &e),
+                    Refused::Oversized => self.stats.oversized(1),
+                }
                 self.abort_fill(sk, ticket).await;
                 return now;
             }
         };
-        // Both bounds: readers refuse a payload that decompresses past
-        // `max_value_size` (a size prefix is never taken on trust).
-        if bytes.len() > c.max_value_size || payload.len() > c.max_value_size {
-            self.stats.oversized(1);
-            self.abort_fill(sk, ticket).await;
-            return now;
-        }
-        let weight = bytes.len();
-        if let (Some(s), Some(t)) = (&self.shared, &ticket) {
+        if let (Some(s), Some(t), Some(bytes)) = (&self.shared, &ticket, bytes) {
             match s
                 .commit_fill(
                     sk,

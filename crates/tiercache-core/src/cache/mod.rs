@@ -13,6 +13,7 @@
 //! shares.
 
 mod api;
+mod batch;
 mod build;
 mod coherence;
 mod config;
@@ -28,6 +29,7 @@ mod local;
 mod loom_tests;
 mod outbox;
 mod read;
+mod scratch;
 mod types;
 
 pub use config::{
@@ -137,6 +139,8 @@ pub(crate) struct Inner<K, V> {
     /// Per-thread copies of hot local entries (see [`hot`]).
     hot: HotSlots<V>,
     pub(crate) shared: Option<Arc<dyn SharedTier>>,
+    /// Reads of `shared`, batched while others are in flight (see [`batch`]).
+    reads: Option<Arc<batch::ReadBatch>>,
     pub(crate) bus: Option<Arc<dyn Bus>>,
     codec: Arc<dyn Codec<V>>,
     flights: Arc<Flights<V>>,

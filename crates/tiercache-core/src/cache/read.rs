@@ -240,7 +240,11 @@ where
         let Some(shared) = self.shared_for_read() else {
             return SharedFind::Miss;
         };
-        match shared.get(sk).await {
+        let got = match &self.reads {
+            Some(reads) => reads.get(sk).await,
+            None => shared.get(sk).await.map_err(Arc::new),
+        };
+        match got {
             Ok(Some(bytes)) => self.accept_shared(sk, h, &bytes).await,
             Ok(None) => SharedFind::Miss,
             Err(e) => {
@@ -318,7 +322,7 @@ where
             value,
             times: env.times,
             tags,
-            weight: bytes.len(),
+            weight: env.payload.len(),
         };
         if now < env.times.fresh_ms {
             SharedFind::Fresh(d)
