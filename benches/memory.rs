@@ -68,21 +68,11 @@ fn engine_child(capacity: u64, keys: u64, len: usize) {
             .local_only()
             .local_capacity(capacity)
             .ttl(Duration::from_secs(3600))
-            .compress_at(if std::env::var_os("NOCOMP").is_some() {
-                usize::MAX
-            } else {
-                1024
-            })
             .build()
             .unwrap()
     };
     rt.block_on(async {
-        let nt: u64 = if std::env::var_os("ONE").is_some() {
-            1
-        } else {
-            2
-        };
-        let tasks: Vec<_> = (0..nt)
+        let tasks: Vec<_> = (0..2)
             .map(|t| {
                 let cache = cache.clone();
                 tokio::spawn(async move {
@@ -96,7 +86,7 @@ fn engine_child(capacity: u64, keys: u64, len: usize) {
                             .unwrap();
                         assert!(v.is_some());
                         cache.get(&k).await;
-                        k += nt;
+                        k += 2;
                     }
                 })
             })

@@ -28,21 +28,24 @@ use tiercache_testkit::RedisServer;
 const TASKS: u64 = 64;
 const KEY: &str = "bench:shared_hit";
 
-/// Runs `iters` operations spread over 64 tasks; returns the wall time.
-async fn concurrent<F, Fut>(iters: u64, op: F) -> Duration
+/// `n` operations split over 64 tasks, each task running its share one
+/// after another; `op` gets each operation's index modulo [`W2_KEYS`] (W2
+/// reads that key; the single-key benches ignore it). Returns the wall time.
+async fn concurrent<F, Fut>(n: u64, op: F) -> Duration
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
-    let per_task = iters.div_ceil(TASKS);
     let start = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
+        .map(|t| {
             let op = op.clone();
             tokio::spawn(async move {
-                for _ in 0..per_task {
-                    op().await;
+                let mut i = t;
+                while i < n {
+                    op(i % W2_KEYS).await;
+                    i += TASKS;
                 }
             })
         })
@@ -50,10 +53,12 @@ where
     for t in tasks {
         t.await.unwrap();
     }
-    // Normalise to `iters` operations (per_task * TASKS may exceed it).
-    start
-        .elapsed()
-        .mul_f64(iters as f64 / (per_task * TASKS) as f64)
+    start.elapsed()
+}
+
+/// A raw redis-rs `GET` of `key`.
+async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<Bytes> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
 }
 
 fn shared_hit(c: &mut Criterion) {
@@ -87,15 +92,11 @@ fn shared_hit(c: &mut Criterion) {
         b.to_async(&rt).iter_custom(|iters| {
             let raw = raw.clone();
             let raw_key = raw_key.clone();
-            concurrent(iters, move || {
+            concurrent(iters, move |_| {
                 let mut raw = raw.clone();
                 let raw_key = raw_key.clone();
                 async move {
-                    let v: Option<Bytes> = redis::cmd("GET")
-                        .arg(&raw_key)
-                        .query_async(&mut raw)
-                        .await
-                        .unwrap();
+                    let v = raw_get(&mut raw, &raw_key).await;
                     assert_eq!(v.map(|v| v.len()), Some(1024));
                 }
             })
@@ -104,7 +105,7 @@ fn shared_hit(c: &mut Criterion) {
     group.bench_function("tier_get", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let tier = tier.clone();
-            concurrent(iters, move || {
+            concurrent(iters, move |_| {
                 let tier = tier.clone();
                 async move {
                     let v = tier.get(KEY).await.unwrap();
@@ -132,7 +133,7 @@ fn shared_hit(c: &mut Criterion) {
     group.bench_function("cache_get_local_tier_off", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let cache = cache.clone();
-            concurrent(iters, move || {
+            concurrent(iters, move |_| {
                 let cache = cache.clone();
                 async move {
                     let v = cache.get(&1).await;
@@ -142,7 +143,7 @@ fn shared_hit(c: &mut Criterion) {
         })
     });
     group.finish();
-    w2(c, &rt, &server, &tier, &raw);
+    w2(c, &rt, &tier, &raw);
     drop(server);
 }
 
@@ -181,17 +182,11 @@ fn fresh_reader(tier: &RedisSharedTier, ns: &str, batch: bool) -> Cache<u64, Str
         .unwrap()
 }
 
-/// Keys `from..from + n` (mod [`W2_KEYS`]) read by 64 tasks through a fresh
-/// reader: each a local miss, a shared hit and a local fill.
-async fn w2_engine(
-    tier: &RedisSharedTier,
-    ns: &str,
-    (from, n): (u64, u64),
-    len: usize,
-    batch: bool,
-) -> Duration {
+/// Keys `0..n` read by 64 tasks through a fresh reader: each a local miss,
+/// a shared hit and a local fill.
+async fn w2_engine(tier: &RedisSharedTier, ns: &str, n: u64, len: usize, batch: bool) -> Duration {
     let reader = fresh_reader(tier, ns, batch);
-    concurrent_keys(from, n, move |k| {
+    concurrent(n, move |k| {
         let reader = reader.clone();
         async move {
             let v = reader.get(&k).await;
@@ -202,59 +197,25 @@ async fn w2_engine(
 }
 
 /// The same keys' storage keys read with raw redis-rs `GET`.
-async fn w2_raw(raw: &MultiplexedConnection, ns: &str, from: u64, n: u64) -> Duration {
+async fn w2_raw(raw: &MultiplexedConnection, ns: &str, n: u64) -> Duration {
     let raw = raw.clone();
     let ns = ns.to_owned();
-    concurrent_keys(from, n, move |k| {
+    concurrent(n, move |k| {
         let mut raw = raw.clone();
         let key = format!("{{{ns}:{k}}}");
         async move {
-            let v: Option<Bytes> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut raw)
-                .await
-                .unwrap();
-            assert!(v.is_some(), "{key}");
+            assert!(raw_get(&mut raw, &key).await.is_some(), "{key}");
         }
     })
     .await
 }
 
-/// `n` distinct keys from `from` on, split over 64 tasks, each task reading
-/// its share one after another; returns the wall time.
-async fn concurrent_keys<F, Fut>(from: u64, n: u64, op: F) -> Duration
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut i = t;
-                while i < n {
-                    op((from + i) % W2_KEYS).await;
-                    i += TASKS;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    start.elapsed()
-}
-
 fn w2(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
-    server: &RedisServer,
     tier: &RedisSharedTier,
     raw: &MultiplexedConnection,
 ) {
-    let _ = server;
     let rounds: usize = std::env::var("W2_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -268,7 +229,7 @@ fn w2(
         rt.block_on(async {
             let writer = fresh_reader(tier, &ns, true);
             let value = value.clone();
-            concurrent_keys(0, W2_KEYS, move |k| {
+            concurrent(W2_KEYS, move |k| {
                 let writer = writer.clone();
                 let value = value.clone();
                 async move { writer.insert(&k, value).await }
@@ -282,7 +243,7 @@ fn w2(
         group.bench_function("raw_redis_get", |b| {
             b.to_async(rt).iter_custom(|iters| {
                 let ns = ns.clone();
-                async move { w2_raw(raw, &ns, 0, iters).await }
+                async move { w2_raw(raw, &ns, iters).await }
             })
         });
         group.bench_function("fresh_instance_get", |b| {
@@ -295,7 +256,7 @@ fn w2(
                     let mut done = 0;
                     while done < iters {
                         let n = (iters - done).min(W2_KEYS);
-                        total += w2_engine(tier, &ns, (0, n), len, true).await;
+                        total += w2_engine(tier, &ns, n, len, true).await;
                         done += n;
                     }
                     total
@@ -311,9 +272,9 @@ fn w2(
         let mut unbatched = Vec::new();
         for _ in 0..rounds {
             let (raw_t, engine_t, plain_t) = rt.block_on(async {
-                let raw_t = w2_raw(raw, &ns, 0, W2_KEYS).await;
-                let engine_t = w2_engine(tier, &ns, (0, W2_KEYS), len, true).await;
-                let plain_t = w2_engine(tier, &ns, (0, W2_KEYS), len, false).await;
+                let raw_t = w2_raw(raw, &ns, W2_KEYS).await;
+                let engine_t = w2_engine(tier, &ns, W2_KEYS, len, true).await;
+                let plain_t = w2_engine(tier, &ns, W2_KEYS, len, false).await;
                 (raw_t, engine_t, plain_t)
             });
             let per_s = |t: Duration| W2_KEYS as f64 / t.as_secs_f64();

@@ -197,10 +197,10 @@ where
             }
         }
         let tagged: Vec<(String, u64)> = tags.iter().cloned().zip(versions).collect();
-        // Only a fill that will be written to the shared tier needs its
-        // envelope; the value is encoded either way, for its size (the local
-        // tier's weight, and `max_value_size`).
-        let written = self.shared.is_some() && ticket.is_some();
+        // Only a fill that will be written to the shared tier (one holding
+        // its ticket) needs its envelope; the value is encoded either way,
+        // for its size (the local tier's weight, and `max_value_size`).
+        let written = ticket.is_some();
         let encoded = scratch::with_scratch(|payload| {
             if let Some(v) = &value {
                 std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.encode(v, payload)))
