@@ -3,12 +3,18 @@
 //! ```text
 //! b"TC" version:u8 flags:u8
 //! written_ms:u64 soft_ms:u64 fresh_ms:u64 stale_ms:u64     (little endian, ms since the Unix epoch)
+//! [clear_epoch:u64]                                          (version 2 only)
 //! tag_count:u16 { len:u16 tag-bytes version:u64 }*
 //! payload (the codec's bytes; with flag LZ4: raw_len:u32 then an lz4 block)
 //! ```
 //!
 //! flags bit 0: negative entry (the origin had no such item; no payload).
 //! flags bit 1: the payload is lz4-compressed.
+//!
+//! Version 2 adds the namespace's clear epoch the value was written under
+//! (see [`Cache::clear`](crate::Cache::clear)); a value written before the
+//! namespace was ever cleared is still written as version 1 (epoch 0), so
+//! instances of an older build keep reading it during a rolling deploy.
 //!
 //! A newer `version` is [`DecodeError::FutureVersion`]: the engine treats it as
 //! a miss and leaves it alone (a newer build wrote it). Anything else that
@@ -24,8 +30,8 @@ use std::borrow::Cow;
 use crate::error::{DecodeError, EncodeError};
 
 const MAGIC: &[u8; 2] = b"TC";
-/// The envelope format this build writes.
-pub(crate) const VERSION: u8 = 1;
+/// The newest envelope format this build reads and writes.
+pub(crate) const VERSION: u8 = 2;
 const FLAG_NEGATIVE: u8 = 1;
 const FLAG_LZ4: u8 = 2;
 const HEADER: usize = 4 + 4 * 8 + 2;
@@ -52,6 +58,8 @@ pub(crate) struct Envelope<'a> {
     pub(crate) negative: bool,
     /// The entry's times.
     pub(crate) times: Times,
+    /// The namespace's clear epoch it was written under (0: version 1).
+    pub(crate) epoch: u64,
     /// Tags with the versions they had when the entry was filled.
     pub(crate) tags: Vec<(String, u64)>,
     /// The codec's bytes (decompressed).
@@ -92,7 +100,25 @@ pub fn check_tags<'t>(tags: impl ExactSizeIterator<Item = &'t str>) -> Result<()
 ///
 /// Tags that cannot be recorded exactly ([`check_tags`]): nothing is
 /// ever cut.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn encode(
+    negative: bool,
+    times: Times,
+    tags: &[(String, u64)],
+    payload: &[u8],
+    compress_at: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    encode_at_epoch(0, negative, times, tags, payload, compress_at)
+}
+
+/// [`encode`] for a value written under the namespace's clear `epoch`
+/// (version 2; version 1 for epoch 0).
+///
+/// # Errors
+///
+/// Tags that cannot be recorded exactly ([`check_tags`]).
+pub fn encode_at_epoch(
+    epoch: u64,
     negative: bool,
     times: Times,
     tags: &[(String, u64)],
@@ -101,9 +127,9 @@ pub fn encode(
 ) -> Result<Vec<u8>, EncodeError> {
     check_tags(tags.iter().map(|(t, _)| t.as_str()))?;
     let tag_bytes: usize = tags.iter().map(|(t, _)| 10 + t.len()).sum();
-    let mut out = Vec::with_capacity(HEADER + tag_bytes + payload.len() + 8);
+    let mut out = Vec::with_capacity(HEADER + 8 + tag_bytes + payload.len() + 8);
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(if epoch == 0 { 1 } else { 2 });
     let flags_at = out.len();
     out.push(if negative { FLAG_NEGATIVE } else { 0 });
     for t in [
@@ -113,6 +139,9 @@ pub fn encode(
         times.stale_ms,
     ] {
         out.extend_from_slice(&t.to_le_bytes());
+    }
+    if epoch != 0 {
+        out.extend_from_slice(&epoch.to_le_bytes());
     }
     // Checked above: every count and length fits its u16.
     out.extend_from_slice(&u16::try_from(tags.len()).unwrap_or(u16::MAX).to_le_bytes());
@@ -133,6 +162,48 @@ pub fn encode(
     }
     out.extend_from_slice(payload);
     Ok(out)
+}
+
+/// What a stored envelope holds, for operators' tools (`tiercache
+/// inspect`): everything but the value itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeInfo {
+    /// The format version it was written in.
+    pub version: u8,
+    /// A cached "no such item".
+    pub negative: bool,
+    /// The payload is lz4-compressed.
+    pub compressed: bool,
+    /// Its times (ms since the Unix epoch).
+    pub times: Times,
+    /// The namespace clear epoch it was written under.
+    pub clear_epoch: u64,
+    /// Its tags, with the versions they had when it was written.
+    pub tags: Vec<(String, u64)>,
+    /// The stored length in bytes (the envelope, as stored).
+    pub stored_len: usize,
+    /// The codec's bytes, once decompressed.
+    pub payload_len: usize,
+}
+
+/// Decodes the envelope in `bytes` (as the engine does, with the largest
+/// payload it accepts) and describes it.
+///
+/// # Errors
+///
+/// The bytes are not an envelope this build reads ([`DecodeError`]).
+pub fn describe(bytes: &[u8]) -> Result<EnvelopeInfo, DecodeError> {
+    let e = decode_limited(bytes, MAX_PAYLOAD)?;
+    Ok(EnvelopeInfo {
+        version: bytes[2],
+        negative: e.negative,
+        compressed: bytes[3] & FLAG_LZ4 != 0,
+        times: e.times,
+        clear_epoch: e.epoch,
+        tags: e.tags,
+        stored_len: bytes.len(),
+        payload_len: e.payload.len(),
+    })
 }
 
 struct Reader<'a> {
@@ -188,11 +259,11 @@ pub(crate) fn decode_limited(
     if bytes.len() < 4 || &bytes[..2] != MAGIC {
         return Err(DecodeError::Foreign);
     }
-    match bytes[2] {
+    let version = match bytes[2] {
         0 => return Err(DecodeError::Corrupt("version 0".into())),
         v if v > VERSION => return Err(DecodeError::FutureVersion(v)),
-        _ => {}
-    }
+        v => v,
+    };
     let flags = bytes[3];
     if flags & !(FLAG_NEGATIVE | FLAG_LZ4) != 0 {
         return Err(DecodeError::Corrupt("unknown flags".into()));
@@ -207,6 +278,7 @@ pub(crate) fn decode_limited(
     if !(times.soft_ms <= times.fresh_ms && times.fresh_ms <= times.stale_ms) {
         return Err(DecodeError::Corrupt("times out of order".into()));
     }
+    let epoch = if version >= 2 { r.u64()? } else { 0 };
     let n = r.u16()? as usize;
     let mut tags = Vec::with_capacity(n.min(r.b.len() / 10 + 1));
     for _ in 0..n {
@@ -253,6 +325,7 @@ pub(crate) fn decode_limited(
     Ok(Envelope {
         negative,
         times,
+        epoch,
         tags,
         payload,
     })
@@ -289,6 +362,45 @@ mod tests {
         let neg_bytes = encode(true, times(), &[], b"", 0).expect("encode");
         let neg = decode(&neg_bytes).expect("decode");
         assert!(neg.negative && neg.payload.is_empty());
+    }
+
+    #[test]
+    fn describe_reports_the_header() {
+        let bytes = encode_at_epoch(3, false, times(), &[("t".into(), 9)], &[b'q'; 300], 16)
+            .expect("encode");
+        let info = describe(&bytes).expect("describe");
+        assert_eq!(
+            (
+                info.version,
+                info.negative,
+                info.compressed,
+                info.clear_epoch
+            ),
+            (2, false, true, 3)
+        );
+        assert_eq!((info.payload_len, info.stored_len), (300, bytes.len()));
+        assert_eq!(info.tags, vec![("t".to_owned(), 9)]);
+        assert_eq!(describe(b"nope"), Err(DecodeError::Foreign));
+    }
+
+    #[test]
+    fn a_clear_epoch_makes_version_2_and_epoch_0_stays_version_1() {
+        let tags = vec![("t".to_owned(), 3)];
+        let v1 = encode(false, times(), &tags, b"hello", 1024).expect("encode");
+        assert_eq!(v1[2], 1, "never cleared: readable by older builds");
+        assert_eq!(decode(&v1).expect("decode").epoch, 0);
+        let v2 = encode_at_epoch(7, false, times(), &tags, &vec![b'z'; 500], 16).expect("encode");
+        assert_eq!(v2[2], 2);
+        let e = decode(&v2).expect("decode");
+        assert_eq!(
+            (e.epoch, e.times, &e.tags[..], e.payload.len()),
+            (7, times(), &tags[..], 500)
+        );
+        // Truncated inside the epoch: corrupt, not a panic.
+        assert!(matches!(
+            decode(&v2[..4 + 32 + 4]),
+            Err(DecodeError::Corrupt(_))
+        ));
     }
 
     fn hex(s: &str) -> Vec<u8> {
@@ -346,8 +458,11 @@ mod tests {
         assert_eq!(decode(b"").unwrap_err(), DecodeError::Foreign);
         assert_eq!(decode(b"{\"json\":1}").unwrap_err(), DecodeError::Foreign);
         let mut future = encode(false, times(), &[], b"x", 1024).expect("encode");
-        future[2] = 2;
-        assert_eq!(decode(&future).unwrap_err(), DecodeError::FutureVersion(2));
+        future[2] = VERSION + 1;
+        assert_eq!(
+            decode(&future).unwrap_err(),
+            DecodeError::FutureVersion(VERSION + 1)
+        );
         let good =
             encode(false, times(), &[("t".into(), 1)], &vec![7u8; 5000], 16).expect("encode");
         for cut in 0..good.len().min(200) {

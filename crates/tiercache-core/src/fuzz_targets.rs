@@ -31,13 +31,13 @@ use crate::envelope::Times;
 use crate::envelope::{self, MAX_PAYLOAD, MAX_TAG_LEN, MAX_TAGS};
 use crate::error::DecodeError;
 use crate::key::{CacheKey, KeyFormat, KeyHash};
-use crate::message::{Invalidation, MAX_MESSAGE_BYTES, MessageCodec};
+use crate::message::{ClearNote, Invalidation, MAX_MESSAGE_BYTES, MessageCodec};
 
 /// The shared-tier envelope every stored value is wrapped in, for tests and
 /// fuzz targets outside this crate that plant stored values (or check tags
 /// as the engine does). Not an API.
 pub mod envelope_format {
-    pub use crate::envelope::{Times, check_tags, encode};
+    pub use crate::envelope::{Times, check_tags, encode, encode_at_epoch};
 }
 
 /// The key the signed codec of [`bus_message`] uses.
@@ -122,8 +122,8 @@ fn check_message(
     };
     assert!(bytes.len() <= MAX_MESSAGE_BYTES);
     assert!(
-        bytes.starts_with(b"TCI\x01"),
-        "only version 1 decodes: {:?}",
+        bytes.starts_with(b"TCI\x01") || (bytes.starts_with(b"TCI\x02") && m.clear.is_some()),
+        "only version 1 decodes, and version 2 for a clear: {:?}",
         &bytes[..bytes.len().min(5)]
     );
 
@@ -233,8 +233,15 @@ fn check_envelope(bytes: &[u8]) {
 
     // Re-encoded with its tags: never compressed, then compressed if that
     // makes it smaller.
-    let plain = envelope::encode(e.negative, e.times, &e.tags, &e.payload, usize::MAX)
-        .expect("decoded tags fit an envelope");
+    let plain = envelope::encode_at_epoch(
+        e.epoch,
+        e.negative,
+        e.times,
+        &e.tags,
+        &e.payload,
+        usize::MAX,
+    )
+    .expect("decoded tags fit an envelope");
     if !compressed {
         assert_eq!(
             plain, bytes,
@@ -242,7 +249,7 @@ fn check_envelope(bytes: &[u8]) {
         );
     }
     assert_eq!(envelope::decode(&plain).expect("re-encoded decodes"), e);
-    let packed = envelope::encode(e.negative, e.times, &e.tags, &e.payload, 0)
+    let packed = envelope::encode_at_epoch(e.epoch, e.negative, e.times, &e.tags, &e.payload, 0)
         .expect("decoded tags fit an envelope");
     assert!(packed.len() <= plain.len());
     let again = envelope::decode_limited(&packed, n).expect("compressed re-encoding decodes");
@@ -482,6 +489,7 @@ pub fn bus_listener(data: &[u8]) {
             created: false,
             seq: 1,
             source_time_ms: 0,
+            clear: None,
         };
         bus.publish(LISTENER_NS, Bytes::from(codec.encode(&last)))
             .await
@@ -535,6 +543,13 @@ fn message_from(chunk: &[u8]) -> Invalidation {
         created: chunk.len().is_multiple_of(2),
         seq: u64::from_le_bytes(seq),
         source_time_ms: u64::from_le_bytes(seq).rotate_left(17),
+        // Some are clears (of any epochs; with keys too, which a decoder
+        // refuses).
+        clear: chunk.get(1).is_some_and(|b| b & 6 == 6).then(|| ClearNote {
+            hard: chunk.len().is_multiple_of(3),
+            epoch: u64::from_le_bytes(seq).rotate_left(9),
+            floor: u64::from_le_bytes(seq).rotate_left(9) >> 1,
+        }),
     }
 }
 
@@ -569,16 +584,34 @@ mod tests {
 
     fn invalidation() -> impl Strategy<Value = Invalidation> {
         (
-            any::<u64>(),
-            prop_oneof![Just("products".to_owned()), ".{0,12}"],
-            vec(".{0,16}", 0..4),
-            vec(".{0,16}", 0..4),
-            any::<bool>(),
-            prop_oneof![Just(u64::MAX), Just(1), any::<u64>()],
-            any::<u64>(),
+            (
+                any::<u64>(),
+                prop_oneof![Just("products".to_owned()), ".{0,12}"],
+                vec(".{0,16}", 0..4),
+                vec(".{0,16}", 0..4),
+                any::<bool>(),
+                prop_oneof![Just(u64::MAX), Just(1), any::<u64>()],
+                any::<u64>(),
+            ),
+            proptest::option::of((any::<bool>(), any::<u64>(), any::<u64>())),
         )
             .prop_map(
-                |(sender_instance, namespace, keys, tags, created, seq, source_time_ms)| {
+                |(
+                    (sender_instance, namespace, keys, tags, created, seq, source_time_ms),
+                    clear,
+                )| {
+                    // A clear names no keys or tags, and its floor is not
+                    // past its epoch (a decoder refuses anything else).
+                    let clear = clear.map(|(hard, a, b)| crate::message::ClearNote {
+                        hard,
+                        epoch: a.max(b),
+                        floor: a.min(b),
+                    });
+                    let (keys, tags) = if clear.is_some() {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        (keys, tags)
+                    };
                     Invalidation {
                         sender_instance,
                         namespace,
@@ -587,6 +620,7 @@ mod tests {
                         created,
                         seq,
                         source_time_ms,
+                        clear,
                     }
                 },
             )
@@ -773,6 +807,7 @@ mod tests {
                 created: false,
                 seq,
                 source_time_ms: 0,
+                clear: None,
             };
             let enc = codec.encode(&m);
             fuzz_targets::bus_message(&enc);

@@ -98,7 +98,7 @@ mod sync_shim;
 
 pub use bloom::BloomGuardConfig;
 pub use cache::{
-    Applied, Cache, CacheBuilder, DEFAULT_STALENESS_BOUND, Entry, Fetched, LocalHit,
+    Applied, Cache, CacheBuilder, ClearMode, DEFAULT_STALENESS_BOUND, Entry, Fetched, LocalHit,
     MIN_STALENESS_BOUND, Outcome, Tier, embedded_bus, embedded_shared_tier,
 };
 pub use codec::{Codec, Postcard, RawBytes};

@@ -3,8 +3,14 @@
 //! Wire format, version 1:
 //!
 //! ```text
-//! b"TCI"  version:u8  flags:u8  body (postcard)  [hmac-sha256: 32 bytes]
+//! b"TCI"  version:u8  flags:u8  body (postcard)  [clear (postcard)]  [hmac-sha256: 32 bytes]
 //! ```
+//!
+//! Version 2 adds the clear ([`ClearNote`]) after the body; a message without
+//! one is still written as version 1, so an instance of an older build reads
+//! every invalidation but a clear. It drops a clear as a newer version, and
+//! the gap that leaves in the sender's sequence makes it flush its local tier:
+//! the safe side of a rolling deploy.
 //!
 //! `flags` bit 0: the message is signed (the last 32 bytes are an HMAC-SHA256,
 //! with the shared key, of everything before them). A message of a newer
@@ -18,7 +24,8 @@ use sha2::Sha256;
 use crate::error::DecodeError;
 
 const MAGIC: &[u8; 3] = b"TCI";
-const VERSION: u8 = 1;
+/// The newest version read (and written, for a clear).
+const VERSION: u8 = 2;
 const FLAG_SIGNED: u8 = 1;
 const MAC_LEN: usize = 32;
 /// Largest payload accepted by [`MessageCodec::decode`].
@@ -46,6 +53,24 @@ pub struct Invalidation {
     /// When the change happened at its source, in milliseconds since the Unix
     /// epoch (for the commit-to-evict lag metric); 0 when unknown.
     pub source_time_ms: u64,
+    /// The whole namespace was cleared (`keys` and `tags` are then empty).
+    /// Carried after the body, in version 2 of the wire format.
+    #[serde(skip)]
+    pub clear: Option<ClearNote>,
+}
+
+/// A namespace clear, as the bus carries it (see
+/// [`Cache::clear`](crate::Cache::clear)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearNote {
+    /// Entries are gone (`true`), or stale and servable within grace.
+    pub hard: bool,
+    /// The namespace's clear epoch after this clear; 0 when the sender could
+    /// not reach the shared tier (receivers clear their local tiers and
+    /// learn the epochs from the shared tier later).
+    pub epoch: u64,
+    /// The namespace's hard-clear floor after this clear.
+    pub floor: u64,
 }
 
 /// What an [`Invalidation`] with no keys and no tags says of its sender.
@@ -76,6 +101,7 @@ impl Invalidation {
             created: false,
             seq,
             source_time_ms: 0,
+            clear: None,
         }
     }
 
@@ -91,7 +117,8 @@ impl Invalidation {
 
     /// What this message says of its sender.
     pub fn signal(&self) -> OriginSignal {
-        match (self.keys.is_empty() && self.tags.is_empty(), self.created) {
+        let empty = self.keys.is_empty() && self.tags.is_empty() && self.clear.is_none();
+        match (empty, self.created) {
             (false, _) => OriginSignal::Changes,
             (true, false) => OriginSignal::Heartbeat,
             (true, true) => OriginSignal::Farewell,
@@ -143,11 +170,16 @@ impl MessageCodec {
     pub fn encode(&self, msg: &Invalidation) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if msg.clear.is_some() { 2 } else { 1 });
         out.push(if self.key.is_some() { FLAG_SIGNED } else { 0 });
         // Serializing plain strings and integers into a Vec cannot fail.
         if let Ok(body) = postcard::to_stdvec(msg) {
             out.extend_from_slice(&body);
+        }
+        if let Some(clear) = &msg.clear
+            && let Ok(c) = postcard::to_stdvec(clear)
+        {
+            out.extend_from_slice(&c);
         }
         if let Some(key) = &self.key {
             let mac = self.mac(key, &out);
@@ -188,8 +220,19 @@ impl MessageCodec {
             (None, true) => bytes.len().saturating_sub(MAC_LEN).max(5),
             (None, false) => bytes.len(),
         };
-        let (msg, rest): (Invalidation, _) = postcard::take_from_bytes(&bytes[5..body_end])
+        let (mut msg, mut rest): (Invalidation, _) = postcard::take_from_bytes(&bytes[5..body_end])
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        if bytes[3] >= 2 {
+            let (clear, after): (ClearNote, _) =
+                postcard::take_from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+            if !(msg.keys.is_empty() && msg.tags.is_empty()) || clear.floor > clear.epoch {
+                return Err(DecodeError::Corrupt(
+                    "a clear with keys or tags, or a floor past its epoch".into(),
+                ));
+            }
+            msg.clear = Some(clear);
+            rest = after;
+        }
         if !rest.is_empty() {
             return Err(DecodeError::Corrupt("trailing bytes".into()));
         }
@@ -210,7 +253,46 @@ mod tests {
             created: true,
             seq: 42,
             source_time_ms: 1_700_000_000_000,
+            clear: None,
         }
+    }
+
+    fn clear() -> Invalidation {
+        Invalidation {
+            keys: Vec::new(),
+            tags: Vec::new(),
+            created: false,
+            clear: Some(ClearNote {
+                hard: true,
+                epoch: 5,
+                floor: 5,
+            }),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn a_clear_is_version_2_and_everything_else_version_1() {
+        let plain = MessageCodec::unsigned();
+        let bytes = plain.encode(&sample());
+        assert_eq!(bytes[3], 1, "readable by older builds");
+        let cleared = plain.encode(&clear());
+        assert_eq!(cleared[3], 2);
+        assert_eq!(plain.decode(&cleared), Ok(clear()));
+        assert_eq!(clear().signal(), OriginSignal::Changes);
+        let signed = MessageCodec::signed(b"secret");
+        assert_eq!(signed.decode(&signed.encode(&clear())), Ok(clear()));
+        // A version-1 message claiming version 2 lacks its clear: corrupt.
+        let mut short = bytes.clone();
+        short[3] = 2;
+        assert!(matches!(plain.decode(&short), Err(DecodeError::Corrupt(_))));
+        // A clear that also names keys is refused.
+        let mut both = clear();
+        both.keys.push("1".into());
+        assert!(matches!(
+            plain.decode(&plain.encode(&both)),
+            Err(DecodeError::Corrupt(_))
+        ));
     }
 
     #[test]

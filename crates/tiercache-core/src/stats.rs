@@ -51,12 +51,18 @@ macro_rules! counters {
         #[non_exhaustive]
         pub struct CacheStats {
             $( #[doc = $doc] pub $field: u64, )*
+            /// Shared-tier calls that failed (the cache failed open).
+            pub shared_errors: u64,
         }
 
         pub(crate) struct Stats {
             $( $field: ($cell, metrics::Counter), )*
             pub(crate) load_seconds: metrics::Histogram,
             pub(crate) evict_lag_seconds: metrics::Histogram,
+            shared_errors: (Plain, [metrics::Counter; SharedErrorKind::ALL.len()]),
+            bus_state: [metrics::Gauge; BusState::ALL.len()],
+            local_entries: metrics::Gauge,
+            local_bytes: metrics::Gauge,
         }
 
         impl Stats {
@@ -68,6 +74,13 @@ macro_rules! counters {
                     ), )*
                     load_seconds: metrics::histogram!("tiercache_load_duration_seconds", "namespace" => ns.to_owned()),
                     evict_lag_seconds: metrics::histogram!("tiercache_commit_to_evict_seconds", "namespace" => ns.to_owned()),
+                    shared_errors: (
+                        Plain::default(),
+                        SharedErrorKind::ALL.map(|k| metrics::counter!("tiercache_shared_errors_total", "namespace" => ns.to_owned(), "kind" => k.as_str())),
+                    ),
+                    bus_state: BusState::ALL.map(|b| metrics::gauge!("tiercache_bus_state", "namespace" => ns.to_owned(), "state" => b.as_str())),
+                    local_entries: metrics::gauge!("tiercache_local_entries", "namespace" => ns.to_owned()),
+                    local_bytes: metrics::gauge!("tiercache_local_bytes", "namespace" => ns.to_owned()),
                 }
             }
 
@@ -80,7 +93,10 @@ macro_rules! counters {
             )*
 
             pub(crate) fn snapshot(&self) -> CacheStats {
-                CacheStats { $( $field: self.$field.0.get(), )* }
+                CacheStats {
+                    $( $field: self.$field.0.get(), )*
+                    shared_errors: self.shared_errors.0.get(),
+                }
             }
         }
     };
@@ -116,5 +132,84 @@ counters! {
     bus_disconnects: Plain => "tiercache_bus_disconnects_total"; "Times the bus connection was lost."
     bus_silences: Plain => "tiercache_bus_silences_total"; "Times the bus went quiet past the liveness bound."
     local_flushes: Plain => "tiercache_local_flushes_total"; "Whole-local-tier flushes (bus reconnect, loss, shared failover)."
-    shared_errors: Plain => "tiercache_shared_errors_total"; "Shared-tier calls that failed (the cache failed open)."
+}
+
+/// What kind of shared-tier failure (the `kind` label of
+/// `tiercache_shared_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SharedErrorKind {
+    Timeout,
+    BreakerOpen,
+    Unavailable,
+    Server,
+}
+
+impl SharedErrorKind {
+    const ALL: [Self; 4] = [
+        Self::Timeout,
+        Self::BreakerOpen,
+        Self::Unavailable,
+        Self::Server,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::BreakerOpen => "breaker_open",
+            Self::Unavailable => "unavailable",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// What the bus looks like from here (the `state` label of the
+/// `tiercache_bus_state` gauge: 1 for the current state, 0 for the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BusState {
+    /// Heard within the liveness window: the local tier is trusted.
+    Live,
+    /// Not connected: local life is capped.
+    Disconnected,
+    /// Connected but not heard (or an origin went silent): the local tier
+    /// is bypassed.
+    Silent,
+}
+
+impl BusState {
+    const ALL: [Self; 3] = [Self::Live, Self::Disconnected, Self::Silent];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Disconnected => "disconnected",
+            Self::Silent => "silent",
+        }
+    }
+}
+
+impl Stats {
+    /// Counts a failed shared-tier call of `kind`.
+    pub(crate) fn shared_errors(&self, kind: SharedErrorKind, n: u64) {
+        self.shared_errors.0.add(n);
+        if let Some(c) = SharedErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.shared_errors.1.get(i))
+        {
+            c.increment(n);
+        }
+    }
+
+    /// Sets the bus-state gauge to `state`.
+    pub(crate) fn bus_state(&self, state: BusState) {
+        for (s, g) in BusState::ALL.iter().zip(&self.bus_state) {
+            g.set(if *s == state { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Sets the local-tier gauges: entries and their weighted bytes.
+    pub(crate) fn local_size(&self, entries: u64, bytes: u64) {
+        self.local_entries.set(entries as f64);
+        self.local_bytes.set(bytes as f64);
+    }
 }

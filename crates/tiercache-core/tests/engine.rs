@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tiercache_core::backend::{
-    FillTicket, InProcessBus, InProcessSharedTier, SharedError, SharedTier,
+    ClearEpochs, FillTicket, InProcessBus, InProcessSharedTier, SharedError, SharedTier,
 };
 use tiercache_core::fuzz_targets::envelope_format;
 use tiercache_core::{
@@ -739,6 +739,7 @@ async fn a_sequence_gap_is_treated_as_a_loss() {
         created: false,
         seq,
         source_time_ms: 0,
+        clear: None,
     };
     bus.publish(&name, Bytes::from(codec.encode(&msg(1))))
         .await
@@ -1320,6 +1321,19 @@ impl SharedTier for CountingTier {
     }
     async fn invalidate_tags(&self, namespace: &str, tags: &[String]) -> Result<(), SharedError> {
         self.tier.invalidate_tags(namespace, tags).await
+    }
+
+    async fn clear_epochs(&self, namespace: &str) -> Result<ClearEpochs, SharedError> {
+        self.tier.clear_epochs(namespace).await
+    }
+
+    async fn clear(
+        &self,
+        namespace: &str,
+        hard: bool,
+        after: u64,
+    ) -> Result<ClearEpochs, SharedError> {
+        self.tier.clear(namespace, hard, after).await
     }
 }
 

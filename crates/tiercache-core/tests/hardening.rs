@@ -310,6 +310,7 @@ async fn forged_sequence_numbers_do_not_stop_the_listener() {
         created: false,
         seq,
         source_time_ms: 0,
+        clear: None,
     };
     for (seq, key) in [(1, "100"), (u64::MAX, "101"), (1, "102")] {
         bus.publish(&name, Bytes::from(codec.encode(&msg(seq, key))))

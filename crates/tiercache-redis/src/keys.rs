@@ -42,6 +42,12 @@ pub(crate) fn tag_clock_key(namespace: &str) -> String {
     format!("{{tc:{namespace}}}:clock")
 }
 
+/// `{tc:<ns>}:clear`: the namespace's clear epochs, `epoch:floor`, in the
+/// clock's slot (a fill reads both with one `MGET`).
+pub(crate) fn clear_key(namespace: &str) -> String {
+    format!("{{tc:{namespace}}}:clear")
+}
+
 /// `{tc:<ns>}:t:<tag>`: a tag's version, in the clock's slot.
 pub(crate) fn tag_key(namespace: &str, tag: &str) -> String {
     format!("{{tc:{namespace}}}:t:{tag}")

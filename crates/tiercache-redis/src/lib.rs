@@ -113,6 +113,7 @@ mod bus;
 mod config;
 mod conn;
 mod error;
+mod inspect;
 mod keys;
 mod report;
 mod scripts;
@@ -123,4 +124,5 @@ pub use config::RedisSharedTierBuilder;
 pub use error::BuildError;
 #[allow(deprecated)]
 pub use error::RedisError;
+pub use inspect::KeyInspection;
 pub use tier::RedisSharedTier;

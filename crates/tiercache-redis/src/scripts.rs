@@ -101,3 +101,28 @@ return string.format('%.0f', clock)
 ",
     )
 });
+
+/// KEYS: the namespace's clear key. ARGV: hard ("1" or "0"), the newest
+/// epoch the caller knows. The epoch becomes one more than the greater of
+/// the stored one and the caller's; a hard clear raises the floor to it.
+/// Returns the new "epoch:floor".
+pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local e, f = 0, 0
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local a, b = string.match(cur, '^(%d+):(%d+)$')
+  e = tonumber(a) or 0
+  f = tonumber(b) or 0
+end
+local after = tonumber(ARGV[2]) or 0
+if after > e then e = after end
+e = e + 1
+if ARGV[1] == '1' then f = e end
+local s = string.format('%.0f:%.0f', e, f)
+redis.call('SET', KEYS[1], s)
+return s
+",
+    )
+});

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use redis::{ErrorKind, RedisResult, ServerErrorKind, Value};
-use tiercache_core::backend::{FillTicket, SharedError, SharedEvent, SharedTier};
+use tiercache_core::backend::{ClearEpochs, FillTicket, SharedError, SharedEvent, SharedTier};
 use tokio::sync::broadcast;
 
 use crate::config::RedisSharedTierBuilder;
 use crate::conn::{Conn, HasLink, Link};
-use crate::keys::{EntryKeys, tag_clock_key, tag_key, value_key};
-use crate::scripts::{ABORT_FILL, BEGIN_FILL, COMMIT_FILL, INVALIDATE, INVALIDATE_TAGS};
+use crate::keys::{EntryKeys, clear_key, tag_clock_key, tag_key, value_key};
+use crate::scripts::{ABORT_FILL, BEGIN_FILL, CLEAR, COMMIT_FILL, INVALIDATE, INVALIDATE_TAGS};
 
 /// Fixed settings of one tier.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ impl BadReply {
     }
 }
 
-fn parse_u64(what: &str, s: &str) -> Result<u64, SharedError> {
+pub(crate) fn parse_u64(what: &str, s: &str) -> Result<u64, SharedError> {
     s.parse::<u64>()
         .map_err(|e| BadReply::shared(format!("{what} is not a number: {s:?}"), e))
 }
@@ -128,7 +128,7 @@ impl RedisSharedTier {
 
     /// Runs one Redis interaction under the breaker and the time budget,
     /// counting and (rate-limited) logging its failure.
-    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, SharedError>
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, SharedError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, SharedError>>,
@@ -183,7 +183,7 @@ fn map_err(e: redis::RedisError) -> SharedError {
     }
 }
 
-trait Mapped<T> {
+pub(crate) trait Mapped<T> {
     fn mapped(self) -> Result<T, SharedError>;
 }
 
@@ -191,6 +191,26 @@ impl<T> Mapped<T> for RedisResult<T> {
     fn mapped(self) -> Result<T, SharedError> {
         self.map_err(map_err)
     }
+}
+
+/// The largest integer a Lua number (a double) holds exactly.
+const MAX_LUA_INT: u64 = 1 << 53;
+
+/// Reads the clear key's `epoch:floor` (absent: never cleared).
+fn parse_epochs(s: Option<&str>) -> Result<ClearEpochs, SharedError> {
+    let Some(s) = s else {
+        return Ok(ClearEpochs::default());
+    };
+    let bad = || SharedError::server(format!("clear epochs are not `epoch:floor`: {s:?}"));
+    let (e, f) = s.split_once(':').ok_or_else(bad)?;
+    let epochs = ClearEpochs {
+        epoch: parse_u64("clear epoch", e)?,
+        floor: parse_u64("clear floor", f)?,
+    };
+    if epochs.floor > epochs.epoch {
+        return Err(bad());
+    }
+    Ok(epochs)
 }
 
 /// Reads a script's `{version, got, held}` reply.
@@ -276,18 +296,19 @@ impl SharedTier for RedisSharedTier {
         lease_ttl: Option<Duration>,
     ) -> Result<FillTicket, SharedError> {
         let keys = EntryKeys::of(key);
-        let clock_key = tag_clock_key(namespace);
+        let clock_keys = [tag_clock_key(namespace), clear_key(namespace)];
         let token = rand::random::<u64>();
         let lease_ms = lease_ttl.map(|d| millis(d).to_string()).unwrap_or_default();
         self.call("begin_fill", |c| async move {
             let mut c2 = c.clone();
             let mut c1 = c;
-            // The clock lives in another slot than the key, so two calls
-            // (sent together). Both complete before the load starts.
+            // The tag clock and the clear epochs live in another slot than
+            // the key, so two calls (sent together). Both complete before
+            // the load starts.
             let clock = async {
-                redis::cmd("GET")
-                    .arg(&clock_key)
-                    .query_async::<Option<String>>(&mut c1)
+                redis::cmd("MGET")
+                    .arg(&clock_keys)
+                    .query_async::<Vec<Option<String>>>(&mut c1)
                     .await
                     .mapped()
             };
@@ -300,9 +321,20 @@ impl SharedTier for RedisSharedTier {
                 inv.invoke_async::<Value>(&mut c2).await.mapped()
             };
             let (clock, entry) = futures::try_join!(clock, entry)?;
-            let tag_clock = match clock {
-                Some(s) => parse_u64("tag clock", &s)?,
-                None => 0,
+            let (tag_clock, epochs) = match clock.as_slice() {
+                [clock, epochs] => (
+                    match clock {
+                        Some(s) => parse_u64("tag clock", s)?,
+                        None => 0,
+                    },
+                    parse_epochs(epochs.as_deref())?,
+                ),
+                _ => {
+                    return Err(SharedError::server(format!(
+                        "MGET answered {} values for 2 keys",
+                        clock.len()
+                    )));
+                }
             };
             let (version, got, held) = begin_reply(entry)?;
             Ok(FillTicket {
@@ -310,6 +342,7 @@ impl SharedTier for RedisSharedTier {
                 tag_clock,
                 lease: got.then_some(token),
                 lease_held_elsewhere: held,
+                epochs,
             })
         })
         .await
@@ -432,6 +465,40 @@ impl SharedTier for RedisSharedTier {
         .await
     }
 
+    async fn clear_epochs(&self, namespace: &str) -> Result<ClearEpochs, SharedError> {
+        let k = clear_key(namespace);
+        let got = self
+            .call("clear_epochs", |mut c| async move {
+                redis::cmd("GET")
+                    .arg(&k)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+                    .mapped()
+            })
+            .await?;
+        parse_epochs(got.as_deref())
+    }
+
+    async fn clear(
+        &self,
+        namespace: &str,
+        hard: bool,
+        after: u64,
+    ) -> Result<ClearEpochs, SharedError> {
+        let k = clear_key(namespace);
+        // Lua numbers are doubles: exact below 2^53, which no real count of
+        // clears reaches.
+        let after = after.min(MAX_LUA_INT).to_string();
+        let got = self
+            .call("clear", |mut c| async move {
+                let mut inv = CLEAR.prepare_invoke();
+                inv.key(&k).arg(if hard { "1" } else { "0" }).arg(&after);
+                inv.invoke_async::<String>(&mut c).await.mapped()
+            })
+            .await?;
+        parse_epochs(Some(&got))
+    }
+
     fn events(&self) -> Option<BoxStream<'static, SharedEvent>> {
         let rx = self.inner.link.events.subscribe();
         Some(
@@ -466,6 +533,46 @@ mod tests {
             .downcast_ref::<redis::RedisError>()
             .expect("the redis error");
         assert!(redis.is_io_error());
+    }
+
+    #[test]
+    fn clear_epochs_parse_or_fail_clearly() {
+        assert_eq!(parse_epochs(None).expect("absent"), ClearEpochs::default());
+        assert_eq!(
+            parse_epochs(Some("7:3")).expect("valid"),
+            ClearEpochs { epoch: 7, floor: 3 }
+        );
+        for bad in [
+            "",
+            "7",
+            "7:",
+            ":3",
+            "3:7",
+            "x:1",
+            "1:1:1",
+            "-1:0",
+            "99999999999999999999:0",
+        ] {
+            let e = parse_epochs(Some(bad)).expect_err(bad);
+            assert!(matches!(e, SharedError::Server(_)), "{bad}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn clear_epochs_never_panic(s in ".{0,40}") {
+            let _ = parse_epochs(Some(&s));
+        }
+
+        #[test]
+        fn clear_epochs_round_trip(epoch: u64, floor: u64) {
+            let (epoch, floor) = (epoch.max(floor), epoch.min(floor));
+            let text = format!("{epoch}:{floor}");
+            proptest::prop_assert_eq!(
+                parse_epochs(Some(&text)).expect("valid"),
+                ClearEpochs { epoch, floor }
+            );
+        }
     }
 
     #[test]

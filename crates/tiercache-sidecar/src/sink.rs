@@ -496,6 +496,7 @@ impl Sinks {
                 .source_time_us
                 .map_or_else(|| now_us() / 1000, |t| t / 1000)
                 .max(0) as u64,
+            clear: None,
         };
         let payload = Bytes::from(self.codec.encode(&msg));
         let done = outbox.push(m.namespace.clone(), payload);

@@ -216,6 +216,38 @@ pub async fn shared_tier<S: SharedTier + ?Sized>(tier: &S) {
         "tag versions are per namespace"
     );
     assert!(tier.tag_versions(&ns, &[]).await.unwrap().is_empty());
+
+    // Clear epochs: start at 0, rise by one per clear, past `after`;
+    // a hard clear raises the floor, a soft one does not; tickets carry them.
+    use crate::shared::ClearEpochs;
+    let zero = ClearEpochs::default();
+    assert_eq!(
+        tier.clear_epochs(&ns).await.unwrap(),
+        zero,
+        "never cleared: 0"
+    );
+    assert_eq!(before.epochs, zero, "a ticket carries the epochs");
+    let soft = tier.clear(&ns, false, 0).await.unwrap();
+    assert_eq!(soft, ClearEpochs { epoch: 1, floor: 0 }, "a soft clear");
+    let hard = tier.clear(&ns, true, 0).await.unwrap();
+    assert_eq!(hard, ClearEpochs { epoch: 2, floor: 2 }, "a hard clear");
+    assert_eq!(tier.clear_epochs(&ns).await.unwrap(), hard);
+    let past = tier.clear(&ns, false, 10).await.unwrap();
+    assert_eq!(
+        past,
+        ClearEpochs {
+            epoch: 11,
+            floor: 2
+        },
+        "a clear passes the epoch its caller knows (a store that lost its copy)"
+    );
+    let t = tier.begin_fill(&ns, &k("after-clear"), None).await.unwrap();
+    assert_eq!(t.epochs, past, "a ticket carries the current epochs");
+    assert_eq!(
+        tier.clear_epochs(&unique("conf")).await.unwrap(),
+        zero,
+        "clear epochs are per namespace"
+    );
 }
 
 async fn next_message(sub: &mut BoxStream<'static, BusEvent>, within: Duration) -> Option<Bytes> {

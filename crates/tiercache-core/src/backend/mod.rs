@@ -22,7 +22,10 @@
 pub mod conformance;
 
 pub use crate::bus::{Bus, BusEvent, InProcessBus};
+pub use crate::envelope::{EnvelopeInfo, Times, describe as describe_envelope};
 pub use crate::error::{BoxError, BusError, SharedError};
 pub use crate::key::{KeyFormat, KeyHash};
-pub use crate::message::{Invalidation, MessageCodec, OriginSignal};
-pub use crate::shared::{FillTicket, InProcessSharedTier, SharedEvent, SharedTier};
+pub use crate::message::{ClearNote, Invalidation, MessageCodec, OriginSignal};
+pub use crate::shared::{
+    ClearEpochs, Cleared, FillTicket, InProcessSharedTier, SharedEvent, SharedTier,
+};

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use crate::bloom::BloomGuard;
 use crate::error::Error;
-use crate::key::{CacheKey, KeyFormat};
+use crate::key::{CacheKey, KeyFormat, ShowKey};
 use crate::stats::CacheStats;
+use tracing::Instrument;
 
 use super::{
-    Applied, BoxError, Cache, CacheBuilder, Entry, Fetched, FlushReason, LocalHit, LocalMode,
-    Outcome, Tier,
+    Applied, BoxError, Cache, CacheBuilder, ClearMode, Entry, Fetched, FlushReason, LocalHit,
+    LocalMode, Outcome, Tier,
 };
 
 impl<K, V> Cache<K, V>
@@ -450,7 +451,8 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn insert_entry(&self, key: &K, entry: Entry<V>) {
-        self.inner.insert(key, entry).await
+        let span = tracing::debug_span!("tiercache.insert", ns = %self.inner.config.namespace, key = %ShowKey(key));
+        self.inner.insert(key, entry).instrument(span).await
     }
 
     /// Drops `key` everywhere: the shared tier, this instance's local tier,
@@ -516,7 +518,62 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_many(&self, keys: &[K], tags: &[&str]) -> Option<u64> {
-        self.inner.invalidate_many(keys, tags).await
+        let span = tracing::debug_span!("tiercache.invalidate", ns = %self.inner.config.namespace, keys = keys.len(), ?tags);
+        self.inner
+            .invalidate_many(keys, tags)
+            .instrument(span)
+            .await
+    }
+
+    /// Drops the whole namespace, everywhere, in O(1): on the shared tier
+    /// (a new clear epoch, no scan), here, and over the bus on every other
+    /// instance (within the staleness bound, like any invalidation).
+    ///
+    /// - [`ClearMode::Hard`]: every entry is gone.
+    /// - [`ClearMode::Soft`]: every entry is stale; the next read of a key
+    ///   loads it, and its old value is served within its
+    ///   [`grace`](CacheBuilder::grace) meanwhile (while another instance
+    ///   holds the key's lease, or when the origin fails).
+    ///
+    /// Loads in flight when the clear happens do not put their values back
+    /// as fresh. If the shared tier cannot be reached, this instance and the
+    /// others clear their local tiers now and the shared tier is cleared by
+    /// a background retry. An instance that misses the message (a bus
+    /// outage, a sender that crashed before publishing) learns of the clear
+    /// from the shared tier: within half the staleness bound while its bus
+    /// is down, within four bounds while its bus is live.
+    ///
+    /// Returns the bus sequence number of the message sent, if one was.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache_core::{Cache, ClearMode};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let prices: Cache<u64, u32> = Cache::builder("doc-clear")
+    ///     .grace(Duration::from_secs(60))
+    ///     .build()?;
+    /// prices.insert(&1, 100).await;
+    /// prices.insert(&2, 200).await;
+    ///
+    /// // Soft: stale, yet served within grace while the origin fails.
+    /// prices.clear(ClearMode::Soft).await;
+    /// assert!(prices.get(&1).await.is_none(), "not fresh any more");
+    /// let down = prices
+    ///     .try_get_or_load(&1, || async { Err::<Option<u32>, _>("origin down") })
+    ///     .await?;
+    /// assert_eq!(down.as_deref(), Some(&100));
+    ///
+    /// // Hard: gone.
+    /// prices.clear(ClearMode::Hard).await;
+    /// let loaded = prices.get_or_load(&2, || async { Some(250) }).await?;
+    /// assert_eq!(loaded.as_deref(), Some(&250));
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self, mode: ClearMode) -> Option<u64> {
+        let span = tracing::debug_span!("tiercache.clear", ns = %self.inner.config.namespace, mode = mode.as_str());
+        self.inner.clear(mode).instrument(span).await
     }
 
     /// Tells Bloom guards (here and, over the bus, everywhere) that `key` now
@@ -539,7 +596,8 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn mark_created(&self, key: &K) {
-        self.inner.mark_created(key).await
+        let span = tracing::debug_span!("tiercache.mark_created", ns = %self.inner.config.namespace, key = %ShowKey(key));
+        self.inner.mark_created(key).instrument(span).await
     }
 
     /// Rebuilds the Bloom guard from its universe loader now (it also

@@ -158,6 +158,7 @@ where
             codec,
             flights: Arc::new(Flights::new()),
             fence: Fence::new(retention, config.clock.clone()),
+            epochs: super::clear::KnownEpochs::default(),
             bloom: self.bloom.map(BloomGuard::new),
             stats,
             instance,
@@ -171,6 +172,17 @@ where
             config,
             _key: PhantomData,
         });
+        // Series counted off the hot path, registered at 0 now so that
+        // dashboards and alerts see them before their first event.
+        let ns = &inner.config.namespace;
+        for reason in super::FlushReason::ALL {
+            metrics::counter!("tiercache_local_flush_reasons_total", "namespace" => ns.clone(), "reason" => reason.as_str())
+                .increment(0);
+        }
+        for mode in [super::ClearMode::Hard, super::ClearMode::Soft] {
+            metrics::counter!("tiercache_clears_total", "namespace" => ns.clone(), "mode" => mode.as_str())
+                .increment(0);
+        }
         super::coherence::start(&inner, &runtime);
         Ok(Cache { inner })
     }

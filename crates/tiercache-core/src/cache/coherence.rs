@@ -17,6 +17,8 @@
 //!   heartbeats until it says farewell) not heard within `bus_liveness`:
 //!   flush (its messages are stuck or lost on its side, which a live bus
 //!   here cannot show);
+//! - the namespace's clear epochs are read from the shared tier now and
+//!   then, and after a reconnect or failover (see [`clear`](super::clear));
 //! - every one of these is also a loss signal for the Bloom guard: it
 //!   answers "maybe" until a rebuild started after the signal completes,
 //!   and that rebuild starts at once.
@@ -63,6 +65,10 @@ where
     if let Some(events) = inner.shared.as_ref().and_then(|s| s.events()) {
         rt.spawn(watch_shared(Arc::downgrade(inner), events));
     }
+    if inner.bus.is_some() {
+        inner.stats.bus_state(inner.mode().bus_state());
+    }
+    rt.spawn(housekeeping(Arc::downgrade(inner)));
     if let Some(bloom) = &inner.bloom {
         let every = bloom.config.rebuild_every;
         let wake = Arc::clone(&bloom.wake);
@@ -102,6 +108,37 @@ where
     }
 }
 
+/// How often the local-tier gauges are set.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Now and then: sets the local tier's gauges (entries, bytes), and reads
+/// the namespace's clear epochs from the shared tier (see
+/// [`clear`](super::clear)), so that a clear whose message never came is
+/// learnt within the period.
+async fn housekeeping<K, V>(weak: Weak<Inner<K, V>>)
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    let mut epochs_due = tokio::time::Instant::now();
+    loop {
+        let wait = {
+            let Some(inner) = weak.upgrade() else { return };
+            if let Some(l) = &inner.local {
+                // moka's counts move with its maintenance: run what is due.
+                l.run_pending_tasks();
+                inner.stats.local_size(l.entry_count(), l.weighted_size());
+            }
+            if inner.shared.is_some() && tokio::time::Instant::now() >= epochs_due {
+                inner.refresh_epochs().await;
+                epochs_due = tokio::time::Instant::now() + inner.epochs_refresh_every();
+            }
+            GAUGES_EVERY.min(epochs_due.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
 async fn watch_shared<K, V>(weak: Weak<Inner<K, V>>, mut events: BoxStream<'static, SharedEvent>)
 where
     K: Send + Sync + 'static,
@@ -113,6 +150,9 @@ where
             SharedEvent::Reconnected | SharedEvent::FailedOver => {
                 tracing::info!(ns = %inner.config.namespace, event = ?ev, "shared tier changed; flushing the local tier");
                 inner.flush_local_because(FlushReason::SharedFailover);
+                // Its clear epochs may have changed too (a failover, a
+                // restart that lost them): read them again.
+                inner.refresh_epochs().await;
             }
             SharedEvent::Disconnected => {}
         }
@@ -275,6 +315,26 @@ where
                 if signal != OriginSignal::Changes {
                     continue;
                 }
+                if let Some(note) = msg.clear {
+                    let mode = inner.apply_clear_note(note);
+                    tracing::debug!(ns = %inner.config.namespace, origin = msg.sender_instance, seq = msg.seq, mode = mode.as_str(), "clear applied");
+                    inner.stats.invalidations_received(1);
+                    if inner.applied.receiver_count() > 0 {
+                        let _ = inner.applied.send(super::Applied {
+                            sender_instance: msg.sender_instance,
+                            seq: msg.seq,
+                            keys: Vec::new(),
+                            tags: Vec::new(),
+                            clear: Some(mode),
+                            at: clock.std_now(),
+                        });
+                    }
+                    if msg.source_time_ms > 0 {
+                        let lag = clock.wall_ms().saturating_sub(msg.source_time_ms);
+                        inner.stats.evict_lag_seconds.record(lag as f64 / 1000.0);
+                    }
+                    continue;
+                }
                 let hashes: Vec<_> = msg
                     .keys
                     .iter()
@@ -311,6 +371,7 @@ where
                         seq: msg.seq,
                         keys: msg.keys,
                         tags: msg.tags,
+                        clear: None,
                         at: clock.std_now(),
                     });
                 }

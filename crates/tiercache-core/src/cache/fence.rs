@@ -32,12 +32,14 @@ use std::time::Duration;
 use crate::clock::{Clock, Instant};
 
 use crate::key::{KeyHash, TagHash};
-use crate::sync_shim::Ordering::SeqCst;
+use crate::sync_shim::Ordering::{Acquire, SeqCst};
 use crate::sync_shim::{AtomicU64, Mutex, MutexGuard, RwLock};
 
 pub(crate) struct Fence {
     clock: AtomicU64,
     all: AtomicU64,
+    /// Soft clears so far (see [`Fence::soft_clear`]).
+    soft: AtomicU64,
     /// The wall-clock ms of the latest key or tag invalidation recorded.
     latest_ms: AtomicU64,
     /// Fills check and insert under the read side; invalidations record
@@ -71,6 +73,8 @@ const PRUNE_FLOOR: usize = 8192;
 pub(crate) struct FenceMark {
     at: u64,
     began: Instant,
+    /// The soft-clear generation (see [`Fence::soft_clear`]).
+    pub(crate) generation: u32,
 }
 
 impl Fence {
@@ -78,6 +82,7 @@ impl Fence {
         Self {
             clock: AtomicU64::new(0),
             all: AtomicU64::new(0),
+            soft: AtomicU64::new(0),
             latest_ms: AtomicU64::new(0),
             gate: RwLock::new(()),
             records: Mutex::new(Records::default()),
@@ -94,6 +99,7 @@ impl Fence {
         FenceMark {
             at: self.clock.load(SeqCst),
             began: self.time.now(),
+            generation: self.generation(),
         }
     }
 
@@ -136,6 +142,22 @@ impl Fence {
         r.tags.insert(tag, (v, now, wall));
         self.latest_ms.fetch_max(wall, SeqCst);
         self.prune(&mut r, now);
+    }
+
+    /// Everything is stale (a soft clear): a local entry filled by a load
+    /// that began before now carries an older generation, and is served only
+    /// as a stale copy.
+    pub(crate) fn soft_clear(&self) {
+        let _closed = self.close_gate();
+        self.soft.fetch_add(1, SeqCst);
+    }
+
+    /// The soft-clear generation: a local entry is fresh only while it
+    /// carries this one. Cut to 32 bits (an entry has room for that much);
+    /// only equality is ever asked.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        self.soft.load(Acquire) as u32
     }
 
     /// Everything is invalid (the local tier was flushed).

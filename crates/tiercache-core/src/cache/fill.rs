@@ -197,6 +197,16 @@ where
             }
         }
         let tagged: Vec<(String, u64)> = tags.iter().cloned().zip(versions).collect();
+        // Written under the clear epoch its ticket carried (read before the
+        // load began): a clear since makes it stale, or gone, to every
+        // reader. The ticket also tells this instance of a clear it missed.
+        let epoch = match &ticket {
+            Some(t) => {
+                self.learn_epochs(t.epochs);
+                t.epochs.epoch
+            }
+            None => 0,
+        };
         // Only a fill that will be written to the shared tier (one holding
         // its ticket) needs its envelope; the value is encoded either way,
         // for its size (the local tier's weight, and `max_value_size`).
@@ -213,7 +223,16 @@ where
                 return Err(Refused::Oversized);
             }
             let bytes = written
-                .then(|| envelope::encode(negative, times, &tagged, payload, c.compress_at))
+                .then(|| {
+                    envelope::encode_at_epoch(
+                        epoch,
+                        negative,
+                        times,
+                        &tagged,
+                        payload,
+                        c.compress_at,
+                    )
+                })
                 .transpose()
                 .map_err(Refused::Tags)?;
             if bytes.as_ref().is_some_and(|b| b.len() > c.max_value_size) {
@@ -297,8 +316,10 @@ where
         );
     }
 
-    pub(super) fn fill_local(&self, h: KeyHash, mark: FenceMark, data: LocalData<V>) {
+    pub(super) fn fill_local(&self, h: KeyHash, mark: FenceMark, mut data: LocalData<V>) {
         let Some(local) = &self.local else { return };
+        // Fresh only until the next soft clear after the load began.
+        data.generation = mark.generation;
         let tags = data.tags.clone().unwrap_or_default();
         // Checked before inserting, with no invalidation recorded between
         // the check and the insert: a fill overtaken by an invalidation

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::key::{CacheKey, KeyHash, TagHash};
-use crate::message::Invalidation;
+use crate::message::{ClearNote, Invalidation};
 
 use super::outbox::Sent;
 use super::{FlushReason, Inner, LocalMode, log_due};
@@ -69,6 +68,9 @@ where
     pub(crate) fn set_mode(&self, mode: LocalMode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
         self.hot.changed_all();
+        if self.bus.is_some() {
+            self.stats.bus_state(mode.bus_state());
+        }
     }
 
     /// Deletes `sks` and bumps `tags` in the shared tier; whether both
@@ -108,26 +110,21 @@ where
         created: bool,
         at_ms: u64,
     ) {
+        let what = format!("invalidation of keys {rendered:?} and tags {tags:?}");
         let weak = Arc::downgrade(self);
-        let clock = self.clock().clone();
-        tokio::spawn(async move {
-            let started = clock.now();
-            let mut backoff = Duration::from_millis(20);
-            loop {
-                tokio::time::sleep(backoff).await;
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.shared_invalidate(&sks, &tags).await {
-                    inner.apply_local(&hashes, &tags, at_ms);
-                    inner.publish(rendered, tags, created, at_ms).await;
-                    return;
+        self.retry_shared(what, move || {
+            let (weak, sks, hashes) = (weak.clone(), sks.clone(), hashes.clone());
+            let (rendered, tags) = (rendered.clone(), tags.clone());
+            async move {
+                let Some(inner) = weak.upgrade() else {
+                    return true;
+                };
+                if !inner.shared_invalidate(&sks, &tags).await {
+                    return false;
                 }
-                if clock.now().saturating_duration_since(started) > Duration::from_secs(300) {
-                    tracing::error!(ns = %inner.config.namespace, keys = ?rendered, ?tags, "shared-tier invalidation given up; the old value stays there until its TTL");
-                    metrics::counter!("tiercache_shared_invalidations_given_up_total", "namespace" => inner.config.namespace.clone())
-                        .increment(1);
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                inner.apply_local(&hashes, &tags, at_ms);
+                inner.publish(rendered, tags, created, at_ms).await;
+                true
             }
         });
     }
@@ -173,6 +170,18 @@ where
         created: bool,
         at_ms: u64,
     ) -> Option<u64> {
+        self.publish_message(keys, tags, created, None, at_ms).await
+    }
+
+    /// [`publish`](Self::publish), for a clear too.
+    pub(super) async fn publish_message(
+        &self,
+        keys: Vec<String>,
+        tags: Vec<String>,
+        created: bool,
+        clear: Option<ClearNote>,
+        at_ms: u64,
+    ) -> Option<u64> {
         let outbox = self.outbox.as_ref()?;
         let mut msg = Invalidation {
             sender_instance: self.instance,
@@ -182,6 +191,7 @@ where
             created,
             seq: 0,
             source_time_ms: at_ms,
+            clear,
         };
         let encode = |seq| {
             msg.seq = seq;
@@ -207,8 +217,9 @@ where
     }
 
     pub(crate) fn flush_local_because(&self, reason: FlushReason) {
-        // Every reason but the user's own may hide a lost "created".
-        if reason != FlushReason::Requested {
+        // Every reason but the user's own (a flush, a clear) may hide a
+        // lost "created".
+        if !matches!(reason, FlushReason::Requested | FlushReason::Cleared) {
             self.bloom_suspect();
         }
         self.fence.invalidate_all();

@@ -33,6 +33,10 @@ pub(crate) struct LocalData<V> {
     pub(crate) stale: Instant,
     pub(crate) tags: Option<Arc<[TagHash]>>,
     pub(crate) weight: u32,
+    /// The soft-clear generation of the load that filled it: fresh only
+    /// while it is the current one (see `Fence::soft_clear`). In the
+    /// padding after `weight`, so it costs no memory.
+    pub(crate) generation: u32,
     /// Set once a refresh-ahead has been started (only with a soft TTL).
     pub(crate) refreshing: Option<Arc<AtomicBool>>,
 }
@@ -58,6 +62,7 @@ impl<V> LocalData<V> {
             stale: self.stale,
             tags: self.tags.clone(),
             weight: self.weight,
+            generation: self.generation,
             refreshing: self.refreshing.clone(),
         }
     }
@@ -113,6 +118,18 @@ pub(crate) fn tier<V: Send + Sync + 'static>(
 }
 
 impl<V> LocalData<V> {
+    /// Until when this entry is fresh, given the current soft-clear
+    /// `generation`: a soft clear since it was filled makes it stale now
+    /// (its write time is never later than now).
+    #[inline]
+    pub(crate) fn fresh_until(&self, generation: u32) -> Instant {
+        if self.generation == generation {
+            self.fresh
+        } else {
+            self.written.min(self.fresh)
+        }
+    }
+
     /// A local entry for shared-tier `times`, living no longer than `cap`
     /// from now (the local TTL, or the unsynced bound while the bus is down).
     /// `now` and `now_ms` are the same moment on the cache's clock,
@@ -140,6 +157,7 @@ impl<V> LocalData<V> {
             stale,
             tags: (!tags.is_empty()).then(|| Arc::from(tags)),
             weight: u32::try_from(weight.saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX),
+            generation: 0,
             refreshing: soft.map(|_| Arc::new(AtomicBool::new(false))),
         }
     }

@@ -6,6 +6,7 @@
 //! - [`load`]: the miss path, singleflight ([`flight`]), leases, batches;
 //! - [`fill`]: writes to both tiers, under fill tickets and the [`fence`];
 //! - [`invalidate`]: shared tier, local tier, bus, in that order;
+//! - [`clear`]: a whole namespace at once, by its clear epochs;
 //! - [`coherence`]: the bus listener (liveness, gaps, origins, trust);
 //! - [`build`]: the engine assembled from the builder ([`config`]).
 //!
@@ -15,6 +16,7 @@
 mod api;
 mod batch;
 mod build;
+mod clear;
 mod coherence;
 mod config;
 mod epochs;
@@ -35,7 +37,7 @@ mod types;
 pub use config::{
     CacheBuilder, DEFAULT_STALENESS_BOUND, MIN_STALENESS_BOUND, embedded_bus, embedded_shared_tier,
 };
-pub use types::{Applied, Entry, Fetched, LocalHit, Outcome, Tier};
+pub use types::{Applied, ClearMode, Entry, Fetched, LocalHit, Outcome, Tier};
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -54,7 +56,7 @@ use crate::error::SharedError;
 use crate::key::{KeyFormat, KeyHash, TagHash};
 use crate::message::MessageCodec;
 use crate::shared::SharedTier;
-use crate::stats::Stats;
+use crate::stats::{BusState, SharedErrorKind, Stats};
 
 use config::Config;
 use fence::Fence;
@@ -70,6 +72,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FlushReason {
     Requested,
+    Cleared,
     SharedFailover,
     BusEnded,
     BusHeardAgain,
@@ -81,9 +84,25 @@ pub(crate) enum FlushReason {
 }
 
 impl FlushReason {
+    /// Every reason (each is registered at 0 when a cache is built, so a
+    /// scrape shows the series before the first flush).
+    const ALL: [FlushReason; 10] = [
+        FlushReason::Requested,
+        FlushReason::Cleared,
+        FlushReason::SharedFailover,
+        FlushReason::BusEnded,
+        FlushReason::BusHeardAgain,
+        FlushReason::SequenceGap,
+        FlushReason::BusReconnected,
+        FlushReason::BusDisconnected,
+        FlushReason::MessagesDropped,
+        FlushReason::OriginSilent,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             FlushReason::Requested => "requested",
+            FlushReason::Cleared => "cleared",
             FlushReason::SharedFailover => "shared_tier_reconnected_or_failed_over",
             FlushReason::BusEnded => "bus_subscription_ended",
             FlushReason::BusHeardAgain => "bus_heard_after_silence",
@@ -92,6 +111,18 @@ impl FlushReason {
             FlushReason::BusDisconnected => "bus_disconnected",
             FlushReason::MessagesDropped => "messages_dropped",
             FlushReason::OriginSilent => "origin_silent",
+        }
+    }
+}
+
+impl LocalMode {
+    /// The bus state this mode stands for (for the `tiercache_bus_state`
+    /// gauge).
+    pub(crate) fn bus_state(self) -> BusState {
+        match self {
+            LocalMode::Trusted => BusState::Live,
+            LocalMode::Capped => BusState::Disconnected,
+            LocalMode::Bypass => BusState::Silent,
         }
     }
 }
@@ -145,6 +176,9 @@ pub(crate) struct Inner<K, V> {
     codec: Arc<dyn Codec<V>>,
     flights: Arc<Flights<V>>,
     pub(crate) fence: Fence,
+    /// The namespace's clear epochs as this instance knows them (see
+    /// [`clear`]).
+    pub(crate) epochs: clear::KnownEpochs,
     pub(crate) bloom: Option<BloomGuard>,
     pub(crate) stats: Arc<Stats>,
     mode: AtomicU8,
@@ -227,7 +261,13 @@ where
     V: Send + Sync + 'static,
 {
     pub(crate) fn shared_error(&self, e: &SharedError) {
-        self.stats.shared_errors(1);
+        let kind = match e {
+            SharedError::Timeout => SharedErrorKind::Timeout,
+            SharedError::BreakerOpen => SharedErrorKind::BreakerOpen,
+            SharedError::Unavailable(_) => SharedErrorKind::Unavailable,
+            SharedError::Server(_) => SharedErrorKind::Server,
+        };
+        self.stats.shared_errors(kind, 1);
         if log_due(self.clock(), &self.last_shared_log_ms) {
             tracing::warn!(
                 ns = %self.config.namespace,

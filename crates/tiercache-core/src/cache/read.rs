@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::envelope::{self};
 use crate::error::{DecodeError, Error};
 use crate::key::{CacheKey, KeyHash, ShowKey, TagHash};
-use crate::shared::SharedTier;
+use crate::shared::{Cleared, SharedTier};
 
 use super::flight::StaleCopy;
 use super::local::{LocalData, LocalTier};
@@ -39,7 +39,9 @@ where
         inner
             .with_local_entry(&inner.keys.hash(key), |e| {
                 let now = inner.clock().now();
-                if now >= e.fresh || e.soft.is_some_and(|s| now >= s) {
+                if now >= e.fresh_until(inner.fence.generation())
+                    || e.soft.is_some_and(|s| now >= s)
+                {
                     return None;
                 }
                 inner.stats.local_hits(1);
@@ -105,7 +107,7 @@ where
         let mut stale = None;
         if let Some(e) = inner.local_entry(&h) {
             let now = inner.clock().now();
-            let fresh = now < e.fresh;
+            let fresh = now < e.fresh_until(inner.fence.generation());
             let refresh = fresh
                 && e.soft.is_some_and(|s| now >= s)
                 && e.refreshing
@@ -204,8 +206,11 @@ where
         h: &KeyHash,
         f: impl FnOnce(&LocalData<V>) -> R,
     ) -> Option<R> {
-        self.with_local_entry(h, |e| (self.clock().now() < e.fresh).then(|| f(e)))
-            .flatten()
+        let generation = self.fence.generation();
+        self.with_local_entry(h, |e| {
+            (self.clock().now() < e.fresh_until(generation)).then(|| f(e))
+        })
+        .flatten()
     }
 
     /// The fresh local entry under `h`, counted as a local hit: `Some(value)`
@@ -260,6 +265,10 @@ where
     /// instance applied (their delete failed in the shared tier and is being
     /// retried; a load will overwrite them).
     pub(super) async fn accept_shared(&self, sk: &str, h: KeyHash, bytes: &[u8]) -> SharedFind<V> {
+        // Judged by the namespace's clear epochs, which must be known.
+        if !self.epochs_ready().await {
+            return SharedFind::Miss;
+        }
         let env = match envelope::decode_limited(bytes, self.config.max_value_size) {
             Ok(e) => e,
             Err(DecodeError::FutureVersion(v)) => {
@@ -283,6 +292,16 @@ where
             tracing::debug!(
                 key = sk,
                 "shared value older than an invalidation applied here; miss"
+            );
+            return SharedFind::Miss;
+        }
+        let cleared = self.epochs.get().judge(env.epoch);
+        if cleared == Cleared::Gone {
+            self.stats.shared_superseded(1);
+            tracing::debug!(
+                key = sk,
+                epoch = env.epoch,
+                "shared value older than a hard clear; miss"
             );
             return SharedFind::Miss;
         }
@@ -324,7 +343,7 @@ where
             tags,
             weight: env.payload.len(),
         };
-        if now < env.times.fresh_ms {
+        if now < env.times.fresh_ms && cleared == Cleared::Current {
             SharedFind::Fresh(d)
         } else {
             SharedFind::Stale(d)

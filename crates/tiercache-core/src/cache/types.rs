@@ -202,6 +202,30 @@ pub struct Applied {
     pub keys: Vec<String>,
     /// The tags it dropped.
     pub tags: Vec<String>,
+    /// It cleared the whole namespace, this way.
+    pub clear: Option<ClearMode>,
     /// When it had been applied here (local entries evicted, fills revoked).
     pub at: std::time::Instant,
+}
+
+/// How [`Cache::clear`](crate::Cache::clear) drops a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClearMode {
+    /// Every entry is gone: the next read of any key loads it.
+    Hard,
+    /// Every entry is stale: a read loads it again, and until that load
+    /// succeeds the old value is served within its grace period (while
+    /// another instance holds the key's lease, or when the origin fails),
+    /// as for any entry past its TTL.
+    Soft,
+}
+
+impl ClearMode {
+    /// `"hard"` or `"soft"`, as metrics and logs name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClearMode::Hard => "hard",
+            ClearMode::Soft => "soft",
+        }
+    }
 }

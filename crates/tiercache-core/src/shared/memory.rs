@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use moka::Expiry;
 
-use super::{FillTicket, SharedTier};
+use super::{ClearEpochs, FillTicket, SharedTier};
 use crate::clock::{Clock, Instant};
 use crate::error::SharedError;
 
@@ -54,6 +54,7 @@ struct Meta {
     leases: HashMap<String, (u64, Instant)>,
     tag_clocks: HashMap<String, u64>,
     tags: HashMap<(String, String), u64>,
+    clears: HashMap<String, ClearEpochs>,
     next_token: u64,
 }
 
@@ -204,6 +205,7 @@ impl SharedTier for InProcessSharedTier {
             tag_clock,
             lease,
             lease_held_elsewhere: held,
+            epochs: m.clears.get(namespace).copied().unwrap_or_default(),
         })
     }
 
@@ -271,6 +273,30 @@ impl SharedTier for InProcessSharedTier {
             m.tags.insert((namespace.to_owned(), tag.clone()), v);
         }
         Ok(())
+    }
+
+    async fn clear_epochs(&self, namespace: &str) -> Result<ClearEpochs, SharedError> {
+        Ok(self
+            .meta()
+            .clears
+            .get(namespace)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    async fn clear(
+        &self,
+        namespace: &str,
+        hard: bool,
+        after: u64,
+    ) -> Result<ClearEpochs, SharedError> {
+        let mut m = self.meta();
+        let e = m.clears.entry(namespace.to_owned()).or_default();
+        e.epoch = e.epoch.max(after).saturating_add(1);
+        if hard {
+            e.floor = e.epoch;
+        }
+        Ok(*e)
     }
 }
 

@@ -27,6 +27,49 @@ pub struct FillTicket {
     pub lease: Option<u64>,
     /// Another holder has the lease: someone else is loading this key now.
     pub lease_held_elsewhere: bool,
+    /// The namespace's clear epochs when the load began: the fill is
+    /// written under `epochs.epoch`.
+    pub epochs: ClearEpochs,
+}
+
+/// A namespace's clear epochs, kept by the shared tier (see
+/// [`SharedTier::clear`]). Every value is written under the epoch current
+/// when its load began; a reader compares it with these.
+///
+/// Ordered by `epoch`, then `floor`: both only grow, so the greater of two
+/// readings is the later one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClearEpochs {
+    /// How many times the namespace was cleared, hard or soft: a value
+    /// written under an older epoch is stale (served only within grace).
+    pub epoch: u64,
+    /// The epoch of the last hard clear: a value written under an older
+    /// epoch is gone.
+    pub floor: u64,
+}
+
+impl ClearEpochs {
+    /// What a value written under `written` is now.
+    pub fn judge(&self, written: u64) -> Cleared {
+        if written < self.floor {
+            Cleared::Gone
+        } else if written < self.epoch {
+            Cleared::Stale
+        } else {
+            Cleared::Current
+        }
+    }
+}
+
+/// A value's standing against its namespace's [`ClearEpochs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleared {
+    /// Written since the last clear.
+    Current,
+    /// Written before a soft clear: stale, servable within grace.
+    Stale,
+    /// Written before a hard clear: as if deleted.
+    Gone,
 }
 
 /// What the shared tier tells the engine about its connection.
@@ -67,6 +110,11 @@ pub enum SharedEvent {
 /// entry whose recorded tag versions differ from the current ones is stale, and
 /// a load whose ticket's `tag_clock` is below a tag's version was overtaken by
 /// an invalidation of that tag. Tag invalidation is O(1) per tag: no scan.
+///
+/// And per namespace, **clear epochs** ([`ClearEpochs`]):
+/// [`clear`](SharedTier::clear) raises them in O(1), and
+/// [`begin_fill`](SharedTier::begin_fill) hands out the current ones with
+/// the ticket.
 ///
 /// Every implementation must pass `backend::conformance::shared_tier`
 /// (feature `conformance`).
@@ -122,6 +170,21 @@ pub trait SharedTier: Send + Sync + 'static {
     /// Gives each of `tags` in `namespace` a new version, greater than any tag
     /// clock value handed out before.
     async fn invalidate_tags(&self, namespace: &str, tags: &[String]) -> Result<(), SharedError>;
+
+    /// The clear epochs of `namespace` (both 0 for one never cleared).
+    async fn clear_epochs(&self, namespace: &str) -> Result<ClearEpochs, SharedError>;
+
+    /// Clears `namespace` in O(1): a new epoch, greater than both the
+    /// stored one and `after` (the newest this caller knows, in case the
+    /// store lost its copy), and with `hard` a floor raised to it. Returns
+    /// the new epochs. Values are not deleted: readers judge them by the
+    /// epoch they were written under, and they expire with their TTL.
+    async fn clear(
+        &self,
+        namespace: &str,
+        hard: bool,
+        after: u64,
+    ) -> Result<ClearEpochs, SharedError>;
 
     /// Connection events, for implementations that have a connection. The
     /// engine drops its local tier on `Reconnected` and `FailedOver`.
