@@ -15,6 +15,16 @@
 //! | `tiercache_sidecar_reconnects_total` | counter | source reconnects |
 //! | `tiercache_sidecar_notify_gaps_total` | counter | notify reconnects (changes meanwhile lost) |
 //! | `tiercache_sidecar_source_connected` | gauge | 1 while the source is connected |
+//! | `tiercache_sidecar_publish_backlog` | gauge | bus publishes queued, not yet out |
+//! | `tiercache_sidecar_notify_overflow_total` | counter | notifications too large for `pg_notify` (`notify`) |
+//! | `tiercache_sidecar_unrenderable_total{namespace}` | counter | templates a change could not fill |
+//!
+//! [`register_metrics`] registers them all (at zero) when the sidecar
+//! starts, so that a scrape, a dashboard or an alert finds every series
+//! before the first change or the first error: the Prometheus exporter
+//! shows only what was registered. The shared tier's breaker gauge
+//! (`tiercache_shared_breaker_open`) is registered when the Redis sink is
+//! built, which is why `main` installs the recorder first.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -27,7 +37,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::config::{Config, SourceKind};
 use crate::{Error, Shutdown, Status};
+
+/// The `op` labels of `tiercache_sidecar_errors_total` and (the sink's
+/// calls, retried) `tiercache_sidecar_retries_total`.
+const SOURCE_OPS: &[&str] = &["source", "decode", "message"];
+const SINK_OPS: &[&str] = &["shared_invalidate", "shared_invalidate_tags", "bus_publish"];
 
 /// Buckets of `tiercache_sidecar_lag_seconds`.
 pub const LAG_BUCKETS: &[f64] = &[
@@ -61,6 +77,53 @@ pub fn install_recorder() -> Result<PrometheusHandle, Error> {
         Ok(handle)
     });
     result.clone().map_err(Error::Metrics)
+}
+
+/// Registers every sidecar metric at zero with the installed recorder (see
+/// the module docs), labelled by `config`'s source kind and its rules'
+/// namespaces. Call it after [`install_recorder`]; a value already recorded
+/// is left as it is.
+pub fn register_metrics(config: &Config) {
+    let source = match config.source.kind {
+        SourceKind::Notify => "notify",
+        SourceKind::Logical => "logical",
+    };
+    metrics::counter!("tiercache_sidecar_changes_read_total", "source" => source).increment(0);
+    metrics::counter!("tiercache_sidecar_changes_ignored_total", "source" => source).increment(0);
+    for &op in SOURCE_OPS.iter().chain(SINK_OPS) {
+        metrics::counter!("tiercache_sidecar_errors_total", "op" => op).increment(0);
+    }
+    for &op in SINK_OPS {
+        metrics::counter!("tiercache_sidecar_retries_total", "op" => op).increment(0);
+    }
+    metrics::counter!("tiercache_sidecar_reconnects_total").increment(0);
+    match config.source.kind {
+        SourceKind::Notify => {
+            metrics::counter!("tiercache_sidecar_notify_gaps_total").increment(0);
+            metrics::counter!("tiercache_sidecar_notify_overflow_total").increment(0);
+        }
+        // The slot's lag is only known for a slot; until the first poll
+        // the gauge reads 0.
+        SourceKind::Logical => metrics::gauge!("tiercache_sidecar_slot_lag_bytes").increment(0.0),
+    }
+    let mut namespaces: Vec<&str> = config.rules.iter().map(|r| r.namespace.as_str()).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    for ns in namespaces {
+        let ns = ns.to_owned();
+        metrics::counter!("tiercache_sidecar_invalidations_sent_total", "namespace" => ns.clone())
+            .increment(0);
+        metrics::counter!("tiercache_sidecar_keys_invalidated_total", "namespace" => ns.clone())
+            .increment(0);
+        metrics::counter!("tiercache_sidecar_tags_invalidated_total", "namespace" => ns.clone())
+            .increment(0);
+        metrics::counter!("tiercache_sidecar_unrenderable_total", "namespace" => ns).increment(0);
+    }
+    // Registering a histogram exports it (every bucket at 0) before the
+    // first sample.
+    drop(metrics::histogram!("tiercache_sidecar_lag_seconds"));
+    metrics::gauge!("tiercache_sidecar_publish_backlog").increment(0.0);
+    metrics::gauge!("tiercache_sidecar_source_connected").increment(0.0);
 }
 
 #[derive(Clone)]

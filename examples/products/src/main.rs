@@ -24,13 +24,25 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::config::Settings;
 use crate::db::Db;
 use crate::routes::AppState;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Buckets of `tiercache_load_duration_seconds` (origin loads) and of the
+/// app's request latency, in seconds.
+const LOAD_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets of `tiercache_commit_to_evict_seconds`, finer around the
+/// staleness bound (0.5 s by default) that the alert rules compare with.
+const EVICT_LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+];
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -75,7 +87,23 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     }
 
     // The recorder first: the caches register their counters when built.
-    let metrics = PrometheusBuilder::new().install_recorder()?;
+    // The engine's histograms as Prometheus histograms (buckets, not a
+    // summary), so that a dashboard can aggregate them across instances
+    // with `histogram_quantile` (deploy/grafana/).
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tiercache_load_duration_seconds".into()),
+            LOAD_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("tiercache_commit_to_evict_seconds".into()),
+            EVICT_LAG_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("products_http_request_duration_seconds".into()),
+            LOAD_BUCKETS,
+        )?
+        .install_recorder()?;
     let upkeep = metrics.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
