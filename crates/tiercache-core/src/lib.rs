@@ -101,6 +101,8 @@ pub use cache::{
     Applied, Cache, CacheBuilder, ClearMode, DEFAULT_STALENESS_BOUND, Entry, Fetched, LocalHit,
     MIN_STALENESS_BOUND, Outcome, Tier, embedded_bus, embedded_shared_tier,
 };
+#[cfg(feature = "config")]
+pub use cache::{CONFIG_SETTINGS, CacheConfig, ConfigFileError};
 pub use codec::{Codec, Postcard, RawBytes};
 pub use error::{ConfigError, DecodeError, EncodeError, Error, NotStored};
 pub use key::{CacheKey, ShowKey};

@@ -78,6 +78,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 #![deny(unreachable_pub)]
 
+pub mod cli;
 pub mod config;
 pub mod emit;
 pub mod http;
@@ -91,7 +92,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use config::{Config, ConfigError, SourceKind};
+pub use config::{BusConfig, BusKind, Config, ConfigError, RedisConfig, SourceKind};
 pub use rules::{RuleSet, TemplateError};
 pub use sink::Sinks;
 

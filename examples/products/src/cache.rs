@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tiercache_core::backend::{Bus, SharedTier};
-use tiercache_core::{BloomGuardConfig, Cache};
+use tiercache_core::{BloomGuardConfig, Cache, CacheConfig};
 use tiercache_nats::NatsBus;
 use tiercache_redis::{RedisBus, RedisSharedTier};
 use tiercache_tower::{CachedResponse, HttpCacheLayer, ResponseCodec};
@@ -124,6 +124,15 @@ pub async fn build(settings: &Settings, db: &Db) -> Result<Caches, BoxError> {
         .ttl(ttl)
         .ttl_jitter(0.2)
         .grace(grace);
+    // Operators tune both caches without a rebuild: a file, then the
+    // environment, over the flags.
+    let file = settings.cache_config.as_deref();
+    products = products.config(&CacheConfig::load(file, Some("rows"), "PRODUCTS_ROWS_")?);
+    responses = responses.config(&CacheConfig::load(
+        file,
+        Some("responses"),
+        "PRODUCTS_RESPONSES_",
+    )?);
     if let Some(s) = shared {
         products = products.shared_tier_arc(Arc::clone(&s));
         responses = responses.shared_tier_arc(s);

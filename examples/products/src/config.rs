@@ -42,6 +42,14 @@ pub struct Settings {
     #[arg(long, env = "CACHE_NEGATIVE_TTL_SECS", default_value_t = 30)]
     pub negative_ttl_secs: u64,
 
+    /// A TOML file of cache settings: table `[rows]` for the product-row
+    /// cache, `[responses]` for the HTTP response cache (see
+    /// examples/products/cache.toml). Environment variables
+    /// `PRODUCTS_ROWS_<SETTING>` and `PRODUCTS_RESPONSES_<SETTING>` override
+    /// it, and both override the flags above.
+    #[arg(long, env = "CACHE_CONFIG")]
+    pub cache_config: Option<std::path::PathBuf>,
+
     /// Postgres connection pool size.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub pool_size: u32,

@@ -19,6 +19,8 @@ mod build;
 mod clear;
 mod coherence;
 mod config;
+#[cfg(feature = "config")]
+mod config_file;
 mod epochs;
 mod fence;
 mod fill;
@@ -37,6 +39,8 @@ mod types;
 pub use config::{
     CacheBuilder, DEFAULT_STALENESS_BOUND, MIN_STALENESS_BOUND, embedded_bus, embedded_shared_tier,
 };
+#[cfg(feature = "config")]
+pub use config_file::{CacheConfig, ConfigFileError, SETTINGS as CONFIG_SETTINGS};
 pub use types::{Applied, ClearMode, Entry, Fetched, LocalHit, Outcome, Tier};
 
 use std::collections::HashMap;
