@@ -63,6 +63,8 @@ macro_rules! counters {
             bus_state: [metrics::Gauge; BusState::ALL.len()],
             local_entries: metrics::Gauge,
             local_bytes: metrics::Gauge,
+            outbox_queued: metrics::Gauge,
+            outbox_oldest_seconds: metrics::Gauge,
         }
 
         impl Stats {
@@ -81,6 +83,8 @@ macro_rules! counters {
                     bus_state: BusState::ALL.map(|b| metrics::gauge!("tiercache_bus_state", "namespace" => ns.to_owned(), "state" => b.as_str())),
                     local_entries: metrics::gauge!("tiercache_local_entries", "namespace" => ns.to_owned()),
                     local_bytes: metrics::gauge!("tiercache_local_bytes", "namespace" => ns.to_owned()),
+                    outbox_queued: metrics::gauge!("tiercache_outbox_queued", "namespace" => ns.to_owned()),
+                    outbox_oldest_seconds: metrics::gauge!("tiercache_outbox_oldest_seconds", "namespace" => ns.to_owned()),
                 }
             }
 
@@ -205,6 +209,14 @@ impl Stats {
         for (s, g) in BusState::ALL.iter().zip(&self.bus_state) {
             g.set(if *s == state { 1.0 } else { 0.0 });
         }
+    }
+
+    /// Sets the outbox gauges: invalidations not yet on the bus, and the
+    /// age of the oldest.
+    pub(crate) fn outbox(&self, queued: usize, oldest: Option<std::time::Duration>) {
+        self.outbox_queued.set(queued as f64);
+        self.outbox_oldest_seconds
+            .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
     }
 
     /// Sets the local-tier gauges: entries and their weighted bytes.

@@ -111,7 +111,7 @@ where
 /// How often the local-tier gauges are set.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
-/// Now and then: sets the local tier's gauges (entries, bytes), and reads
+/// Now and then: sets the local tier's and the outbox's gauges, and reads
 /// the namespace's clear epochs from the shared tier (see
 /// [`clear`](super::clear)), so that a clear whose message never came is
 /// learnt within the period.
@@ -128,6 +128,10 @@ where
                 // moka's counts move with its maintenance: run what is due.
                 l.run_pending_tasks();
                 inner.stats.local_size(l.entry_count(), l.weighted_size());
+            }
+            if let Some(o) = &inner.outbox {
+                let (queued, oldest) = o.backlog();
+                inner.stats.outbox(queued, oldest);
             }
             if inner.shared.is_some() && tokio::time::Instant::now() >= epochs_due {
                 inner.refresh_epochs().await;

@@ -38,6 +38,8 @@ pub(super) type Beat = Box<dyn Fn(u64, bool) -> Bytes + Send + Sync>;
 
 struct Pending {
     payload: Bytes,
+    /// When it was queued.
+    queued_at: tokio::time::Instant,
     /// Told the first outcome: out (`true`), or a failed first attempt
     /// (`false`; the retries go on without the caller).
     first: Option<oneshot::Sender<bool>>,
@@ -55,7 +57,12 @@ struct Queue {
     /// heartbeat timer's (see [`crate::clock`]).
     state: Mutex<(u64, Option<tokio::time::Instant>)>,
     tx: mpsc::Sender<Pending>,
+    /// When the message being sent now was queued (`None`: none is).
+    head: Head,
 }
+
+/// When the message the publishing task holds was queued.
+type Head = Arc<Mutex<Option<tokio::time::Instant>>>;
 
 /// What became of a publish, as its caller sees it.
 pub(super) enum Sent {
@@ -82,10 +89,12 @@ impl Outbox {
         rt: &tokio::runtime::Handle,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        rt.spawn(run(bus, namespace, attempt_timeout, rx));
+        let head = Head::default();
+        rt.spawn(run(bus, namespace, attempt_timeout, rx, Arc::clone(&head)));
         let shared = Arc::new(Queue {
             state: Mutex::new((0, None)),
             tx,
+            head,
         });
         rt.spawn(heartbeats(Arc::downgrade(&shared), heartbeat, beat));
         Self { shared }
@@ -104,6 +113,7 @@ impl Outbox {
             let seq = *last;
             let queued = self.shared.tx.try_send(Pending {
                 payload: encode(seq),
+                queued_at: tokio::time::Instant::now(),
                 first: Some(done),
             });
             if queued.is_err() {
@@ -116,6 +126,18 @@ impl Outbox {
             // Failed (retried), the task ended with the runtime, or late.
             Ok(Ok(false) | Err(_)) | Err(_) => Sent::Late(Some(seq)),
         }
+    }
+
+    /// Messages not yet out (queued, or being sent), and how long ago the
+    /// oldest of them was queued.
+    pub(super) fn backlog(&self) -> (usize, Option<Duration>) {
+        let q = &self.shared;
+        let head = *q.head.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = q.tx.max_capacity() - q.tx.capacity();
+        (
+            waiting + usize::from(head.is_some()),
+            head.map(|at| at.elapsed()),
+        )
     }
 }
 
@@ -137,6 +159,7 @@ async fn heartbeats(queue: Weak<Queue>, every: Duration, beat: Beat) {
         }
         let _ = q.tx.try_send(Pending {
             payload: beat(*seq, farewell),
+            queued_at: tokio::time::Instant::now(),
             first: None,
         });
     }
@@ -150,8 +173,11 @@ async fn run(
     namespace: String,
     attempt_timeout: Duration,
     mut rx: mpsc::Receiver<Pending>,
+    head: Head,
 ) {
+    let set_head = |at| *head.lock().unwrap_or_else(|p| p.into_inner()) = at;
     while let Some(mut p) = rx.recv().await {
+        set_head(Some(p.queued_at));
         let started = tokio::time::Instant::now();
         let mut backoff = MIN_BACKOFF;
         let mut failures = 0u32;
@@ -189,5 +215,69 @@ async fn run(
                 }
             }
         }
+        set_head(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+
+    use super::*;
+    use crate::bus::BusEvent;
+
+    /// A bus whose publishes fail while `down` is set.
+    #[derive(Default)]
+    struct Flaky {
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Bus for Flaky {
+        async fn publish(&self, _: &str, _: Bytes) -> Result<(), BusError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(BusError::Timeout)
+            } else {
+                Ok(())
+            }
+        }
+        async fn subscribe(&self, _: &str) -> Result<BoxStream<'static, BusEvent>, BusError> {
+            Ok(Box::pin(futures::stream::pending()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backlog_counts_what_is_not_out_and_ages_the_oldest() {
+        let bus = Arc::new(Flaky::default());
+        bus.down.store(true, Ordering::SeqCst);
+        let beat: Beat = Box::new(|_, _| Bytes::new());
+        let outbox = Outbox::start(
+            Arc::clone(&bus) as Arc<dyn Bus>,
+            "ns".into(),
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+            beat,
+            &tokio::runtime::Handle::current(),
+        );
+        assert_eq!(outbox.backlog(), (0, None), "nothing queued");
+        for _ in 0..3 {
+            let sent = outbox
+                .publish(|_| Bytes::from_static(b"m"), Duration::from_millis(1))
+                .await;
+            assert!(matches!(sent, Sent::Late(Some(_))));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (queued, oldest) = outbox.backlog();
+        assert_eq!(queued, 3, "one being retried, two behind it");
+        assert!(
+            oldest.is_some_and(|a| a >= Duration::from_secs(2)),
+            "{oldest:?}"
+        );
+        bus.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(outbox.backlog(), (0, None), "all out");
     }
 }
