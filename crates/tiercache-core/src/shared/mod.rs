@@ -4,8 +4,10 @@
 //! The contract every implementation keeps is on [`SharedTier`].
 
 mod memory;
+mod sharded;
 
 pub use memory::InProcessSharedTier;
+pub use sharded::{ShardedSharedTier, ShardingError};
 
 use std::time::Duration;
 
