@@ -34,6 +34,30 @@ fn instance(
     .unwrap()
 }
 
+/// Instances of one namespace on one shared tier and one bus.
+struct Peers {
+    name: String,
+    clock: MockClock,
+    tier: InProcessSharedTier,
+    bus: InProcessBus,
+}
+
+impl Peers {
+    fn new() -> Self {
+        Peers {
+            name: ns(),
+            clock: MockClock::new(),
+            tier: InProcessSharedTier::default(),
+            bus: InProcessBus::new(),
+        }
+    }
+
+    /// Another instance.
+    fn join(&self) -> Cache<u64, String> {
+        instance(&self.name, &self.clock, &self.tier, Some(&self.bus))
+    }
+}
+
 /// Lets the background tasks run (tokio's time is paused: no real wait).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -57,10 +81,8 @@ async fn origin_down(c: &Cache<u64, String>, k: u64) -> Option<String> {
 
 #[tokio::test(start_paused = true)]
 async fn a_hard_clear_drops_every_entry_here_on_peers_and_for_new_instances() {
-    let (name, clock) = (ns(), MockClock::new());
-    let (tier, bus) = (InProcessSharedTier::default(), InProcessBus::new());
-    let a = instance(&name, &clock, &tier, Some(&bus));
-    let b = instance(&name, &clock, &tier, Some(&bus));
+    let p = Peers::new();
+    let (name, tier, a, b) = (&p.name, &p.tier, p.join(), p.join());
     settle().await;
     fill(&a, "old").await;
     settle().await;
@@ -80,7 +102,7 @@ async fn a_hard_clear_drops_every_entry_here_on_peers_and_for_new_instances() {
     for k in 0..KEYS {
         assert_eq!(b.get(&k).await, None, "gone on the peer: key {k}");
     }
-    let cold = instance(&name, &clock, &tier, Some(&bus));
+    let cold = p.join();
     for k in 0..KEYS {
         assert_eq!(cold.get(&k).await, None, "gone for a new instance");
     }
@@ -95,7 +117,7 @@ async fn a_hard_clear_drops_every_entry_here_on_peers_and_for_new_instances() {
         Some("new3")
     );
     assert_eq!(
-        tier.clear_epochs(&name).await.unwrap().floor,
+        tier.clear_epochs(name).await.unwrap().floor,
         1,
         "one hard clear"
     );
@@ -103,10 +125,8 @@ async fn a_hard_clear_drops_every_entry_here_on_peers_and_for_new_instances() {
 
 #[tokio::test(start_paused = true)]
 async fn a_soft_clear_leaves_stale_copies_served_within_grace() {
-    let (name, clock) = (ns(), MockClock::new());
-    let (tier, bus) = (InProcessSharedTier::default(), InProcessBus::new());
-    let a = instance(&name, &clock, &tier, Some(&bus));
-    let b = instance(&name, &clock, &tier, Some(&bus));
+    let p = Peers::new();
+    let (name, tier, a, b) = (&p.name, &p.tier, p.join(), p.join());
     settle().await;
     fill(&a, "old").await;
     for k in 0..KEYS {
@@ -125,7 +145,7 @@ async fn a_soft_clear_leaves_stale_copies_served_within_grace() {
     }
     // An instance that never held the key finds the stale copy in the
     // shared tier.
-    let cold = instance(&name, &clock, &tier, Some(&bus));
+    let cold = p.join();
     assert_eq!(cold.get(&2).await, None);
     assert_eq!(origin_down(&cold, 2).await.as_deref(), Some("old2"));
 
@@ -138,11 +158,11 @@ async fn a_soft_clear_leaves_stale_copies_served_within_grace() {
         cold.get(&1).await.as_deref().map(String::as_str),
         Some("new1")
     );
-    let e = tier.clear_epochs(&name).await.unwrap();
+    let e = tier.clear_epochs(name).await.unwrap();
     assert_eq!((e.epoch, e.floor), (1, 0), "a soft clear keeps the floor");
 
     // Past grace, a soft-cleared value is gone like any expired one.
-    clock.advance(Duration::from_secs(3700));
+    p.clock.advance(Duration::from_secs(3700));
     tokio::time::advance(Duration::from_secs(3700)).await;
     assert_eq!(origin_down(&a, 5).await, None);
 }
@@ -150,10 +170,8 @@ async fn a_soft_clear_leaves_stale_copies_served_within_grace() {
 #[tokio::test(start_paused = true)]
 async fn a_load_in_flight_across_a_clear_does_not_fill_fresh() {
     for mode in [ClearMode::Hard, ClearMode::Soft] {
-        let (name, clock) = (ns(), MockClock::new());
-        let (tier, bus) = (InProcessSharedTier::default(), InProcessBus::new());
-        let a = instance(&name, &clock, &tier, Some(&bus));
-        let b = instance(&name, &clock, &tier, Some(&bus));
+        let p = Peers::new();
+        let (a, b) = (p.join(), p.join());
         settle().await;
         let release = Arc::new(Notify::new());
         let gate = Arc::clone(&release);

@@ -103,13 +103,13 @@ async fn a_fresh_instance_reads_concurrent_misses_in_batches() {
     assert_eq!(reader.stats().loads, 0);
 
     // Off: one GET per key, besides the GETs of the namespace's clear
-    // epochs: each instance alive (three) reads them once at start and
-    // again every four staleness bounds (2 s by default).
+    // epochs: each instance alive (three) reads them once at start and,
+    // having no bus, again every half staleness bound (250 ms by default).
     reset();
     let started = std::time::Instant::now();
     let plain = instance(&tier, &ns, false);
     read_all(&plain).await;
-    let epoch_reads = 3 * (2 + started.elapsed().as_secs() / 2);
+    let epoch_reads = 3 * (2 + started.elapsed().as_millis() as u64 / 250);
     assert_eq!(calls(port, "mget"), 0);
     let gets = calls(port, "get");
     assert!(

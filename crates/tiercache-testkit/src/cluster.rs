@@ -52,14 +52,7 @@ impl RedisCluster {
         let redis_cli = binaries::redis_cli()?;
         let mut nodes = Vec::with_capacity(NODES);
         for _ in 0..NODES {
-            let mut spec = Spec::server();
-            spec.cluster_bus = true;
-            spec.conf.extend([
-                "cluster-enabled yes".to_owned(),
-                "cluster-config-file nodes.conf".to_owned(),
-                "cluster-node-timeout 2000".to_owned(),
-            ]);
-            nodes.push(RedisServer::launch(spec)?);
+            nodes.push(RedisServer::launch(node_spec())?);
         }
         let cluster = RedisCluster { nodes };
         let mut command = Command::new(redis_cli);
@@ -82,6 +75,122 @@ impl RedisCluster {
         }
         cluster.wait_for_state_ok(READY_TIMEOUT)?;
         Ok(cluster)
+    }
+
+    /// Starts one more node and joins it as a master that serves no slot
+    /// yet (`redis-cli --cluster add-node`); returns its port once every
+    /// node knows it. Move slots to it with [`move_slots`](Self::move_slots).
+    pub fn add_master(&mut self) -> Result<u16> {
+        let redis_cli = binaries::redis_cli()?;
+        let node = RedisServer::launch(node_spec())?;
+        let port = node.port();
+        let existing = self
+            .nodes
+            .iter()
+            .find(|n| n.started())
+            .map(RedisServer::port)
+            .ok_or_else(|| TestkitError::Command("no cluster node is running".to_owned()))?;
+        let mut command = Command::new(redis_cli);
+        command.args([
+            "--cluster".to_owned(),
+            "add-node".to_owned(),
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{existing}"),
+        ]);
+        let output = run_command(&mut command, Duration::from_secs(60))?;
+        if !output.status.success() {
+            return Err(TestkitError::Command(format!(
+                "redis-cli --cluster add-node failed ({}):\n{}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        self.nodes.push(node);
+        self.wait_for_state_ok(READY_TIMEOUT)?;
+        self.wait_for_agreement(READY_TIMEOUT)?;
+        Ok(port)
+    }
+
+    /// Waits until `redis-cli --cluster check` passes: every node agrees on
+    /// the slot map and no slot is left open (after a node joins or slots
+    /// move, the new configuration takes a moment to reach every node).
+    pub fn wait_for_agreement(&self, timeout: Duration) -> Result<()> {
+        let redis_cli = binaries::redis_cli()?;
+        let deadline = Instant::now() + timeout;
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.started())
+            .map(RedisServer::port)
+            .ok_or_else(|| TestkitError::Command("no cluster node is running".to_owned()))?;
+        loop {
+            let mut command = Command::new(&redis_cli);
+            command.args([
+                "--cluster".to_owned(),
+                "check".to_owned(),
+                format!("127.0.0.1:{node}"),
+            ]);
+            let output = run_command(&mut command, Duration::from_secs(30))?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if output.status.success() && !stdout.contains("[ERR]") && !stdout.contains("[WARNING]")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::Command(format!(
+                    "redis-cli --cluster check did not pass within {timeout:?}:\n{stdout}"
+                )));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Moves `slots` hash slots, keys included, to the master on `to`: from
+    /// the master on `from`, or from every other master (`None`), with
+    /// `redis-cli --cluster reshard` (slot by slot: MIGRATING / IMPORTING,
+    /// MIGRATE, SETSLOT NODE), while clients go on. Returns once the
+    /// cluster is healthy again.
+    pub fn move_slots(&self, from: Option<u16>, to: u16, slots: usize) -> Result<()> {
+        self.wait_for_agreement(READY_TIMEOUT)?;
+        let redis_cli = binaries::redis_cli()?;
+        let to_id = text_command(to, &["CLUSTER", "MYID"])?;
+        let from_id = match from {
+            Some(p) => text_command(p, &["CLUSTER", "MYID"])?,
+            None => "all".to_owned(),
+        };
+        let mut command = Command::new(redis_cli);
+        command.args([
+            "--cluster".to_owned(),
+            "reshard".to_owned(),
+            format!("127.0.0.1:{to}"),
+            "--cluster-from".to_owned(),
+            from_id.trim().to_owned(),
+            "--cluster-to".to_owned(),
+            to_id.trim().to_owned(),
+            "--cluster-slots".to_owned(),
+            slots.to_string(),
+            "--cluster-yes".to_owned(),
+        ]);
+        let output = run_command(&mut command, Duration::from_secs(300))?;
+        if !output.status.success() {
+            return Err(TestkitError::Command(format!(
+                "redis-cli --cluster reshard failed ({}):\n{}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        self.wait_for_state_ok(READY_TIMEOUT)?;
+        self.wait_for_agreement(READY_TIMEOUT)
+    }
+
+    /// How many slots the master on `port` serves, as it reports itself.
+    pub fn slots_of(&self, port: u16) -> Result<usize> {
+        Ok(cluster_nodes(port)?
+            .iter()
+            .find(|l| l.has_flag("myself"))
+            .map_or(0, |l| l.slots))
     }
 
     /// `redis://127.0.0.1:PORT` of every node (killed ones included).
@@ -228,6 +337,18 @@ impl RedisCluster {
         }
         None
     }
+}
+
+/// A cluster node: cluster mode, its own bus port, a 2 s node timeout.
+fn node_spec() -> Spec {
+    let mut spec = Spec::server();
+    spec.cluster_bus = true;
+    spec.conf.extend([
+        "cluster-enabled yes".to_owned(),
+        "cluster-config-file nodes.conf".to_owned(),
+        "cluster-node-timeout 2000".to_owned(),
+    ]);
+    spec
 }
 
 /// Parses `CLUSTER NODES` of the node on `port`.

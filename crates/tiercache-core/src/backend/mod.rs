@@ -27,6 +27,6 @@ pub use crate::error::{BoxError, BusError, SharedError};
 pub use crate::key::{KeyFormat, KeyHash};
 pub use crate::message::{ClearNote, Invalidation, MessageCodec, OriginSignal};
 pub use crate::shared::{
-    ClearEpochs, Cleared, FillTicket, InProcessSharedTier, ShardedSharedTier, SharedEvent,
-    SharedTier, ShardingError,
+    ClearEpochs, Cleared, FillTicket, InProcessSharedTier, ShardedSharedTier, ShardingError,
+    SharedEvent, SharedTier,
 };

@@ -46,6 +46,11 @@ pub(crate) struct Fence {
     /// under the write side.
     gate: RwLock<()>,
     records: Mutex<Records>,
+    /// Keys and tags whose shared-tier invalidation failed and is being
+    /// retried (see [`Fence::hold`]), and how many are held (read without
+    /// the lock).
+    holds: Mutex<Holds>,
+    holding: AtomicU64,
     retention: Duration,
     /// Where the time is read (the cache's clock).
     time: Clock,
@@ -64,6 +69,17 @@ struct Records {
     /// many keys) costs amortised O(1) each, not a pass over every record.
     prune_over: usize,
 }
+
+/// Held keys and tags: how many holds each has, and when the first began.
+#[derive(Default)]
+struct Holds {
+    keys: HashMap<KeyHash, (u32, Instant)>,
+    tags: HashMap<TagHash, (u32, Instant)>,
+}
+
+/// A hold outlives no retry: the engine gives a shared-tier invalidation
+/// up after five minutes.
+const HOLD_AT_MOST: Duration = Duration::from_secs(300);
 
 /// Records are never pruned below this many.
 const PRUNE_FLOOR: usize = 8192;
@@ -86,6 +102,8 @@ impl Fence {
             latest_ms: AtomicU64::new(0),
             gate: RwLock::new(()),
             records: Mutex::new(Records::default()),
+            holds: Mutex::new(Holds::default()),
+            holding: AtomicU64::new(0),
             retention,
             time: clock,
         }
@@ -142,6 +160,64 @@ impl Fence {
         r.tags.insert(tag, (v, now, wall));
         self.latest_ms.fetch_max(wall, SeqCst);
         self.prune(&mut r, now);
+    }
+
+    /// `keys` and `tags` were invalidated here but their shared-tier
+    /// invalidation failed and is being retried: until it lands
+    /// ([`release`](Self::release)), the shared tier may hold an old value
+    /// written *after* the invalidation (a load elsewhere that began before
+    /// it, whose fill the unbumped version let through), which
+    /// [`superseded`](Self::superseded) cannot tell by its time. Such values
+    /// are not taken here meanwhile, so this instance reads its own write.
+    pub(crate) fn hold(&self, keys: &[KeyHash], tags: &[TagHash]) {
+        let now = self.time.now();
+        let mut h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            h.keys.entry(*k).or_insert((0, now)).0 += 1;
+        }
+        for t in tags {
+            h.tags.entry(*t).or_insert((0, now)).0 += 1;
+        }
+        self.holding
+            .store((h.keys.len() + h.tags.len()) as u64, SeqCst);
+    }
+
+    /// The retry of a [`hold`](Self::hold) landed.
+    pub(crate) fn release(&self, keys: &[KeyHash], tags: &[TagHash]) {
+        let mut h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        fn drop_one<T: std::hash::Hash + Eq>(m: &mut HashMap<T, (u32, Instant)>, k: &T) {
+            if let Some(e) = m.get_mut(k) {
+                e.0 = e.0.saturating_sub(1);
+                if e.0 == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+        for k in keys {
+            drop_one(&mut h.keys, k);
+        }
+        for t in tags {
+            drop_one(&mut h.tags, t);
+        }
+        self.holding
+            .store((h.keys.len() + h.tags.len()) as u64, SeqCst);
+    }
+
+    /// Whether `key`, or one of `tags`, is held (see [`hold`](Self::hold)).
+    /// One atomic load when nothing is.
+    pub(crate) fn is_held(&self, key: KeyHash, tags: &[TagHash]) -> bool {
+        if self.holding.load(SeqCst) == 0 {
+            return false;
+        }
+        let now = self.time.now();
+        let mut h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let live =
+            |(_, since): &(u32, Instant)| now.saturating_duration_since(*since) < HOLD_AT_MOST;
+        h.keys.retain(|_, v| live(v));
+        h.tags.retain(|_, v| live(v));
+        self.holding
+            .store((h.keys.len() + h.tags.len()) as u64, SeqCst);
+        h.keys.contains_key(&key) || tags.iter().any(|t| h.tags.contains_key(t))
     }
 
     /// Everything is stale (a soft clear): a local entry filled by a load
@@ -397,6 +473,24 @@ mod tests {
         f.invalidate_tag_at(t, 2000);
         f.invalidate_tag_at(t, 1000);
         assert!(f.superseded(KeyHash(9), &[t], 1500));
+    }
+
+    #[test]
+    fn held_keys_and_tags_until_released_or_too_old() {
+        let (f, clock) = fence();
+        let (k, other, t) = (KeyHash(1), KeyHash(2), TagHash(7));
+        assert!(!f.is_held(k, &[]));
+        f.hold(&[k], &[t]);
+        f.hold(&[k], &[]);
+        assert!(f.is_held(k, &[]) && f.is_held(other, &[t]) && !f.is_held(other, &[]));
+        f.release(&[k], &[t]);
+        assert!(f.is_held(k, &[]), "held twice, released once");
+        assert!(!f.is_held(other, &[t]));
+        f.release(&[k], &[]);
+        assert!(!f.is_held(k, &[]));
+        f.hold(&[k], &[]);
+        clock.advance(HOLD_AT_MOST);
+        assert!(!f.is_held(k, &[]), "a hold outlives no retry");
     }
 
     #[test]

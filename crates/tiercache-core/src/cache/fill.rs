@@ -36,7 +36,7 @@ where
     V: Send + Sync + 'static,
 {
     /// [`Cache::insert_entry`].
-    pub(super) async fn insert(&self, key: &K, entry: Entry<V>) {
+    pub(super) async fn insert(self: &Arc<Self>, key: &K, entry: Entry<V>) {
         let inner = self;
         // Values written before now are older than this one.
         let at = inner.clock().wall_ms();
@@ -58,7 +58,17 @@ where
                     }
                 }
                 Err(e) => {
+                    // The old value stays in the shared tier until a retry
+                    // deletes it; meanwhile this instance takes none of it.
                     inner.shared_error(&e);
+                    inner.retry_shared_invalidation(
+                        vec![sk.clone()],
+                        vec![h],
+                        vec![key.render()],
+                        Vec::new(),
+                        true,
+                        at,
+                    );
                     inner.apply_local(&[h], &[], at);
                     None
                 }

@@ -33,10 +33,17 @@ where
         // The shared tier first: evicting locally first would let a read in
         // between copy the old shared value back into the local tier.
         let done = inner.shared_invalidate(&sks, &tags).await;
-        inner.apply_local(&hashes, &tags, at);
         if !done {
-            inner.retry_shared_invalidation(sks, hashes, rendered.clone(), tags.clone(), false, at);
+            inner.retry_shared_invalidation(
+                sks,
+                hashes.clone(),
+                rendered.clone(),
+                tags.clone(),
+                false,
+                at,
+            );
         }
+        inner.apply_local(&hashes, &tags, at);
         inner.publish(rendered, tags, false, at).await
     }
 
@@ -50,10 +57,10 @@ where
         }
         let sks = vec![sk];
         let done = inner.shared_invalidate(&sks, &[]).await;
-        inner.apply_local(&[h], &[], at);
         if !done {
             inner.retry_shared_invalidation(sks, vec![h], vec![key.render()], Vec::new(), true, at);
         }
+        inner.apply_local(&[h], &[], at);
         inner
             .publish(vec![key.render()], Vec::new(), true, at)
             .await;
@@ -111,10 +118,14 @@ where
         at_ms: u64,
     ) {
         let what = format!("invalidation of keys {rendered:?} and tags {tags:?}");
+        // Until it lands, this instance takes no shared value of them (see
+        // `Fence::hold`).
+        let tag_hashes: Vec<TagHash> = tags.iter().map(|t| TagHash::of(t)).collect();
+        self.fence.hold(&hashes, &tag_hashes);
         let weak = Arc::downgrade(self);
         self.retry_shared(what, move || {
             let (weak, sks, hashes) = (weak.clone(), sks.clone(), hashes.clone());
-            let (rendered, tags) = (rendered.clone(), tags.clone());
+            let (rendered, tags, tag_hashes) = (rendered.clone(), tags.clone(), tag_hashes.clone());
             async move {
                 let Some(inner) = weak.upgrade() else {
                     return true;
@@ -122,6 +133,7 @@ where
                 if !inner.shared_invalidate(&sks, &tags).await {
                     return false;
                 }
+                inner.fence.release(&hashes, &tag_hashes);
                 inner.apply_local(&hashes, &tags, at_ms);
                 inner.publish(rendered, tags, created, at_ms).await;
                 true

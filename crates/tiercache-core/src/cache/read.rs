@@ -287,7 +287,7 @@ where
             return SharedFind::Miss;
         }
         let tags: Box<[TagHash]> = env.tags.iter().map(|(t, _)| TagHash::of(t)).collect();
-        if self.fence.superseded(h, &tags, env.times.written_ms) {
+        if self.fence.superseded(h, &tags, env.times.written_ms) || self.fence.is_held(h, &tags) {
             self.stats.shared_superseded(1);
             tracing::debug!(
                 key = sk,
