@@ -70,6 +70,32 @@ pub struct ConnArgs {
         hide_env_values = true
     )]
     pub redis_password: Option<String>,
+    /// A PEM file of the CA(s) to trust for Redis TLS (`rediss://`; shared
+    /// tier and Redis bus) instead of the system's roots.
+    #[arg(long, env = "TIERCACHE_REDIS_TLS_CA_CERT", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// A PEM file of the CA(s) to trust for NATS TLS (`tls://`).
+    #[arg(long, env = "TIERCACHE_NATS_TLS_CA_CERT", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// The NATS auth token.
+    #[arg(
+        long,
+        env = "TIERCACHE_NATS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<String>,
+    /// The NATS user (with --nats-password).
+    #[arg(long, env = "TIERCACHE_NATS_USER", value_name = "NAME")]
+    pub nats_user: Option<String>,
+    /// The NATS password (with --nats-user).
+    #[arg(
+        long,
+        env = "TIERCACHE_NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
     /// The bus on NATS.
     #[arg(long, env = "TIERCACHE_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,

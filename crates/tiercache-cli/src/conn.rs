@@ -2,7 +2,7 @@
 //! over the sidecar's TOML file, then connected. Each resolved value keeps
 //! the name of the setting it came from, so an error names it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,6 +106,12 @@ pub struct Settings {
     pub redis_username: Option<String>,
     /// Redis password.
     pub redis_password: Option<String>,
+    /// The CA(s) trusted for Redis TLS, with the setting that named it.
+    pub redis_tls_ca: Option<Named<PathBuf>>,
+    /// TLS to Sentinel-found masters / Cluster nodes (`redis.tls` in the file).
+    pub redis_tls: bool,
+    /// NATS TLS and credentials.
+    pub nats_auth: NatsAuthSettings,
     /// The bus, if configured.
     pub bus: Option<Named<BusTarget>>,
     /// The bus's subject / channel prefix.
@@ -114,6 +120,21 @@ pub struct Settings {
     pub signing_key: Option<Named<String>>,
     /// The time budget of connections and calls.
     pub timeout: Duration,
+}
+
+/// NATS TLS and credentials, from flags or the file's `[bus]`.
+#[derive(Clone, Debug, Default)]
+pub struct NatsAuthSettings {
+    /// The CA(s) trusted for TLS, with the setting that named it.
+    pub tls_ca: Option<Named<PathBuf>>,
+    /// Refuse a server without TLS.
+    pub require_tls: bool,
+    /// An auth token.
+    pub token: Option<String>,
+    /// A user and password.
+    pub user_password: Option<(String, String)>,
+    /// A `.creds` file.
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// The `[redis]` and `[bus]` sections of the sidecar's file; the rest of
@@ -230,6 +251,16 @@ impl Settings {
         let redis_password = non_empty("--redis-password", &args.redis_password)?
             .or_else(|| file.redis.as_ref().and_then(|r| r.password.clone()));
 
+        let redis_tls_ca = match &args.redis_tls_ca {
+            Some(p) => Some(Named::new(p.clone(), "--redis-tls-ca")),
+            None => file
+                .redis
+                .as_ref()
+                .and_then(|r| r.tls_ca_cert.clone())
+                .map(|p| Named::new(p, in_file("redis.tls_ca_cert"))),
+        };
+        let redis_tls = file.redis.as_ref().is_some_and(|r| r.tls);
+
         let nats_url = non_empty("--nats-url", &args.nats_url)?;
         let redis_bus_url = non_empty("--redis-bus-url", &args.redis_bus_url)?;
         let file_bus = file.bus.unwrap_or_default();
@@ -300,6 +331,41 @@ impl Settings {
                 "needs a NATS bus (--nats-url)",
             ));
         }
+        let nats_auth = NatsAuthSettings {
+            tls_ca: match &args.nats_tls_ca {
+                Some(p) => Some(Named::new(p.clone(), "--nats-tls-ca")),
+                None if file_bus.kind == BusKind::Nats => file_bus
+                    .tls_ca_cert
+                    .clone()
+                    .map(|p| Named::new(p, in_file("bus.tls_ca_cert"))),
+                None => None,
+            },
+            require_tls: file_bus.require_tls,
+            token: non_empty("--nats-token", &args.nats_token)?.or_else(|| file_bus.token.clone()),
+            user_password: match (
+                non_empty("--nats-user", &args.nats_user)?,
+                non_empty("--nats-password", &args.nats_password)?,
+            ) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (Some(_), None) => {
+                    return Err(Error::setting("--nats-password", "needed with --nats-user"));
+                }
+                (None, Some(_)) => {
+                    return Err(Error::setting("--nats-user", "needed with --nats-password"));
+                }
+                (None, None) => match (&file_bus.user, &file_bus.password) {
+                    (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                    _ => None,
+                },
+            },
+            credentials_file: file_bus.credentials_file.clone(),
+        };
+        if nats_auth.token.is_some() && nats_auth.user_password.is_some() {
+            return Err(Error::setting(
+                "--nats-token / --nats-user",
+                "give one way to authenticate to NATS",
+            ));
+        }
         let bus_prefix = non_empty("--bus-prefix", &args.bus_prefix)?
             .or_else(|| file_bus.subject_prefix.clone());
         let signing_key = match &args.signing_key {
@@ -329,11 +395,32 @@ impl Settings {
             redis,
             redis_username,
             redis_password,
+            redis_tls_ca,
+            redis_tls,
+            nats_auth,
             bus,
             bus_prefix,
             signing_key,
             timeout: Duration::from_millis(args.timeout_ms),
         })
+    }
+
+    /// The flag (or file field) a Redis build error is about: the CA or the
+    /// password when the library names them, else `fallback`.
+    fn redis_setting_at_fault(&self, e: &BuildError, fallback: &str) -> String {
+        match e {
+            BuildError::Config {
+                field: "tls_ca_cert",
+                ..
+            } => self
+                .redis_tls_ca
+                .as_ref()
+                .map_or_else(|| "--redis-tls-ca".to_owned(), |ca| ca.setting.clone()),
+            BuildError::Config {
+                field: "password", ..
+            } => "--redis-password".to_owned(),
+            _ => fallback.to_owned(),
+        }
     }
 
     /// The codec bus messages are signed (and checked) with.
@@ -375,6 +462,12 @@ impl Settings {
         if let Some(p) = &self.redis_password {
             b = b.password(p.clone());
         }
+        if self.redis_tls {
+            b = b.tls(true);
+        }
+        if let Some(ca) = &self.redis_tls_ca {
+            b = b.tls_ca_cert(ca.value.clone());
+        }
         let url = target.value.shown();
         let tier = b.build().await.map_err(|e| match e {
             BuildError::Connect(source) => Error::Connect {
@@ -383,7 +476,7 @@ impl Settings {
                 source: source.into(),
             },
             other => Error::Invalid {
-                setting: target.setting.clone(),
+                setting: self.redis_setting_at_fault(&other, &target.setting),
                 source: other.into(),
             },
         })?;
@@ -419,6 +512,22 @@ impl Settings {
                 if let Some(s) = stream {
                     b = b.jetstream(s.clone());
                 }
+                let auth = &self.nats_auth;
+                if let Some(ca) = &auth.tls_ca {
+                    b = b.tls_ca_cert(ca.value.clone());
+                }
+                if auth.require_tls {
+                    b = b.require_tls(true);
+                }
+                if let Some(t) = &auth.token {
+                    b = b.token(t.clone());
+                }
+                if let Some((u, p)) = &auth.user_password {
+                    b = b.user_password(u.clone(), p.clone());
+                }
+                if let Some(c) = &auth.credentials_file {
+                    b = b.credentials_file(c.clone());
+                }
                 let bus = b.build().await.map_err(|e| match e {
                     tiercache_nats::NatsBusError::Connect(source) => Error::Connect {
                         setting: setting.clone(),
@@ -427,6 +536,16 @@ impl Settings {
                     },
                     tiercache_nats::NatsBusError::JetStream { .. } => Error::Invalid {
                         setting: "--nats-stream".to_owned(),
+                        source: e.into(),
+                    },
+                    tiercache_nats::NatsBusError::Rejected { field, .. } => Error::Invalid {
+                        setting: match (field, &auth.tls_ca) {
+                            ("tls_ca_cert", Some(ca)) => ca.setting.clone(),
+                            ("tls_ca_cert", None) => "--nats-tls-ca".to_owned(),
+                            ("token", _) => "--nats-token".to_owned(),
+                            ("user_password", _) => "--nats-user / --nats-password".to_owned(),
+                            _ => setting.clone(),
+                        },
                         source: e.into(),
                     },
                     other => Error::Invalid {
@@ -450,8 +569,11 @@ impl Settings {
                 if let Some(p) = &self.redis_password {
                     b = b.password(p.clone());
                 }
+                if let Some(ca) = &self.redis_tls_ca {
+                    b = b.tls_ca_cert(ca.value.clone());
+                }
                 let bus = b.build().await.map_err(|e| Error::Invalid {
-                    setting: setting.clone(),
+                    setting: self.redis_setting_at_fault(&e, &setting),
                     source: e.into(),
                 })?;
                 BusKind_::Redis(bus)

@@ -33,6 +33,7 @@ pub struct NatsBusBuilder {
     token: Option<String>,
     user_password: Option<(String, String)>,
     require_tls: bool,
+    tls_ca_cert: Option<PathBuf>,
     subject_prefix: String,
     heartbeat: Duration,
     jetstream: Option<String>,
@@ -53,6 +54,7 @@ impl std::fmt::Debug for NatsBusBuilder {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("user", &self.user_password.as_ref().map(|(u, _)| u))
             .field("require_tls", &self.require_tls)
+            .field("tls_ca_cert", &self.tls_ca_cert)
             .field("subject_prefix", &self.subject_prefix)
             .field("heartbeat", &self.heartbeat)
             .field("jetstream", &self.jetstream)
@@ -74,6 +76,7 @@ impl Default for NatsBusBuilder {
             token: None,
             user_password: None,
             require_tls: false,
+            tls_ca_cert: None,
             subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
             heartbeat: DEFAULT_HEARTBEAT,
             jetstream: None,
@@ -118,6 +121,15 @@ impl NatsBusBuilder {
     /// and the URL scheme ask for).
     pub fn require_tls(mut self, require: bool) -> Self {
         self.require_tls = require;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM file for the server's TLS
+    /// certificate, besides the system's roots. The file is checked by
+    /// [`build`](Self::build); a server whose certificate no trusted CA
+    /// signed fails the first connection with an error naming `tls_ca_cert`.
+    pub fn tls_ca_cert(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.tls_ca_cert = Some(pem_file.into());
         self
     }
 
@@ -244,6 +256,20 @@ impl NatsBusBuilder {
                 "the user must not be empty",
             ));
         }
+        if let Some(path) = &self.tls_ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(
+                    "tls_ca_cert",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::new(
+                    "tls_ca_cert",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+        }
         check_prefix(&self.subject_prefix)?;
         if self.heartbeat < Duration::from_millis(10) {
             return Err(ConfigError::new("heartbeat", "must be at least 10 ms"));
@@ -307,6 +333,9 @@ impl NatsBusBuilder {
                 ConfigError::new("credentials_file", format!("{}: {e}", path.display()))
             })?;
         }
+        if let Some(path) = &self.tls_ca_cert {
+            options = options.add_root_certificates(path.clone());
+        }
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
@@ -317,10 +346,26 @@ impl NatsBusBuilder {
             options = options.retry_on_initial_connect();
         }
 
-        let client = options
-            .connect(addrs)
-            .await
-            .map_err(NatsBusError::Connect)?;
+        // Bounded: one attempt per server, each within the connect timeout
+        // (async-nats bounds each; this is the backstop against a hang).
+        let servers = u32::try_from(addrs.len()).unwrap_or(u32::MAX);
+        let bound = self
+            .connect_timeout
+            .saturating_mul(servers)
+            .saturating_add(Duration::from_secs(1));
+        let connecting = options.connect(addrs);
+        let client = if self.retry_on_initial_connect {
+            connecting.await.map_err(|e| self.connect_error(e))?
+        } else {
+            match tokio::time::timeout(bound, connecting).await {
+                Ok(r) => r.map_err(|e| self.connect_error(e))?,
+                Err(_) => {
+                    return Err(NatsBusError::Connect(async_nats::ConnectError::new(
+                        async_nats::ConnectErrorKind::TimedOut,
+                    )));
+                }
+            }
+        };
         if !self.retry_on_initial_connect {
             // The callback reports the first connection too; wait for it so a
             // subscription made right away starts out connected.
@@ -391,6 +436,59 @@ impl NatsBusBuilder {
         })
     }
 
+    /// Names the setting at fault when the server refused the credentials
+    /// or the TLS handshake failed.
+    fn connect_error(&self, e: async_nats::ConnectError) -> NatsBusError {
+        use async_nats::ConnectErrorKind as K;
+        let text = e.to_string().to_ascii_lowercase();
+        let auth_field = if self.token.is_some() {
+            Some("token")
+        } else if self.user_password.is_some() {
+            Some("user_password")
+        } else if self.credentials_file.is_some() {
+            Some("credentials_file")
+        } else {
+            None
+        };
+        let (field, reason) = match e.kind() {
+            K::Authentication | K::AuthorizationViolation => match auth_field {
+                Some(field) => (field, "the server refused the credentials"),
+                None => (
+                    "token",
+                    "the server requires authentication: set `token`, `user_password` or `credentials_file`",
+                ),
+            },
+            K::Tls if text.contains("certificate") || text.contains("unknownissuer") => (
+                "tls_ca_cert",
+                if self.tls_ca_cert.is_some() {
+                    "the server's certificate is not trusted"
+                } else {
+                    "the server's certificate is not trusted by the system's roots; set `tls_ca_cert`"
+                },
+            ),
+            K::Tls => ("require_tls", "the TLS handshake failed"),
+            K::Io
+                if self.require_tls
+                    && (text.contains("invalidcontenttype")
+                        || text.contains("corrupt message")) =>
+            {
+                (
+                    "require_tls",
+                    "the TLS handshake failed (does the server speak TLS?)",
+                )
+            }
+            _ if text.contains("certificate") => {
+                ("tls_ca_cert", "the server's certificate is not trusted")
+            }
+            _ => return NatsBusError::Connect(e),
+        };
+        NatsBusError::Rejected {
+            field,
+            reason: reason.to_owned(),
+            source: e,
+        }
+    }
+
     /// The former name of [`build`](Self::build).
     ///
     /// # Errors
@@ -453,6 +551,10 @@ mod tests {
             "user_password"
         );
         assert_eq!(field(ok().credentials_file("/x").token("t")), "token");
+        assert_eq!(
+            field(ok().tls_ca_cert("/nonexistent/ca.pem")),
+            "tls_ca_cert"
+        );
         assert!(ok().url("nats://a:1, nats://b:2").check().is_ok());
     }
 

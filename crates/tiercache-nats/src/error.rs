@@ -16,6 +16,20 @@ pub enum NatsBusError {
     /// authentication or TLS failure).
     #[error("cannot connect to NATS: {0}")]
     Connect(#[source] async_nats::ConnectError),
+    /// The server refused what a setting gave: the credentials (`token`,
+    /// `user_password`, `credentials_file`) or, in the TLS handshake, its
+    /// certificate was not trusted (`tls_ca_cert`). `field` names the
+    /// builder method at fault.
+    #[error("cannot connect to NATS: `{field}`: {reason}: {source}")]
+    Rejected {
+        /// The builder setting at fault.
+        field: &'static str,
+        /// What the server (or the TLS handshake) said, in plain words.
+        reason: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The JetStream stream could not be created or looked up (JetStream not
     /// enabled on the server, permissions, a conflicting stream).
     #[error("JetStream stream `{stream}`: {source}")]

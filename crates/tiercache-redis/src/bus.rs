@@ -1,5 +1,6 @@
 //! [`RedisBus`]: the core's `Bus` on Redis pub/sub.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use redis::{Client, IntoConnectionInfo, Value};
 use tiercache_core::backend::{Bus, BusError, BusEvent};
 use tokio::sync::mpsc;
 
+use crate::conn::{TLS_CA_FIELD, TlsCa, connect_error, load_ca, make_client};
 use crate::error::BuildError;
 use crate::report::Reporter;
 
@@ -23,6 +25,7 @@ pub struct RedisBusBuilder {
     url: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    tls_ca: Option<TlsCa>,
     channel_prefix: String,
     heartbeat: Duration,
     publish_timeout: Duration,
@@ -37,6 +40,7 @@ impl Default for RedisBusBuilder {
             url: None,
             username: None,
             password: None,
+            tls_ca: None,
             channel_prefix: "tiercache:inv:".into(),
             heartbeat: Duration::from_secs(1),
             publish_timeout: Duration::from_millis(500),
@@ -59,6 +63,19 @@ impl RedisBusBuilder {
     /// The ACL user name (overrides one in the URL).
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
+        self
+    }
+
+    /// Trust the CA certificate(s) in this PEM file for a `rediss://` URL
+    /// instead of the system's roots. Needs the `tls` feature.
+    pub fn tls_ca_cert(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(TlsCa::Path(pem_file.into()));
+        self
+    }
+
+    /// As [`tls_ca_cert`](Self::tls_ca_cert), from PEM bytes.
+    pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(TlsCa::Pem(pem.into()));
         self
     }
 
@@ -110,8 +127,11 @@ impl RedisBusBuilder {
     }
 
     /// Checks the configuration and creates the bus. Connections are made
-    /// lazily: building succeeds while Redis is down. Must be called within a
-    /// Tokio runtime.
+    /// lazily: building succeeds while Redis is down (or does not answer
+    /// within the connect timeout). A server that answers but refuses the
+    /// TLS handshake (an untrusted certificate: `tls_ca_cert`) or the
+    /// credentials (`password`) fails the build with an error naming the
+    /// setting. Must be called within a Tokio runtime.
     pub async fn build(self) -> Result<RedisBus, BuildError> {
         let url = self
             .url
@@ -144,8 +164,22 @@ impl RedisBusBuilder {
                 "max must be at least min",
             ));
         }
-        let client = Client::open(info)
-            .map_err(|e| BuildError::config_from("url", "cannot open a client", e))?;
+        let tls_ca = self.tls_ca.as_ref().map(load_ca).transpose()?;
+        if tls_ca.is_some() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(BuildError::config(
+                TLS_CA_FIELD,
+                "set, but the URL is not `rediss://`",
+            ));
+        }
+        let client = make_client(info, tls_ca.as_deref()).map_err(|e| {
+            let field = if tls_ca.is_some() {
+                TLS_CA_FIELD
+            } else {
+                "url"
+            };
+            BuildError::config_from(field, "cannot open a client", e)
+        })?;
+        probe(&client, self.connect_timeout, tls_ca.is_some()).await?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.publish_timeout))
@@ -167,6 +201,31 @@ impl RedisBusBuilder {
                 backoff: self.reconnect_backoff,
             }),
         })
+    }
+}
+
+/// One connection and a `PING`, to catch a refused certificate or password
+/// at build time. An unreachable or silent server is not an error here: the
+/// bus connects lazily.
+async fn probe(client: &Client, within: Duration, tls_ca_set: bool) -> Result<(), BuildError> {
+    let attempt = async {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(within))
+            .set_response_timeout(Some(within));
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("PING").query_async::<Value>(&mut c).await
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(Err(e)) => match connect_error(e, tls_ca_set) {
+            BuildError::Connect(e) => {
+                tracing::debug!("redis bus: server not reachable yet at build: {e}");
+                Ok(())
+            }
+            refused => Err(refused),
+        },
+        Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The builder of [`RedisSharedTier`](crate::RedisSharedTier).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use redis::cluster::ClusterClient;
 use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::breaker::Breaker;
-use crate::conn::{self, Connector, Link, Target};
+use crate::conn::{self, Connector, Link, Target, TlsCa};
 use crate::error::BuildError;
 use crate::report::Reporter;
 use crate::tier::{Inner, RedisSharedTier, Settings};
@@ -31,6 +32,7 @@ pub struct RedisSharedTierBuilder {
     username: Option<String>,
     password: Option<String>,
     tls: bool,
+    tls_ca: Option<TlsCa>,
     call_timeout: Duration,
     connect_timeout: Duration,
     breaker_threshold: u32,
@@ -49,6 +51,7 @@ impl Default for RedisSharedTierBuilder {
             username: None,
             password: None,
             tls: false,
+            tls_ca: None,
             call_timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(1),
             breaker_threshold: 5,
@@ -117,6 +120,22 @@ impl RedisSharedTierBuilder {
     /// `tls` feature; for a standalone server use a `rediss://` URL).
     pub fn tls(mut self, enabled: bool) -> Self {
         self.tls = enabled;
+        self
+    }
+
+    /// Trust the CA certificate(s) in this PEM file for TLS connections
+    /// (`rediss://`, or [`tls`](Self::tls) for Sentinel and Cluster) instead
+    /// of the system's roots. Needs the `tls` feature. The file is read by
+    /// [`build`](Self::build); a server whose certificate the CA did not
+    /// sign fails the first connection with an error naming `tls_ca_cert`.
+    pub fn tls_ca_cert(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(TlsCa::Path(pem_file.into()));
+        self
+    }
+
+    /// As [`tls_ca_cert`](Self::tls_ca_cert), from PEM bytes.
+    pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(TlsCa::Pem(pem.into()));
         self
     }
 
@@ -196,7 +215,29 @@ impl RedisSharedTierBuilder {
             .map_err(|e| BuildError::config_from(field, format_args!("`{url}`"), e))
     }
 
-    fn validate(&self) -> Result<Target, BuildError> {
+    fn validate(&self) -> Result<(Target, Option<Vec<u8>>), BuildError> {
+        let tls_ca = self.tls_ca.as_ref().map(conn::load_ca).transpose()?;
+        let target = self.validate_target(tls_ca.as_deref())?;
+        if tls_ca.is_some() {
+            let uses_tls = match &target {
+                Target::Standalone(info) => {
+                    matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+                }
+                Target::Sentinel { tls, .. } => *tls,
+                Target::Cluster(_) => self.tls,
+            };
+            if !uses_tls {
+                return Err(BuildError::config(
+                    conn::TLS_CA_FIELD,
+                    "set, but the connection is not TLS: use a `rediss://` URL (or `tls(true)` for Sentinel and Cluster)",
+                ));
+            }
+        }
+        Ok((target, tls_ca))
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn validate_target(&self, tls_ca: Option<&[u8]>) -> Result<Target, BuildError> {
         let (field, topology) = match self.topologies.as_slice() {
             [] => {
                 return Err(BuildError::config(
@@ -298,7 +339,14 @@ impl RedisSharedTierBuilder {
                 }
                 #[cfg(feature = "tls")]
                 if self.tls {
+                    conn::ensure_crypto_provider();
                     b = b.tls(redis::cluster::TlsMode::Secure);
+                    if let Some(pem) = tls_ca {
+                        b = b.certs(redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.to_vec()),
+                        });
+                    }
                 }
                 let client = b.build().map_err(|e| {
                     BuildError::config_from(field, "cannot build the cluster client", e)
@@ -312,7 +360,8 @@ impl RedisSharedTierBuilder {
     /// [`connect_lazily`](Self::connect_lazily)) and starts the background
     /// task that keeps the connection. Must be called within a Tokio runtime.
     pub async fn build(self) -> Result<RedisSharedTier, BuildError> {
-        let target = self.validate()?;
+        let (target, tls_ca) = self.validate()?;
+        let tls_ca_set = tls_ca.is_some();
         let cluster = matches!(target, Target::Cluster(_));
         let connector = Connector {
             target,
@@ -320,6 +369,7 @@ impl RedisSharedTierBuilder {
             health_interval: self.health_interval,
             min_backoff: self.reconnect_backoff.0,
             max_backoff: self.reconnect_backoff.1,
+            tls_ca,
         };
         let first = match connector.connect().await {
             Ok(c) => Some(c),
@@ -327,7 +377,7 @@ impl RedisSharedTierBuilder {
                 tracing::warn!("redis shared tier starts disconnected: {e}");
                 None
             }
-            Err(e) => return Err(BuildError::Connect(e)),
+            Err(e) => return Err(conn::connect_error(e, tls_ca_set)),
         };
         let inner = Arc::new(Inner {
             link: Link::new(

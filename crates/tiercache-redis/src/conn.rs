@@ -19,7 +19,132 @@ use tiercache_core::backend::SharedEvent;
 use tokio::sync::{Notify, broadcast};
 
 use crate::breaker::Breaker;
+use crate::error::BuildError;
 use crate::report::Reporter;
+
+/// Where the CA certificates a TLS connection trusts come from (instead of
+/// the system's roots).
+#[derive(Clone)]
+pub(crate) enum TlsCa {
+    /// A PEM file, read at build time.
+    Path(std::path::PathBuf),
+    /// PEM bytes.
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for TlsCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsCa::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            TlsCa::Pem(b) => write!(f, "Pem({} bytes)", b.len()),
+        }
+    }
+}
+
+/// The name of the builder setting for a trusted CA.
+pub(crate) const TLS_CA_FIELD: &str = "tls_ca_cert";
+
+/// Reads and sanity-checks the CA certificate(s): PEM bytes.
+pub(crate) fn load_ca(ca: &TlsCa) -> Result<Vec<u8>, BuildError> {
+    if !cfg!(feature = "tls") {
+        return Err(BuildError::config(
+            TLS_CA_FIELD,
+            "this build of tiercache-redis lacks the `tls` feature",
+        ));
+    }
+    let (pem, from) = match ca {
+        TlsCa::Path(path) => (
+            std::fs::read(path).map_err(|e| {
+                BuildError::config(
+                    TLS_CA_FIELD,
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?,
+            format!("`{}`", path.display()),
+        ),
+        TlsCa::Pem(pem) => (pem.clone(), "the PEM given".to_owned()),
+    };
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(BuildError::config(
+            TLS_CA_FIELD,
+            format!("{from} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"),
+        ));
+    }
+    Ok(pem)
+}
+
+/// A client for `info`, trusting `tls_ca` (PEM) instead of the system's
+/// roots when the address is TLS (`rediss://`).
+pub(crate) fn make_client(info: ConnectionInfo, tls_ca: Option<&[u8]>) -> RedisResult<Client> {
+    #[cfg(feature = "tls")]
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        ensure_crypto_provider();
+    }
+    #[cfg(feature = "tls")]
+    if let Some(pem) = tls_ca
+        && matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+    {
+        return Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        );
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = tls_ca;
+    Client::open(info)
+}
+
+/// rustls needs a process-wide crypto provider; install ring's unless the
+/// application installed one (a lost race with another installer is fine).
+#[cfg(feature = "tls")]
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Turns a failed first connection into an error naming the setting at
+/// fault when the server refused the TLS handshake or the credentials.
+pub(crate) fn connect_error(e: redis::RedisError, tls_ca_set: bool) -> BuildError {
+    let text = format!("{e:?} {e}");
+    let lower = text.to_ascii_lowercase();
+    // Credentials sent and refused. (`NOAUTH`, none sent, stays a
+    // `Connect` error: the server's message says what is missing.)
+    if !text.contains("NOAUTH")
+        && (e.kind() == redis::ErrorKind::AuthenticationFailed
+            || text.contains("WRONGPASS")
+            || lower.contains("invalid password")
+            || lower.contains("invalid username-password"))
+    {
+        return BuildError::config_from(
+            "password",
+            "the server refused the credentials (check `username`/`password`)",
+            e,
+        );
+    }
+    if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("notvalidforname")
+    {
+        let (field, hint) = if tls_ca_set {
+            (TLS_CA_FIELD, "the server's certificate is not trusted")
+        } else {
+            (
+                TLS_CA_FIELD,
+                "the server's certificate is not trusted by the system's roots; set `tls_ca_cert`",
+            )
+        };
+        return BuildError::config_from(field, hint, e);
+    }
+    if lower.contains("handshake") {
+        return BuildError::config_from("tls", "the TLS handshake failed", e);
+    }
+    BuildError::Connect(e)
+}
 
 /// A connection a call runs on: cheap to clone, shared by concurrent calls.
 #[derive(Clone)]
@@ -80,6 +205,9 @@ pub(crate) struct Connector {
     pub(crate) health_interval: Duration,
     pub(crate) min_backoff: Duration,
     pub(crate) max_backoff: Duration,
+    /// PEM of the CA certificates TLS connections trust (default: the
+    /// system's roots).
+    pub(crate) tls_ca: Option<Vec<u8>>,
 }
 
 /// The current connection and what is known about it.
@@ -188,7 +316,7 @@ impl Connector {
     }
 
     async fn open_single(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {
-        let client = Client::open(info)?;
+        let client = make_client(info, self.tls_ca.as_deref())?;
         let config = self.conn_config();
         let fut = client.get_multiplexed_async_connection_with_config(&config);
         match tokio::time::timeout(self.connect_timeout, fut).await {

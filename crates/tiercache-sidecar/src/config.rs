@@ -8,16 +8,25 @@
 //! slot = "tiercache"               # logical: the replication slot
 //! channel = "tiercache"            # notify: the LISTEN channel
 //! poll_interval_ms = 50            # logical: idle poll interval
+//! tls_ca_cert = "/etc/tiercache/pg-ca.pem"     # TLS to Postgres trusting this CA (env TIERCACHE_DATABASE_TLS_CA_CERT)
 //!
 //! [redis]                          # optional: the shared tier
 //! url = "redis://cache:6379"       # env TIERCACHE_REDIS_URL
 //! # or: sentinels = ["redis://s1:26379", ...] + master = "mymaster"
 //! # or: cluster = ["redis://n1:6379", ...]
+//! password = "..."                 # env TIERCACHE_REDIS_PASSWORD
+//! tls_ca_cert = "/etc/tiercache/redis-ca.pem"  # trust this CA for rediss:// (env TIERCACHE_REDIS_TLS_CA_CERT)
+//! tls = false                      # TLS to Sentinel-found masters / Cluster nodes
 //!
 //! [bus]
 //! kind = "nats"                    # "nats", "redis" or "none"
 //! url = "nats://bus:4222"          # env TIERCACHE_NATS_URL (nats) / TIERCACHE_BUS_URL
 //! signing_key = "..."              # env TIERCACHE_SIGNING_KEY
+//! tls_ca_cert = "/etc/tiercache/nats-ca.pem"   # env TIERCACHE_BUS_TLS_CA_CERT (redis bus: defaults to redis.tls_ca_cert)
+//! require_tls = true               # NATS: refuse a server without TLS
+//! token = "..."                    # NATS: env TIERCACHE_NATS_TOKEN
+//! # or: user = "sidecar" + password = "..." (env TIERCACHE_NATS_USER / TIERCACHE_NATS_PASSWORD)
+//! # or: credentials_file = "/etc/tiercache/sidecar.creds"
 //!
 //! [http]
 //! listen = "127.0.0.1:9187"        # env TIERCACHE_HTTP_LISTEN
@@ -41,11 +50,17 @@
 //! | `TIERCACHE_NATS_URL` | `bus.url` when `bus.kind = "nats"` |
 //! | `TIERCACHE_BUS_URL` | `bus.url` whatever the kind |
 //! | `TIERCACHE_SIGNING_KEY` | `bus.signing_key` |
+//! | `TIERCACHE_DATABASE_TLS_CA_CERT` | `source.tls_ca_cert` |
+//! | `TIERCACHE_REDIS_TLS_CA_CERT` | `redis.tls_ca_cert` (creating `[redis]`) |
+//! | `TIERCACHE_BUS_TLS_CA_CERT` | `bus.tls_ca_cert` |
+//! | `TIERCACHE_NATS_TOKEN` | `bus.token` |
+//! | `TIERCACHE_NATS_USER` | `bus.user` |
+//! | `TIERCACHE_NATS_PASSWORD` | `bus.password` |
 //! | `TIERCACHE_HTTP_LISTEN` | `http.listen` |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -181,6 +196,13 @@ pub struct SourceConfig {
     /// Connect timeout, in ms.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// A PEM file of the CA(s) to trust for TLS to Postgres (env
+    /// `TIERCACHE_DATABASE_TLS_CA_CERT`). Set, the connection uses TLS
+    /// (`sslmode=require` unless the URL says otherwise) and the server's
+    /// certificate must be signed by it. Unset, TLS is used only when the
+    /// URL asks for it (`sslmode=require`, trusting the system's roots).
+    #[serde(default)]
+    pub tls_ca_cert: Option<PathBuf>,
 }
 
 /// `[redis]`: the shared tier. Exactly one of `url`, `sentinels` + `master`,
@@ -209,6 +231,14 @@ pub struct RedisConfig {
     /// Per-call time budget, in ms.
     #[serde(default = "default_redis_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// A PEM file of the CA(s) to trust for TLS (`rediss://`, or `tls`)
+    /// instead of the system's roots (env `TIERCACHE_REDIS_TLS_CA_CERT`).
+    #[serde(default)]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// TLS to Sentinel-discovered masters and Cluster nodes (a standalone
+    /// server takes a `rediss://` URL).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// The kind of bus.
@@ -250,6 +280,26 @@ pub struct BusConfig {
     /// with JetStream the sidecar retries until the server has stored it.
     #[serde(default)]
     pub jetstream: Option<String>,
+    /// A PEM file of the CA(s) to trust for the bus's TLS (env
+    /// `TIERCACHE_BUS_TLS_CA_CERT`); a Redis bus defaults to
+    /// `redis.tls_ca_cert`.
+    #[serde(default)]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// NATS only: refuse a server that does not speak TLS.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// NATS only: an auth token (env `TIERCACHE_NATS_TOKEN`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// NATS only: a user name, with `password` (env `TIERCACHE_NATS_USER`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// NATS only: the password of `user` (env `TIERCACHE_NATS_PASSWORD`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// NATS only: a `.creds` file (JWT and NKey seed).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// `[http]`.
@@ -430,6 +480,26 @@ impl Config {
         if let Some(v) = env("TIERCACHE_SIGNING_KEY") {
             self.bus.signing_key = Some(v);
         }
+        if let Some(v) = env("TIERCACHE_DATABASE_TLS_CA_CERT") {
+            self.source.tls_ca_cert = Some(v.into());
+        }
+        if let Some(v) = env("TIERCACHE_REDIS_TLS_CA_CERT") {
+            self.redis
+                .get_or_insert_with(RedisConfig::default)
+                .tls_ca_cert = Some(v.into());
+        }
+        if let Some(v) = env("TIERCACHE_BUS_TLS_CA_CERT") {
+            self.bus.tls_ca_cert = Some(v.into());
+        }
+        if let Some(v) = env("TIERCACHE_NATS_TOKEN") {
+            self.bus.token = Some(v);
+        }
+        if let Some(v) = env("TIERCACHE_NATS_USER") {
+            self.bus.user = Some(v);
+        }
+        if let Some(v) = env("TIERCACHE_NATS_PASSWORD") {
+            self.bus.password = Some(v);
+        }
         if let Some(v) = env("TIERCACHE_HTTP_LISTEN") {
             self.http.listen = v;
         }
@@ -451,6 +521,70 @@ impl Config {
     /// The HTTP listen address, if the endpoint is enabled.
     pub fn http_listen(&self) -> Option<SocketAddr> {
         self.http.listen.parse().ok()
+    }
+
+    /// The TLS and credential fields of `[bus]`.
+    fn validate_bus_auth(&self) -> Result<(), ConfigError> {
+        let b = &self.bus;
+        if let Some(ca) = &b.tls_ca_cert {
+            check_ca_cert("bus.tls_ca_cert", ca)?;
+        }
+        if b.kind != BusKind::Nats {
+            for (field, set) in [
+                ("bus.require_tls", b.require_tls),
+                ("bus.token", b.token.is_some()),
+                ("bus.user", b.user.is_some()),
+                ("bus.password", b.password.is_some()),
+                ("bus.credentials_file", b.credentials_file.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        field,
+                        "only for kind = \"nats\" (a Redis bus uses redis.username / redis.password)",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if b.token.as_deref() == Some("") {
+            return Err(ConfigError::invalid("bus.token", "is empty"));
+        }
+        match (&b.user, &b.password) {
+            (Some(u), Some(_)) if u.is_empty() => {
+                return Err(ConfigError::invalid("bus.user", "is empty"));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "bus.password",
+                    "required with bus.user (or TIERCACHE_NATS_PASSWORD)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "bus.user",
+                    "required with bus.password (or TIERCACHE_NATS_USER)",
+                ));
+            }
+            _ => {}
+        }
+        let ways = [
+            b.token.is_some().then_some("bus.token"),
+            b.user.is_some().then_some("bus.user"),
+            b.credentials_file
+                .is_some()
+                .then_some("bus.credentials_file"),
+        ];
+        let mut given = ways.iter().flatten();
+        if let (Some(first), Some(second)) = (given.next(), given.next()) {
+            return Err(ConfigError::invalid(
+                *second,
+                format!("conflicts with {first}: give one way to authenticate"),
+            ));
+        }
+        if let Some(creds) = &b.credentials_file {
+            check_readable("bus.credentials_file", creds)?;
+        }
+        Ok(())
     }
 
     /// Checks every value; the error names the field.
@@ -512,6 +646,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(ca) = &s.tls_ca_cert {
+            check_ca_cert("source.tls_ca_cert", ca)?;
+        }
 
         if let Some(r) = &self.redis {
             let chosen = [
@@ -555,6 +692,9 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            if let Some(ca) = &r.tls_ca_cert {
+                check_ca_cert("redis.tls_ca_cert", ca)?;
+            }
         }
 
         match self.bus.kind {
@@ -596,6 +736,7 @@ impl Config {
                 "only for kind = \"nats\"",
             ));
         }
+        self.validate_bus_auth()?;
         if self.bus.signing_key.as_deref() == Some("") {
             return Err(ConfigError::invalid(
                 "bus.signing_key",
@@ -684,6 +825,37 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A file the sidecar reads at start (a CA certificate, a creds file).
+fn check_readable(field: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(path)
+        .map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    field,
+                    format!("{} is not a file", path.display()),
+                ))
+            }
+        })
+}
+
+/// A PEM file of CA certificates.
+fn check_ca_cert(field: &str, path: &Path) -> Result<(), ConfigError> {
+    check_readable(field, path)?;
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("{} holds no PEM certificate", path.display()),
+        ))
     }
 }
 
@@ -853,6 +1025,36 @@ mod tests {
             c.redis.as_ref().and_then(|r| r.url.as_deref()),
             Some("redis://h:4")
         );
+    }
+
+    #[test]
+    fn env_sets_tls_and_nats_credentials() {
+        let c = Config::parse_named(GOOD, "x", |k| match k {
+            "TIERCACHE_NATS_TOKEN" => Some("t0k".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.bus.token.as_deref(), Some("t0k"));
+        let mut c = Config::parse(GOOD).unwrap();
+        c.apply_env(|k| match k {
+            "TIERCACHE_DATABASE_TLS_CA_CERT" => Some("/pg.pem".into()),
+            "TIERCACHE_REDIS_TLS_CA_CERT" => Some("/redis.pem".into()),
+            "TIERCACHE_BUS_TLS_CA_CERT" => Some("/bus.pem".into()),
+            "TIERCACHE_NATS_USER" => Some("u".into()),
+            "TIERCACHE_NATS_PASSWORD" => Some("p".into()),
+            _ => None,
+        });
+        assert_eq!(c.source.tls_ca_cert, Some(PathBuf::from("/pg.pem")));
+        assert_eq!(
+            c.redis.as_ref().and_then(|r| r.tls_ca_cert.clone()),
+            Some(PathBuf::from("/redis.pem"))
+        );
+        assert_eq!(c.bus.tls_ca_cert, Some(PathBuf::from("/bus.pem")));
+        assert_eq!(c.bus.user.as_deref(), Some("u"));
+        assert_eq!(c.bus.password.as_deref(), Some("p"));
+        // The CA files do not exist: named at validation.
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("source.tls_ca_cert"), "{e}");
     }
 
     #[test]

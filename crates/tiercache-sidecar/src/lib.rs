@@ -399,9 +399,14 @@ pub fn setup_sql(config: &Config) -> Result<String, Error> {
 pub async fn check(config: &Config) -> Result<Vec<String>, Error> {
     let mut report = Vec::new();
     let rules = RuleSet::from_config(config)?;
+    let context = if config.source.tls_ca_cert.is_some() {
+        "cannot connect to source.database_url over TLS trusting source.tls_ca_cert"
+    } else {
+        "cannot connect to source.database_url"
+    };
     let (client, task) = source::connect(&config.source)
         .await
-        .map_err(Error::postgres("cannot connect to source.database_url"))?;
+        .map_err(Error::postgres(context))?;
     let result = async {
         let version: String = client
             .query_one("SHOW server_version", &[])

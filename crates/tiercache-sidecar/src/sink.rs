@@ -297,6 +297,12 @@ impl Sinks {
                 if let Some(p) = &r.password {
                     b = b.password(p.clone());
                 }
+                if r.tls {
+                    b = b.tls(true);
+                }
+                if let Some(ca) = &r.tls_ca_cert {
+                    b = b.tls_ca_cert(ca.clone());
+                }
                 let tier = b.build().await.map_err(|e| SinkError::Redis(e.into()))?;
                 Some(Arc::new(tier))
             }
@@ -315,6 +321,22 @@ impl Sinks {
                 if let Some(stream) = &config.bus.jetstream {
                     b = b.jetstream(stream.clone());
                 }
+                let c = &config.bus;
+                if let Some(ca) = &c.tls_ca_cert {
+                    b = b.tls_ca_cert(ca.clone());
+                }
+                if c.require_tls {
+                    b = b.require_tls(true);
+                }
+                if let Some(t) = &c.token {
+                    b = b.token(t.clone());
+                }
+                if let (Some(u), Some(p)) = (&c.user, &c.password) {
+                    b = b.user_password(u.clone(), p.clone());
+                }
+                if let Some(creds) = &c.credentials_file {
+                    b = b.credentials_file(creds.clone());
+                }
                 let bus = b.build().await.map_err(|e| SinkError::Nats(e.into()))?;
                 Some(Arc::new(bus))
             }
@@ -332,6 +354,14 @@ impl Sinks {
                     if let Some(p) = &r.password {
                         b = b.password(p.clone());
                     }
+                }
+                let ca = config
+                    .bus
+                    .tls_ca_cert
+                    .as_ref()
+                    .or_else(|| config.redis.as_ref().and_then(|r| r.tls_ca_cert.as_ref()));
+                if let Some(ca) = ca {
+                    b = b.tls_ca_cert(ca.clone());
                 }
                 let bus = b.build().await.map_err(|e| SinkError::Redis(e.into()))?;
                 Some(Arc::new(bus))

@@ -12,8 +12,70 @@ use crate::binaries;
 use crate::error::{Result, TestkitError};
 use crate::port::free_port;
 use crate::process::{Outcome, Proc, READY_TIMEOUT, START_ATTEMPTS, STOP_TIMEOUT};
+use crate::tls::TlsCerts;
 
 const MARKER: &str = "Server is ready";
+
+/// How clients of a [`NatsServer`] must authenticate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// `authorization { token: ... }`
+    Token(String),
+    /// `authorization { user: ..., password: ... }`
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// How to start a [`NatsServer`]: JetStream, TLS, authentication.
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct NatsOptions {
+    jetstream: bool,
+    tls: bool,
+    auth: Option<NatsAuth>,
+}
+
+impl NatsOptions {
+    /// A core server, plain text, no authentication.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Enables JetStream (store dir in the temp dir).
+    pub fn jetstream(mut self, on: bool) -> Self {
+        self.jetstream = on;
+        self
+    }
+
+    /// Requires TLS (`tls { cert_file, key_file }`), with a CA and a server
+    /// certificate generated into the temp dir.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Requires clients to authenticate.
+    pub fn auth(mut self, auth: NatsAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+}
 
 /// A `nats-server` on 127.0.0.1 and a free port, logging to `nats.log` in
 /// its temp dir; with JetStream, the store dir is in the temp dir too and
@@ -27,6 +89,9 @@ pub struct NatsServer {
     proc: Proc,
     port: u16,
     jetstream: bool,
+    // A flag, not the certs: the files are in `dir`, and the struct stays
+    // small for enums that hold one.
+    tls: bool,
     dir: TempDir,
 }
 
@@ -34,16 +99,25 @@ impl NatsServer {
     /// Starts a core NATS server and waits until it is ready (the "Server is
     /// ready" log line and an `INFO` greeting on connect).
     pub fn start() -> Result<Self> {
-        Self::launch(false)
+        Self::start_with(NatsOptions::new())
     }
 
     /// Starts a NATS server with JetStream (`-js`, store dir in the temp dir)
     /// and waits until it is ready.
     pub fn start_jetstream() -> Result<Self> {
-        Self::launch(true)
+        Self::start_with(NatsOptions::new().jetstream(true))
     }
 
-    fn launch(jetstream: bool) -> Result<Self> {
+    /// Starts a core NATS server that requires TLS, with a CA and a server
+    /// certificate for 127.0.0.1/localhost generated into its temp dir (see
+    /// [`tls`](Self::tls)). [`url`](Self::url) is `tls://...`.
+    pub fn start_tls() -> Result<Self> {
+        Self::start_with(NatsOptions::new().tls(true))
+    }
+
+    /// Starts a server as `options` say and waits until it is ready.
+    pub fn start_with(options: NatsOptions) -> Result<Self> {
+        let jetstream = options.jetstream;
         let binary = binaries::nats_server()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -62,6 +136,16 @@ impl NatsServer {
                 args.push("-sd".into());
                 args.push(dir.path().join("jetstream").into_os_string());
             }
+            let tls = if options.tls {
+                Some(TlsCerts::generate_in(dir.path())?)
+            } else {
+                None
+            };
+            if tls.is_some() || options.auth.is_some() {
+                let conf = write_config(dir.path(), tls.as_ref(), options.auth.as_ref())?;
+                args.push("-c".into());
+                args.push(conf.into_os_string());
+            }
             let mut proc = Proc::new(
                 format!("nats-server on 127.0.0.1:{port}"),
                 &binary,
@@ -75,6 +159,7 @@ impl NatsServer {
                         proc,
                         port,
                         jetstream,
+                        tls: tls.is_some(),
                         dir,
                     });
                 }
@@ -92,9 +177,21 @@ impl NatsServer {
         self.port
     }
 
-    /// `nats://127.0.0.1:PORT`
+    /// `nats://127.0.0.1:PORT`, or `tls://127.0.0.1:PORT` for a TLS server.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS material of a server started with TLS.
+    pub fn tls(&self) -> Option<TlsCerts> {
+        self.tls.then(|| TlsCerts::at(self.dir.path()))
+    }
+
+    /// The CA certificate (PEM file) a client must trust to talk to a TLS
+    /// server.
+    pub fn ca_cert_path(&self) -> Option<PathBuf> {
+        self.tls().map(|t| t.ca_cert_path())
     }
 
     /// Whether JetStream is enabled.
@@ -149,6 +246,56 @@ impl NatsServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A config file with the TLS and authorization blocks (the listen address
+/// and port stay on the command line, so a restart keeps them).
+fn write_config(dir: &Path, tls: Option<&TlsCerts>, auth: Option<&NatsAuth>) -> Result<PathBuf> {
+    let mut text = String::new();
+    if let Some(certs) = tls {
+        text.push_str(&format!(
+            "tls {{\n  cert_file: {}\n  key_file: {}\n  timeout: 5\n}}\n",
+            quote(&certs.server_cert_path()),
+            quote(&certs.server_key_path()),
+        ));
+    }
+    match auth {
+        None => {}
+        Some(NatsAuth::Token(token)) => {
+            text.push_str(&format!(
+                "authorization {{\n  token: {}\n}}\n",
+                json_string(token)
+            ));
+        }
+        Some(NatsAuth::UserPassword { user, password }) => {
+            text.push_str(&format!(
+                "authorization {{\n  user: {}\n  password: {}\n}}\n",
+                json_string(user),
+                json_string(password)
+            ));
+        }
+    }
+    let path = dir.join("nats.conf");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn quote(path: &Path) -> String {
+    json_string(&path.display().to_string())
+}
+
+/// A double-quoted string for the NATS config format.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Connects and reads the `INFO {...}` greeting.

@@ -13,6 +13,7 @@ use crate::binaries;
 use crate::error::{Result, TestkitError};
 use crate::port::free_port;
 use crate::process::{Outcome, Proc, READY_TIMEOUT, START_ATTEMPTS, run_command};
+use crate::tls::TlsCerts;
 
 const MARKER: &str = "database system is ready to accept connections";
 const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,12 +36,26 @@ pub struct Postgres {
     proc: Proc,
     port: u16,
     psql: PathBuf,
+    tls: bool,
     dir: TempDir,
 }
 
 impl Postgres {
     /// Runs `initdb`, starts `postgres` and waits until `select 1` works.
     pub fn start() -> Result<Self> {
+        Self::launch(false)
+    }
+
+    /// As [`start`](Self::start), with `ssl = on` and certificates for
+    /// 127.0.0.1/localhost generated into the temp dir (see
+    /// [`tls`](Self::tls)), and TCP connections only over TLS (`hostssl`
+    /// in `pg_hba.conf`; [`psql`](Self::psql) uses libpq's default
+    /// `sslmode=prefer`).
+    pub fn start_tls() -> Result<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(tls: bool) -> Result<Self> {
         let initdb = binaries::postgres("initdb")?;
         let postgres = binaries::postgres("postgres")?;
         let psql = binaries::postgres("psql")?;
@@ -93,6 +108,41 @@ impl Postgres {
         ] {
             let _ = writeln!(conf, "{line}");
         }
+        if tls {
+            let tls_dir = dir.path().join("tls");
+            std::fs::create_dir(&tls_dir)?;
+            let certs = TlsCerts::generate_in(&tls_dir)?;
+            if let Some((uid, gid)) = user {
+                for path in [
+                    tls_dir.clone(),
+                    certs.ca_cert_path(),
+                    certs.server_cert_path(),
+                    certs.server_key_path(),
+                    certs.client_cert_path(),
+                    certs.client_key_path(),
+                ] {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                }
+            }
+            let _ = writeln!(conf, "ssl = on");
+            let _ = writeln!(
+                conf,
+                "ssl_cert_file = '{}'",
+                certs.server_cert_path().display()
+            );
+            let _ = writeln!(
+                conf,
+                "ssl_key_file = '{}'",
+                certs.server_key_path().display()
+            );
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 local replication all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostssl replication all 127.0.0.1/32 trust\n",
+            )?;
+        }
         std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))?
@@ -123,6 +173,7 @@ impl Postgres {
                         proc,
                         port,
                         psql,
+                        tls,
                         dir,
                     });
                 }
@@ -142,6 +193,17 @@ impl Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The TLS material of a server started with [`start_tls`](Self::start_tls).
+    pub fn tls(&self) -> Option<TlsCerts> {
+        self.tls.then(|| TlsCerts::at(&self.dir.path().join("tls")))
+    }
+
+    /// The CA certificate (PEM file) a client must trust to talk to a TLS
+    /// server.
+    pub fn ca_cert_path(&self) -> Option<PathBuf> {
+        self.tls().map(|t| t.ca_cert_path())
     }
 
     /// Runs `psql -At -c SQL` against the `postgres` database as `postgres`

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::port::free_port;
 use crate::process::{Outcome, Proc, READY_TIMEOUT, START_ATTEMPTS, STOP_TIMEOUT};
 use crate::resp::ping_ok;
+use crate::tls::TlsCerts;
 
 /// What kind of redis-server process to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub(crate) struct Spec {
     pub(crate) args: Vec<String>,
     /// Allocate a free port for `cluster-port` as well.
     pub(crate) cluster_bus: bool,
+    /// Serve TLS only (`tls-port`, `port 0`) with certificates generated
+    /// into the temp dir.
+    pub(crate) tls: bool,
 }
 
 impl Spec {
@@ -41,6 +45,7 @@ impl Spec {
             conf: Vec::new(),
             args: Vec::new(),
             cluster_bus: false,
+            tls: false,
         }
     }
 }
@@ -58,6 +63,9 @@ pub struct RedisServer {
     port: u16,
     bus_port: Option<u16>,
     mode: Mode,
+    // A flag, not the certs: the files are in `dir`, and the struct stays
+    // small for enums that hold one.
+    tls: bool,
     dir: TempDir,
 }
 
@@ -76,6 +84,24 @@ impl RedisServer {
         Self::launch(spec)
     }
 
+    /// Starts a standalone redis-server that speaks TLS only: `tls-port` on
+    /// a free port, `port 0`, with a CA and a server certificate for
+    /// 127.0.0.1/localhost generated into its temp dir (see
+    /// [`tls`](Self::tls)); clients need no certificate of their own
+    /// (`tls-auth-clients no`). [`url`](Self::url) is `rediss://...`.
+    pub fn start_tls() -> Result<Self> {
+        Self::start_tls_with_args(&[])
+    }
+
+    /// [`start_tls`](Self::start_tls) with extra command-line arguments, e.g.
+    /// `&["--requirepass", "secret"]`.
+    pub fn start_tls_with_args(extra: &[&str]) -> Result<Self> {
+        let mut spec = Spec::server();
+        spec.tls = true;
+        spec.args = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::launch(spec)
+    }
+
     pub(crate) fn launch(spec: Spec) -> Result<Self> {
         let binary = binaries::redis_server()?;
         let mut last_error = None;
@@ -89,7 +115,12 @@ impl RedisServer {
             } else {
                 None
             };
-            let conf_path = write_config(&spec, dir.path(), port, bus_port)?;
+            let tls = if spec.tls {
+                Some(TlsCerts::generate_in(dir.path())?)
+            } else {
+                None
+            };
+            let conf_path = write_config(&spec, tls.as_ref(), dir.path(), port, bus_port)?;
             let mut args: Vec<OsString> = vec![conf_path.into_os_string()];
             if spec.mode == Mode::Sentinel {
                 args.push("--sentinel".into());
@@ -106,13 +137,19 @@ impl RedisServer {
                 dir.path(),
                 dir.path().join("redis.log"),
             );
-            match proc.start_and_wait(marker(spec.mode), &mut || ping_ok(port), READY_TIMEOUT) {
+            let tls_on = tls.is_some();
+            match proc.start_and_wait(
+                marker(spec.mode),
+                &mut || probe(port, tls_on),
+                READY_TIMEOUT,
+            ) {
                 Outcome::Ready => {
                     return Ok(RedisServer {
                         proc,
                         port,
                         bus_port,
                         mode: spec.mode,
+                        tls: tls_on,
                         dir,
                     });
                 }
@@ -135,9 +172,21 @@ impl RedisServer {
         self.bus_port
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS material of a server started with [`start_tls`](Self::start_tls).
+    pub fn tls(&self) -> Option<TlsCerts> {
+        self.tls.then(|| TlsCerts::at(self.dir.path()))
+    }
+
+    /// The CA certificate (PEM file) a client must trust to talk to a TLS
+    /// server.
+    pub fn ca_cert_path(&self) -> Option<PathBuf> {
+        self.tls().map(|t| t.ca_cert_path())
     }
 
     /// Stops the server gracefully (SIGTERM) and waits for it to exit
@@ -170,8 +219,9 @@ impl RedisServer {
             self.stop();
         }
         let port = self.port;
+        let tls = self.tls;
         self.proc
-            .restart_and_wait(marker(self.mode), &mut || ping_ok(port), READY_TIMEOUT)
+            .restart_and_wait(marker(self.mode), &mut || probe(port, tls), READY_TIMEOUT)
     }
 
     /// Whether the process is alive.
@@ -208,14 +258,41 @@ fn marker(mode: Mode) -> &'static str {
     }
 }
 
-fn write_config(spec: &Spec, dir: &Path, port: u16, bus_port: Option<u16>) -> Result<PathBuf> {
-    let mut lines = vec![
-        format!("port {port}"),
+/// Readiness: `PING` answered in plain text, or (TLS) the port accepts
+/// connections (the log marker tells it is ours).
+fn probe(port: u16, tls: bool) -> bool {
+    if tls {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok()
+    } else {
+        ping_ok(port)
+    }
+}
+
+fn write_config(
+    spec: &Spec,
+    tls: Option<&TlsCerts>,
+    dir: &Path,
+    port: u16,
+    bus_port: Option<u16>,
+) -> Result<PathBuf> {
+    let mut lines = match tls {
+        None => vec![format!("port {port}")],
+        Some(certs) => vec![
+            "port 0".to_owned(),
+            format!("tls-port {port}"),
+            format!("tls-cert-file \"{}\"", certs.server_cert_path().display()),
+            format!("tls-key-file \"{}\"", certs.server_key_path().display()),
+            format!("tls-ca-cert-file \"{}\"", certs.ca_cert_path().display()),
+            "tls-auth-clients no".to_owned(),
+        ],
+    };
+    lines.extend([
         "bind 127.0.0.1".to_owned(),
         format!("dir \"{}\"", dir.display()),
         "daemonize no".to_owned(),
         "logfile \"\"".to_owned(),
-    ];
+    ]);
     let name = match spec.mode {
         Mode::Server => {
             lines.push("save \"\"".to_owned());

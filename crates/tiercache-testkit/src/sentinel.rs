@@ -57,6 +57,7 @@ impl RedisSentinelSet {
                 ],
                 args: Vec::new(),
                 cluster_bus: false,
+                tls: false,
             };
             set.sentinels.push(RedisServer::launch(spec)?);
         }

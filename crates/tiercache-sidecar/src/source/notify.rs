@@ -38,7 +38,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::{AbortOnDrop, SessionEnd, quote_ident, quote_literal};
 use crate::config::Config;
@@ -292,7 +292,7 @@ fn lost(was_connected: bool) -> impl Fn(tokio_postgres::Error) -> SessionEnd {
 async fn session(sc: &Sidecar, shutdown: &Shutdown, reconnect: bool) -> Result<(), SessionEnd> {
     let cfg = &sc.config().source;
     let (client, mut connection) = super::pg_config(cfg)
-        .connect(NoTls)
+        .connect(super::pg_tls(cfg))
         .await
         .map_err(lost(false))?;
     let channel = cfg.channel.clone();
