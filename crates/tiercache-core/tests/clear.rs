@@ -256,3 +256,40 @@ async fn clears_without_a_shared_tier_stay_local_and_travel_the_bus() {
         assert_eq!(origin_down(c, k).await, None, "gone");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_loss_signal_makes_the_next_shared_read_learn_a_missed_clear() {
+    use bytes::Bytes;
+    use tiercache_core::backend::{Bus, Invalidation, MessageCodec};
+
+    let p = Peers::new();
+    // `b` hears another bus: `a`'s clear never reaches it.
+    let other_bus = InProcessBus::new();
+    let a = p.join();
+    let b = instance(&p.name, &p.clock, &p.tier, Some(&other_bus));
+    settle().await;
+    fill(&a, "old").await;
+    for k in 0..KEYS {
+        assert!(b.get(&k).await.is_some());
+    }
+    a.clear(ClearMode::Hard).await;
+    settle().await;
+    // A gap in some origin's sequence on `b`'s bus: messages were lost,
+    // a clear may have been among them.
+    let codec = MessageCodec::unsigned();
+    for seq in [1, 5] {
+        let m = Invalidation {
+            keys: vec!["unrelated".into()],
+            ..Invalidation::heartbeat(42, p.name.as_str(), seq)
+        };
+        other_bus
+            .publish(&p.name, Bytes::from(codec.encode(&m)))
+            .await
+            .unwrap();
+    }
+    settle().await;
+    // Well within the periodic read's four bounds: learnt from the loss.
+    for k in 0..KEYS {
+        assert_eq!(b.get(&k).await, None, "b learnt the clear: key {k}");
+    }
+}

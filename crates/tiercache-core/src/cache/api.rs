@@ -538,10 +538,12 @@ where
     /// Loads in flight when the clear happens do not put their values back
     /// as fresh. If the shared tier cannot be reached, this instance and the
     /// others clear their local tiers now and the shared tier is cleared by
-    /// a background retry. An instance that misses the message (a bus
-    /// outage, a sender that crashed before publishing) learns of the clear
-    /// from the shared tier: within half the staleness bound while its bus
-    /// is down, within four bounds while its bus is live.
+    /// a background retry. An instance that may have missed the message
+    /// (any loss signal: a gap, silence, a reconnect) reads the clear from
+    /// the shared tier before its next shared read; one whose loss nothing
+    /// signalled (a sender it never heard before crashed before publishing)
+    /// learns it from a periodic read: within four staleness bounds on a
+    /// live bus, half a bound without one.
     ///
     /// Returns the bus sequence number of the message sent, if one was.
     ///

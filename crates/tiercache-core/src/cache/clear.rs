@@ -11,11 +11,13 @@
 //! Each instance knows the epochs ([`KnownEpochs`]) from:
 //! - its own clears, and the clears on the bus (a message of their own);
 //! - the fill tickets its loads take;
-//! - a read of the shared tier before its first shared read, and then
+//! - a read of the shared tier before its first shared read and again
+//!   before the first one after each loss signal (a gap, silence, a
+//!   reconnect: a clear may have been lost with the messages), and then
 //!   periodically (every four staleness bounds while the bus is live, every
-//!   half bound otherwise): a clear whose message never came (its sender
-//!   crashed between the shared tier and the bus, or the bus is down) is
-//!   learnt within that period.
+//!   half bound otherwise): a clear whose message never came and whose loss
+//!   nothing signalled (its sender, never heard before, crashed between the
+//!   shared tier and the bus) is learnt within that period.
 //!
 //! Newer epochs, however learnt, clear the local tier as the clear did:
 //! hard flushes it, soft makes every entry stale (the fence's soft-clear
@@ -40,8 +42,11 @@ pub(crate) struct KnownEpochs {
     floor: AtomicU64,
     /// Held while the two change.
     write: Mutex<()>,
-    /// Read from the shared tier at least once.
+    /// Read from the shared tier at least once since the last loss signal.
     ready: AtomicBool,
+    /// Loss signals so far: a read that began before one does not make the
+    /// epochs ready.
+    suspects: AtomicU64,
 }
 
 impl KnownEpochs {
@@ -244,6 +249,7 @@ where
             return true;
         };
         let before = self.epochs.get();
+        let suspects = self.epochs.suspects.load(Ordering::Acquire);
         match s.clear_epochs(&self.config.namespace).await {
             Ok(e) => {
                 if (e.epoch < before.epoch || e.floor < before.floor)
@@ -252,7 +258,9 @@ where
                     tracing::warn!(ns = %self.config.namespace, known = ?before, shared = ?e, "the shared tier's clear epochs went back; following them");
                 }
                 self.learn_epochs(e);
-                self.epochs.ready.store(true, Ordering::Release);
+                if self.epochs.suspects.load(Ordering::Acquire) == suspects {
+                    self.epochs.ready.store(true, Ordering::Release);
+                }
                 true
             }
             Err(e) => {
@@ -262,10 +270,18 @@ where
         }
     }
 
+    /// A loss signal (a bus gap, silence, a reconnect, a failover): a clear
+    /// may have been missed with the messages, so the epochs are read again
+    /// before the next shared value is judged.
+    pub(super) fn epochs_suspect(&self) {
+        self.epochs.suspects.fetch_add(1, Ordering::AcqRel);
+        self.epochs.ready.store(false, Ordering::Release);
+    }
+
     /// Whether shared-tier values can be judged: the epochs were read at
-    /// least once (read now if not).
+    /// least once since the last loss signal (read now if not).
     pub(super) async fn epochs_ready(&self) -> bool {
-        self.epochs.is_ready() || self.refresh_epochs().await
+        self.epochs.is_ready() || (self.refresh_epochs().await && self.epochs.is_ready())
     }
 
     /// How long until the epochs are read again: a clear whose message was

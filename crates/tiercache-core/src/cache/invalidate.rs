@@ -233,6 +233,8 @@ where
         // lost "created".
         if !matches!(reason, FlushReason::Requested | FlushReason::Cleared) {
             self.bloom_suspect();
+            // ... and a lost clear: the epochs are read again first.
+            self.epochs_suspect();
         }
         self.fence.invalidate_all();
         // Loads in flight are detached when invalidations may have been
