@@ -327,17 +327,29 @@ where
             // is loading are awaited in the shared tier (up to `lease_wait`,
             // all at once) instead of loaded here too; the loader gets the
             // rest, and those whose wait ran out.
+            //
+            // The first key (in storage-key order) is a gate, asked alone:
+            // a batch that finds it held elsewhere takes no lease at all and
+            // waits for every key. Two instances batch-loading the same keys
+            // at once would otherwise split the leases between them, each
+            // wait for the other's keys before loading its own (the loader
+            // is called once), and both load everything when the waits run
+            // out.
             let mark = inner.fence.mark();
-            let tickets = futures::future::join_all(
-                leads
-                    .iter()
-                    .map(|(_, sk, ..)| inner.begin_fill(sk, inner.config.lease_ttl)),
-            )
-            .await;
-            let (held, mut mine): (Vec<_>, Vec<_>) = leads
-                .into_iter()
-                .zip(tickets)
-                .partition(|(_, t)| t.as_ref().is_some_and(|t| t.lease_held_elsewhere));
+            leads.sort_by(|a, b| a.1.cmp(&b.1));
+            let lease_ttl = inner.config.lease_ttl;
+            let gate = inner.begin_fill(&leads[0].1, lease_ttl).await;
+            let gate_held = gate.as_ref().is_some_and(|t| t.lease_held_elsewhere);
+            let rest =
+                futures::future::join_all(leads[1..].iter().map(|(_, sk, ..)| {
+                    inner.begin_fill(sk, if gate_held { None } else { lease_ttl })
+                }))
+                .await;
+            let tickets = std::iter::once(gate).chain(rest);
+            let (held, mut mine): (Vec<_>, Vec<_>) =
+                leads.into_iter().zip(tickets).partition(|(_, t)| {
+                    gate_held || t.as_ref().is_some_and(|t| t.lease_held_elsewhere)
+                });
             if !held.is_empty() {
                 inner.stats.lease_waits(held.len() as u64);
                 let waited = futures::future::join_all(held.iter().map(|((_, sk, h, _), _)| {
