@@ -63,8 +63,14 @@ def invalidation(origin, namespace, keys, tags, created, seq, source_time_ms):
     )
 
 
-def message(body, signed=False):
-    head = b"TCI\x01" + bytes([1 if signed else 0]) + body
+def clear_note(hard, epoch, floor):
+    """A ClearNote (postcard): hard, epoch, floor; after the body, format 2."""
+    return bytes([1 if hard else 0]) + varint(epoch) + varint(floor)
+
+
+def message(body, signed=False, clear=None):
+    version = b"\x01" if clear is None else b"\x02"
+    head = b"TCI" + version + bytes([1 if signed else 0]) + body + (clear or b"")
     if signed:
         head += hmac.new(SIGNING_KEY, head, hashlib.sha256).digest()
     return head
@@ -87,6 +93,16 @@ write("bus_message", "foreign", b"hello world")
 # Origin heartbeats and farewells: no keys, no tags, the last seq.
 write("bus_message", "heartbeat", message(invalidation(9, "products", [], [], False, 7, 0)))
 write("bus_message", "farewell", message(invalidation(9, "products", [], [], True, 7, 0)))
+# Clears (format 2): hard and soft, signed; and what a decoder refuses: a
+# clear naming keys, a floor past its epoch, a format-2 message without its
+# clear, huge epochs.
+clear_body = invalidation(9, "products", [], [], False, 8, 1_700_000_000_000)
+write("bus_message", "clear-hard", message(clear_body, clear=clear_note(True, 5, 5)))
+write("bus_message", "clear-soft-signed", message(clear_body, signed=True, clear=clear_note(False, 6, 5)))
+write("bus_message", "clear-with-keys", message(sample, clear=clear_note(True, 5, 5)))
+write("bus_message", "clear-floor-past-epoch", message(clear_body, clear=clear_note(False, 3, 4)))
+write("bus_message", "clear-missing", b"TCI\x02\x00" + clear_body)
+write("bus_message", "clear-u64-max", message(clear_body, clear=clear_note(True, U64_MAX, U64_MAX)))
 
 # --- bus_listener: chunks of (length byte, bytes) -----------------------------
 
@@ -116,6 +132,16 @@ write(
     chunks(b"\x03" + struct.pack("<Q", U64_MAX) + b"probe t1 t2", b"\x03" + struct.pack("<Q", 1) + b"x"),
 )
 write("bus_listener", "garbage-then-other-namespace", chunks(b"hello", message(sample)))
+# A forged clear with the largest epochs, then the probe: the listener
+# clears and goes on.
+write(
+    "bus_listener",
+    "forged-clear-then-probe",
+    chunks(
+        message(invalidation(9, "fz", [], [], False, 1, 0), clear=clear_note(True, U64_MAX, U64_MAX)),
+        fz(2),
+    ),
+)
 # Source times a receiver clamps before recording (never later than now):
 # far future, the epoch's first millisecond, and unknown (0).
 write(
@@ -131,9 +157,13 @@ write(
 # --- envelope ------------------------------------------------------------------
 
 
-def envelope(negative, times, tags, payload, lz4_raw_len=None):
+def envelope(negative, times, tags, payload, lz4_raw_len=None, epoch=None):
+    """Format 1, or format 2 (a clear epoch after the times) with `epoch`."""
     flags = (1 if negative else 0) | (2 if lz4_raw_len is not None else 0)
-    out = b"TC\x01" + bytes([flags]) + struct.pack("<4Q", *times)
+    version = b"\x01" if epoch is None else b"\x02"
+    out = b"TC" + version + bytes([flags]) + struct.pack("<4Q", *times)
+    if epoch is not None:
+        out += struct.pack("<Q", epoch)
     out += struct.pack("<H", len(tags))
     for t, v in tags:
         tb = t.encode()
@@ -152,6 +182,10 @@ write("envelope", "negative", envelope(True, (1, 2, 3, 4), [], b""))
 # the last five bytes as literals.
 block = bytes([0x1F]) + b"a" + b"\x01\x00" + bytes([255] * 7 + [190]) + bytes([0x50]) + b"aaaaa"
 write("envelope", "lz4", envelope(False, (1, 2, 3, 4), [("t", 1)], block, lz4_raw_len=2000))
+# Format 2: a clear epoch; the largest one; cut inside the epoch.
+write("envelope", "epoch", envelope(False, (1, 2, 3, 4), tags, b"hello", epoch=7))
+write("envelope", "epoch-u64-max", envelope(True, (1, 2, 3, 4), [], b"", epoch=U64_MAX))
+write("envelope", "epoch-cut", envelope(False, (1, 2, 3, 4), [], b"", epoch=7)[:4 + 32 + 4])
 
 # --- keys: max_key_len (u16 LE), namespace length, namespace, key \n key ----------
 
