@@ -319,55 +319,46 @@ where
                 if signal != OriginSignal::Changes {
                     continue;
                 }
-                if let Some(note) = msg.clear {
-                    let mode = inner.apply_clear_note(note);
-                    tracing::debug!(ns = %inner.config.namespace, origin = msg.sender_instance, seq = msg.seq, mode = mode.as_str(), "clear applied");
-                    inner.stats.invalidations_received(1);
-                    if inner.applied.receiver_count() > 0 {
-                        let _ = inner.applied.send(super::Applied {
-                            sender_instance: msg.sender_instance,
-                            seq: msg.seq,
-                            keys: Vec::new(),
-                            tags: Vec::new(),
-                            clear: Some(mode),
-                            at: clock.std_now(),
-                        });
+                let clear = match msg.clear {
+                    Some(note) => {
+                        let mode = inner.apply_clear_note(note);
+                        tracing::debug!(ns = %inner.config.namespace, origin = msg.sender_instance, seq = msg.seq, mode = mode.as_str(), "clear applied");
+                        Some(mode)
                     }
-                    if msg.source_time_ms > 0 {
-                        let lag = clock.wall_ms().saturating_sub(msg.source_time_ms);
-                        inner.stats.evict_lag_seconds.record(lag as f64 / 1000.0);
+                    None => {
+                        let hashes: Vec<_> = msg
+                            .keys
+                            .iter()
+                            .map(|k| inner.keys.hash(k.as_str()))
+                            .collect();
+                        // Shared-tier values written before the change are
+                        // older than it (the sender's clock; never later
+                        // than now, so a clock ahead or a forged time costs
+                        // misses, not more).
+                        let now = clock.wall_ms();
+                        let at = match msg.source_time_ms {
+                            0 => now,
+                            t => t.min(now),
+                        };
+                        inner.apply_local(&hashes, &msg.tags, at);
+                        tracing::debug!(
+                            ns = %inner.config.namespace,
+                            origin = msg.sender_instance,
+                            seq = msg.seq,
+                            keys = ?msg.keys,
+                            tags = ?msg.tags,
+                            "invalidation applied"
+                        );
+                        if msg.created
+                            && let Some(b) = &inner.bloom
+                        {
+                            for h in &hashes {
+                                b.add(*h);
+                            }
+                        }
+                        None
                     }
-                    continue;
-                }
-                let hashes: Vec<_> = msg
-                    .keys
-                    .iter()
-                    .map(|k| inner.keys.hash(k.as_str()))
-                    .collect();
-                // Shared-tier values written before the change are older
-                // than it (the sender's clock; never later than now, so a
-                // clock ahead or a forged time costs misses, not more).
-                let now = clock.wall_ms();
-                let at = match msg.source_time_ms {
-                    0 => now,
-                    t => t.min(now),
                 };
-                inner.apply_local(&hashes, &msg.tags, at);
-                tracing::debug!(
-                    ns = %inner.config.namespace,
-                    origin = msg.sender_instance,
-                    seq = msg.seq,
-                    keys = ?msg.keys,
-                    tags = ?msg.tags,
-                    "invalidation applied"
-                );
-                if msg.created
-                    && let Some(b) = &inner.bloom
-                {
-                    for h in &hashes {
-                        b.add(*h);
-                    }
-                }
                 inner.stats.invalidations_received(1);
                 if inner.applied.receiver_count() > 0 {
                     let _ = inner.applied.send(super::Applied {
@@ -375,7 +366,7 @@ where
                         seq: msg.seq,
                         keys: msg.keys,
                         tags: msg.tags,
-                        clear: None,
+                        clear,
                         at: clock.std_now(),
                     });
                 }
