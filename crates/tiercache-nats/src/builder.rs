@@ -38,6 +38,7 @@ pub struct NatsBusBuilder {
     heartbeat: Duration,
     jetstream: Option<String>,
     jetstream_max_age: Duration,
+    jetstream_replicas: usize,
     publish_timeout: Duration,
     connect_timeout: Duration,
     subscription_capacity: Option<usize>,
@@ -59,6 +60,7 @@ impl std::fmt::Debug for NatsBusBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("jetstream", &self.jetstream)
             .field("jetstream_max_age", &self.jetstream_max_age)
+            .field("jetstream_replicas", &self.jetstream_replicas)
             .field("publish_timeout", &self.publish_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("subscription_capacity", &self.subscription_capacity)
@@ -81,6 +83,7 @@ impl Default for NatsBusBuilder {
             heartbeat: DEFAULT_HEARTBEAT,
             jetstream: None,
             jetstream_max_age: DEFAULT_JETSTREAM_MAX_AGE,
+            jetstream_replicas: 1,
             publish_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             subscription_capacity: None,
@@ -93,9 +96,39 @@ impl Default for NatsBusBuilder {
 impl NatsBusBuilder {
     /// The server to connect to, e.g. `nats://127.0.0.1:4222` or
     /// `tls://nats.internal:4222`; several servers of a cluster may be given
-    /// separated by commas. Required.
+    /// separated by commas (see [`urls`](Self::urls)). Required (this or
+    /// `urls`).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
+        self
+    }
+
+    /// Several seed servers of one NATS cluster, e.g. every node's
+    /// `nats://host:4222` (the same as [`url`](Self::url) with the URLs
+    /// joined by commas; it replaces what `url` set).
+    ///
+    /// The client connects to one of them (in random order, so a fleet
+    /// spreads over the seeds) and also learns the cluster's other servers
+    /// from the server's `INFO`. When its server goes away it reconnects to
+    /// another seed or learned server; in core mode the subscription then
+    /// reports `Connected { resumed: false }`, in JetStream mode it resumes
+    /// after its last sequence (`resumed: true`).
+    ///
+    /// ```
+    /// use tiercache_nats::NatsBus;
+    /// let builder = NatsBus::builder()
+    ///     .urls(["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"])
+    ///     .jetstream("TIERCACHE")
+    ///     .jetstream_replicas(3);
+    /// # drop(builder);
+    /// ```
+    pub fn urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<String> = urls.into_iter().map(Into::into).collect();
+        self.url = Some(list.join(","));
         self
     }
 
@@ -167,6 +200,17 @@ impl NatsBusBuilder {
     /// from. An existing stream keeps its own limits.
     pub fn jetstream_max_age(mut self, max_age: Duration) -> Self {
         self.jetstream_max_age = max_age;
+        self
+    }
+
+    /// How many servers of the cluster hold a copy of a stream created by
+    /// [`jetstream`](Self::jetstream) (`num_replicas`; default 1, at most 5,
+    /// and no more than the cluster has JetStream servers). With 3 the stream
+    /// survives the loss of any one server: a new stream leader is elected
+    /// and every acknowledged invalidation is still there to resume from. An
+    /// existing stream keeps its own replica count (a difference is logged).
+    pub fn jetstream_replicas(mut self, replicas: usize) -> Self {
+        self.jetstream_replicas = replicas;
         self
     }
 
@@ -283,6 +327,15 @@ impl NatsBusBuilder {
                 "must be positive (a stream that keeps nothing cannot replay)",
             ));
         }
+        if !(1..=5).contains(&self.jetstream_replicas) {
+            return Err(ConfigError::new(
+                "jetstream_replicas",
+                format!(
+                    "is {}; must be 1 to 5 (NATS keeps at most 5 copies of a stream)",
+                    self.jetstream_replicas
+                ),
+            ));
+        }
         if self.publish_timeout.is_zero() {
             return Err(ConfigError::new("publish_timeout", "must be positive"));
         }
@@ -384,6 +437,7 @@ impl NatsBusBuilder {
                         subjects: vec![format!("{}.>", self.subject_prefix)],
                         max_age: self.jetstream_max_age,
                         storage: jetstream::stream::StorageType::File,
+                        num_replicas: self.jetstream_replicas,
                         description: Some("tiercache invalidations".to_owned()),
                         ..Default::default()
                     },
@@ -556,6 +610,27 @@ mod tests {
             "tls_ca_cert"
         );
         assert!(ok().url("nats://a:1, nats://b:2").check().is_ok());
+        assert_eq!(
+            field(ok().jetstream("S").jetstream_replicas(0)),
+            "jetstream_replicas"
+        );
+        assert_eq!(
+            field(ok().jetstream("S").jetstream_replicas(6)),
+            "jetstream_replicas"
+        );
+        assert!(ok().jetstream("S").jetstream_replicas(5).check().is_ok());
+        assert_eq!(field(ok().urls(Vec::<String>::new())), "url");
+    }
+
+    #[test]
+    fn urls_are_every_seed() {
+        let addrs = NatsBusBuilder::default()
+            .urls(["nats://127.0.0.1:1", "nats://127.0.0.1:2", "tls://h:3"])
+            .check()
+            .unwrap();
+        assert_eq!(addrs.len(), 3);
+        assert_eq!(addrs[1].port(), 2);
+        assert!(addrs[2].tls_required());
     }
 
     #[test]

@@ -242,6 +242,15 @@ pub(crate) async fn ensure_stream(
         .get_or_create_stream(js.config.clone())
         .await
         .map_err(StreamProblem::Other)?;
+    let existing = &stream.cached_info().config;
+    if existing.num_replicas.max(1) != js.config.num_replicas.max(1) {
+        tracing::warn!(
+            stream = %js.config.name,
+            replicas = existing.num_replicas,
+            configured = js.config.num_replicas,
+            "JetStream stream exists with another replica count; it keeps its own (jetstream_replicas)"
+        );
+    }
     let subjects = &stream.cached_info().config.subjects;
     if !subjects.iter().any(|p| covers(p, &js.wildcard)) {
         return Err(StreamProblem::Config(ConfigError::new(

@@ -23,3 +23,10 @@ pub const RECONNECTS: &str = "tiercache_nats_reconnects_total";
 /// `namespace` and `resumed` (`true`: nothing missed; `false`: history was
 /// gone and the subscriber was told to resynchronise).
 pub const JETSTREAM_RESUMES: &str = "tiercache_nats_jetstream_resumes_total";
+/// Counter: JetStream subscriptions whose consumer could not be trusted
+/// while the connection stayed up: JetStream did not answer (a stream leader
+/// being elected), or the stream held newer messages for the subscription
+/// and none arrived for a whole check period (the consumer's server was
+/// lost). Each is rebuilt after its last delivered sequence. Label
+/// `namespace`.
+pub const JETSTREAM_STALLS: &str = "tiercache_nats_jetstream_stalls_total";

@@ -1,6 +1,19 @@
 //! One subscription's event stream: a small state machine over the
 //! connection state, liveness probes, slow-consumer reports and the messages
 //! themselves (a core subscription, or a JetStream ordered consumer).
+//!
+//! In a NATS cluster a JetStream subscription's (R1, ephemeral) ordered
+//! consumer lives on one server, not necessarily the one the client is
+//! connected to. When the client's own server is lost, the connection
+//! drops and the subscription is rebuilt after its last sequence. When only
+//! the consumer's server is lost, the connection stays up and the consumer
+//! just stops delivering (the client notices missed heartbeats only after
+//! tens of seconds): every check period (500 ms) the subscription asks the
+//! stream for the newest message on its subject, and when JetStream does not
+//! answer (a stream leader being elected) or a message newer than the last
+//! delivered has waited a whole period with no delivery at all, it reports
+//! `Disconnected` and is rebuilt after its last sequence
+//! (`Connected { resumed: true }`: nothing is lost).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,6 +21,7 @@ use std::sync::Arc;
 use async_nats::Subscriber;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::{Stream, StreamExt};
 use tiercache_core::backend::{BoxError, BusError, BusEvent};
 use tokio::sync::watch;
@@ -36,7 +50,54 @@ enum Kind {
         stream_created: Option<StreamCreated>,
         /// When the stream was last checked for having been reset.
         checked: tokio::time::Instant,
+        /// When the consumer was last checked for a stall.
+        consumer_checked: tokio::time::Instant,
+        /// A newer message the stream held at the last check.
+        stall: Option<StallWatch>,
+        /// How long the next link attempt may take: [`FIRST_LINK_ATTEMPT`],
+        /// [`LINK_ATTEMPT_STEP`] more after each attempt that timed out, up
+        /// to the link timeout. Short, because while a cluster elects a
+        /// stream or meta leader (seconds) JetStream requests go unanswered
+        /// and stay so: the attempt under way when the leader is there has
+        /// to time out before the next one succeeds. Growing (slowly), so a
+        /// slow server still gets the time it needs.
+        attempt_timeout: std::time::Duration,
     },
+}
+
+/// The first JetStream link attempt's time limit (see `attempt_timeout`).
+const FIRST_LINK_ATTEMPT: std::time::Duration = std::time::Duration::from_millis(750);
+/// How much longer each JetStream link attempt after a timed-out one may take.
+const LINK_ATTEMPT_STEP: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often a linked JetStream subscription checks its consumer (at most;
+/// see `SubStream::check_consumer`). Short enough that a consumer lost with
+/// its server is replaced well within the time an instance keeps distrusting
+/// a silent origin.
+const CONSUMER_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// At a stall check, the stream held `newest` (on the subscription's
+/// subject) while `seen` was the last sequence delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StallWatch {
+    newest: u64,
+    seen: u64,
+}
+
+impl StallWatch {
+    /// What a check that found `newest` in the stream, with `seen` delivered,
+    /// concludes after `watch` (from the previous check, a period ago):
+    /// `Err(())` when the consumer is stalled (nothing at all was delivered
+    /// for a whole period while a newer message waited), otherwise what to
+    /// watch next.
+    fn step(watch: Option<StallWatch>, newest: u64, seen: u64) -> Result<Option<StallWatch>, ()> {
+        if newest <= seen {
+            return Ok(None);
+        }
+        match watch {
+            Some(w) if w.seen == seen && w.newest > seen => Err(()),
+            _ => Ok(Some(StallWatch { newest, seen })),
+        }
+    }
 }
 
 /// What woke the stream up.
@@ -90,6 +151,9 @@ impl SubStream {
                 last_seen: None,
                 stream_created: None,
                 checked: tokio::time::Instant::now(),
+                consumer_checked: tokio::time::Instant::now(),
+                stall: None,
+                attempt_timeout: FIRST_LINK_ATTEMPT.min(shared.link_timeout),
             }
         } else {
             let sub = tokio::time::timeout(
@@ -141,6 +205,7 @@ impl SubStream {
                 Wake::Beat => {
                     self.reconcile().await;
                     self.check_stream().await;
+                    self.check_consumer().await;
                     if self.linked.connected {
                         self.pending.push_back(BusEvent::Heartbeat);
                     }
@@ -282,6 +347,95 @@ impl SubStream {
         }
     }
 
+    /// Every [`CONSUMER_CHECK`] (or the heartbeat, if shorter), a linked
+    /// JetStream subscription asks the stream for the newest message on its
+    /// subject (a request the stream leader answers). It unlinks
+    /// (`Disconnected`; the next link resumes after the last delivered
+    /// sequence) when:
+    ///
+    /// - the stream does not answer within the link timeout, or answers
+    ///   with an error: JetStream is unavailable (a stream leader being
+    ///   elected after its server was lost), so the consumer, which may
+    ///   have lived on that server, cannot be trusted to deliver; or
+    /// - a message newer than the last delivered waited a whole check period
+    ///   while nothing at all was delivered: the consumer is gone with its
+    ///   server (see the module docs).
+    ///
+    /// A slow subscription that still makes progress is never unlinked.
+    async fn check_consumer(&mut self) {
+        let every = self
+            .shared
+            .heartbeat
+            .clamp(std::time::Duration::from_millis(100), CONSUMER_CHECK);
+        let Kind::JetStream {
+            messages: Some(_),
+            last_seen,
+            consumer_checked,
+            stall,
+            ..
+        } = &mut self.kind
+        else {
+            return;
+        };
+        if !self.linked.connected || consumer_checked.elapsed() < every {
+            return;
+        }
+        let Some(js) = self.shared.jetstream.as_ref() else {
+            return;
+        };
+        let subject = self.subject.as_str();
+        let newest = async {
+            let stream = js
+                .context
+                .get_stream_no_info(&js.config.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(msg) => Ok(Some(msg.sequence)),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let newest = tokio::time::timeout(self.shared.link_timeout, newest).await;
+        *consumer_checked = tokio::time::Instant::now();
+        let newest = match newest {
+            Ok(Ok(Some(seq))) => seq,
+            // Nothing on the subject yet: nothing can be missed.
+            Ok(Ok(None)) => {
+                *stall = None;
+                return;
+            }
+            Ok(Err(problem)) => {
+                self.consumer_lost(&format!("JetStream unavailable: {problem}"));
+                return;
+            }
+            Err(_) => {
+                self.consumer_lost("JetStream unavailable: no answer from the stream");
+                return;
+            }
+        };
+        let seen = last_seen.unwrap_or(0);
+        match StallWatch::step(*stall, newest, seen) {
+            Ok(next) => *stall = next,
+            Err(()) => self.consumer_lost(&format!(
+                "the consumer stopped delivering (last delivered {seen}, the stream has {newest})"
+            )),
+        }
+    }
+
+    /// The JetStream consumer cannot be trusted: counted, logged, unlinked.
+    fn consumer_lost(&mut self, why: &str) {
+        if let Kind::JetStream { stall, .. } = &mut self.kind {
+            *stall = None;
+        }
+        metrics::counter!(m::JETSTREAM_STALLS, "namespace" => self.namespace.clone()).increment(1);
+        tracing::warn!(
+            namespace = %self.namespace,
+            "{why}; resubscribing after the last delivered sequence"
+        );
+        self.unlink();
+    }
+
     /// Reports a lost link (once) and drops what depends on it.
     fn unlink(&mut self) {
         if let Kind::JetStream { messages, .. } = &mut self.kind {
@@ -340,13 +494,19 @@ impl SubStream {
                 last_seen,
                 checked,
                 stream_created,
+                consumer_checked,
+                stall,
+                attempt_timeout,
             } => {
                 let first = last_seen.is_none();
                 let work = link_jetstream(&shared, &self.subject, last_seen, stream_created);
-                match tokio::time::timeout(shared.link_timeout, work).await {
+                match tokio::time::timeout(*attempt_timeout, work).await {
                     Ok(Ok((ordered, resumed))) => {
+                        *attempt_timeout = FIRST_LINK_ATTEMPT.min(shared.link_timeout);
                         *messages = Some(Box::new(ordered));
                         *checked = tokio::time::Instant::now();
+                        *consumer_checked = tokio::time::Instant::now();
+                        *stall = None;
                         if !first {
                             metrics::counter!(
                                 m::JETSTREAM_RESUMES,
@@ -362,7 +522,9 @@ impl SubStream {
                         None
                     }
                     Err(_) => {
-                        tracing::warn!(namespace = %self.namespace, "starting JetStream consumer timed out; retrying");
+                        tracing::warn!(namespace = %self.namespace, timeout = ?*attempt_timeout, "starting JetStream consumer timed out; retrying");
+                        *attempt_timeout =
+                            (*attempt_timeout + LINK_ATTEMPT_STEP).min(shared.link_timeout);
                         None
                     }
                 }
@@ -409,4 +571,28 @@ async fn link_jetstream(
     *last_seen = Some(start - 1);
     *stream_created = Some(created);
     Ok((ordered, resumed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StallWatch;
+
+    #[test]
+    fn a_stall_needs_a_whole_period_without_progress() {
+        // Nothing newer than what was delivered: nothing to watch.
+        assert_eq!(StallWatch::step(None, 5, 5), Ok(None));
+        // Newer in the stream: watch it.
+        let w = StallWatch::step(None, 7, 5).unwrap();
+        assert_eq!(w, Some(StallWatch { newest: 7, seen: 5 }));
+        // Delivered meanwhile: fine.
+        assert_eq!(StallWatch::step(w, 7, 7), Ok(None));
+        // Progress, though still behind (a slow or replaying subscriber): not a stall.
+        assert_eq!(
+            StallWatch::step(w, 9, 6),
+            Ok(Some(StallWatch { newest: 9, seen: 6 }))
+        );
+        // No delivery for a whole period while a newer message waited: a stall.
+        assert_eq!(StallWatch::step(w, 7, 5), Err(()));
+        assert_eq!(StallWatch::step(w, 8, 5), Err(()));
+    }
 }

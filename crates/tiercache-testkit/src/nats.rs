@@ -14,7 +14,7 @@ use crate::port::free_port;
 use crate::process::{Outcome, Proc, READY_TIMEOUT, START_ATTEMPTS, STOP_TIMEOUT};
 use crate::tls::TlsCerts;
 
-const MARKER: &str = "Server is ready";
+pub(crate) const MARKER: &str = "Server is ready";
 
 /// How clients of a [`NatsServer`] must authenticate.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,9 +46,9 @@ impl std::fmt::Debug for NatsAuth {
 #[derive(Clone, Debug, Default)]
 #[must_use]
 pub struct NatsOptions {
-    jetstream: bool,
-    tls: bool,
-    auth: Option<NatsAuth>,
+    pub(crate) jetstream: bool,
+    pub(crate) tls: bool,
+    pub(crate) auth: Option<NatsAuth>,
 }
 
 impl NatsOptions {
@@ -250,7 +250,11 @@ impl NatsServer {
 
 /// A config file with the TLS and authorization blocks (the listen address
 /// and port stay on the command line, so a restart keeps them).
-fn write_config(dir: &Path, tls: Option<&TlsCerts>, auth: Option<&NatsAuth>) -> Result<PathBuf> {
+pub(crate) fn write_config(
+    dir: &Path,
+    tls: Option<&TlsCerts>,
+    auth: Option<&NatsAuth>,
+) -> Result<PathBuf> {
     let mut text = String::new();
     if let Some(certs) = tls {
         text.push_str(&format!(
@@ -280,7 +284,7 @@ fn write_config(dir: &Path, tls: Option<&TlsCerts>, auth: Option<&NatsAuth>) -> 
     Ok(path)
 }
 
-fn quote(path: &Path) -> String {
+pub(crate) fn quote(path: &Path) -> String {
     json_string(&path.display().to_string())
 }
 
@@ -299,7 +303,7 @@ fn json_string(s: &str) -> String {
 }
 
 /// Connects and reads the `INFO {...}` greeting.
-fn greets(port: u16) -> bool {
+pub(crate) fn greets(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;

@@ -16,7 +16,10 @@
 //! - an active origin (one that published within the last few seconds; it
 //!   heartbeats until it says farewell) not heard within `bus_liveness`:
 //!   flush (its messages are stuck or lost on its side, which a live bus
-//!   here cannot show);
+//!   here cannot show) and bypass the local tier; once it has been silent
+//!   longer than an origin heartbeats, cap local life until it is heard
+//!   again or its stuck messages would have been given up (it may be alive
+//!   behind a stuck queue, still writing);
 //! - the namespace's clear epochs are read from the shared tier now and
 //!   then, and after a reconnect or failover (see [`clear`](super::clear));
 //! - every one of these is also a loss signal for the Bloom guard: it
@@ -179,6 +182,15 @@ where
     // any is (for at most ACTIVE_FOR after it was last heard, as long as an
     // origin heartbeats after its last message), the local tier is bypassed.
     let mut silent_origins: HashMap<u64, Instant> = HashMap::new();
+    // Silent origins past ACTIVE_FOR, with when they were last heard. One
+    // that crashed is never heard again; one alive behind a stuck queue (its
+    // bus unreachable for it alone, a JetStream stream electing a leader)
+    // keeps writing, each write extending its activity, and its messages
+    // arrive once the queue drains, which can be much later. Until it is
+    // heard again, says farewell, or its queue would have given its
+    // messages up, local life stays capped to the bound: a copy filled
+    // meanwhile cannot outlive a stuck invalidation by more than that.
+    let mut lapsed_origins: HashMap<u64, Instant> = HashMap::new();
     let mut connected = false;
     let mut silent = false;
     loop {
@@ -210,17 +222,26 @@ where
                     inner.set_mode(LocalMode::Bypass);
                 }
                 let before = silent_origins.len();
-                silent_origins
-                    .retain(|_, t| now.saturating_duration_since(*t) <= super::outbox::ACTIVE_FOR);
+                silent_origins.retain(|o, t| {
+                    let keep = now.saturating_duration_since(*t) <= super::outbox::ACTIVE_FOR;
+                    if !keep {
+                        lapsed_origins.insert(*o, *t);
+                    }
+                    keep
+                });
+                let lapsed_before = lapsed_origins.len();
+                lapsed_origins.retain(|_, t| {
+                    now.saturating_duration_since(*t) <= super::outbox::GIVE_UP_AFTER
+                });
                 if before > 0 && silent_origins.is_empty() && !silent {
-                    // Gone for longer than an origin heartbeats: no stuck message of
-                    // theirs can still be unheard of.
+                    // Gone for longer than an origin heartbeats after its
+                    // last message: if it crashed, none of its messages can
+                    // still be unheard of; if it is alive behind a stuck
+                    // queue, local life stays capped (`lapsed_origins`).
                     inner.flush_local_because(FlushReason::BusHeardAgain);
-                    inner.set_mode(if connected {
-                        LocalMode::Trusted
-                    } else {
-                        LocalMode::Capped
-                    });
+                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
+                } else if lapsed_before > 0 && lapsed_origins.is_empty() && !silent {
+                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
                 }
                 drop(inner);
                 tokio::time::timeout(liveness, sub.next()).await
@@ -262,11 +283,7 @@ where
                 inner.bloom_bus_down(false);
             }
             if silent_origins.is_empty() {
-                inner.set_mode(if connected {
-                    LocalMode::Trusted
-                } else {
-                    LocalMode::Capped
-                });
+                inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
             }
         }
         match ev {
@@ -304,17 +321,16 @@ where
                 } else {
                     last_heard.insert(msg.sender_instance, clock.now());
                 }
-                if silent_origins.remove(&msg.sender_instance).is_some()
+                let was_silent = silent_origins.remove(&msg.sender_instance).is_some();
+                let was_lapsed = lapsed_origins.remove(&msg.sender_instance).is_some();
+                if (was_silent || was_lapsed)
                     && silent_origins.is_empty()
+                    && lapsed_origins.is_empty()
                 {
                     // Heard again: what it had stuck arrives from here on;
                     // a copy made meanwhile may predate it.
                     inner.flush_local_because(FlushReason::BusHeardAgain);
-                    inner.set_mode(if connected {
-                        LocalMode::Trusted
-                    } else {
-                        LocalMode::Capped
-                    });
+                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
                 }
                 if signal != OriginSignal::Changes {
                     continue;
@@ -389,7 +405,7 @@ where
                 }
                 connected = true;
                 if silent_origins.is_empty() {
-                    inner.set_mode(LocalMode::Trusted);
+                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
                 }
                 inner.bloom_bus_down(false);
             }
@@ -408,6 +424,24 @@ where
                 inner.flush_local_because(FlushReason::MessagesDropped);
             }
         }
+    }
+}
+
+/// The local tier's mode when the bus is not silent: trusted when
+/// connected and every active origin is accounted for; capped while
+/// disconnected or while a lapsed origin may still have messages stuck;
+/// bypassed while an active origin is silent.
+fn trust(
+    connected: bool,
+    silent_origins: &HashMap<u64, Instant>,
+    lapsed_origins: &HashMap<u64, Instant>,
+) -> LocalMode {
+    if !silent_origins.is_empty() {
+        LocalMode::Bypass
+    } else if connected && lapsed_origins.is_empty() {
+        LocalMode::Trusted
+    } else {
+        LocalMode::Capped
     }
 }
 

@@ -26,7 +26,7 @@ const CAPACITY: usize = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long one message is retried before it is given up (counted).
-const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+pub(super) const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
 /// How long an origin heartbeats after its last invalidation, before it
 /// says farewell and goes quiet.
