@@ -220,8 +220,14 @@ fn w2(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    // `W2_PROFILE=1`: only the 1 KiB engine reads, round after round (for
+    // `perf record`); no baseline, no summary.
+    let profile = std::env::var_os("W2_PROFILE").is_some();
     let mut summary = Vec::new();
     for (label, len) in [("100B", 100usize), ("1KiB", 1024)] {
+        if profile && len != 1024 {
+            continue;
+        }
         let ns = format!("w2-{label}");
         let value = json_of(len);
         assert_eq!(value.len(), len);
@@ -237,6 +243,16 @@ fn w2(
             .await;
         });
 
+        if profile {
+            for _ in 0..rounds {
+                let t = rt.block_on(w2_engine(tier, &ns, W2_KEYS, len, true));
+                eprintln!(
+                    "w2 {label} engine: {:.0}/s",
+                    W2_KEYS as f64 / t.as_secs_f64()
+                );
+            }
+            continue;
+        }
         let mut group = c.benchmark_group(format!("w2_shared_hit_{label}_64_tasks"));
         group.throughput(Throughput::Elements(1));
         group.sample_size(10);
