@@ -795,6 +795,125 @@ async fn bus_silence_bypasses_the_local_tier_until_heard_again() {
     assert!(c.local_trusted());
 }
 
+/// An instance's bus whose publishes fail while `stuck` (its own link to
+/// the bus is down, or a JetStream stream is electing a leader), while it
+/// and everyone else still hear the bus.
+struct StuckPublisher {
+    bus: InProcessBus,
+    stuck: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl tiercache_core::backend::Bus for StuckPublisher {
+    async fn publish(
+        &self,
+        namespace: &str,
+        payload: Bytes,
+    ) -> Result<(), tiercache_core::backend::BusError> {
+        if self.stuck.load(Ordering::SeqCst) {
+            return Err(tiercache_core::backend::BusError::Timeout);
+        }
+        self.bus.publish(namespace, payload).await
+    }
+
+    async fn subscribe(
+        &self,
+        namespace: &str,
+    ) -> Result<
+        futures::stream::BoxStream<'static, tiercache_core::backend::BusEvent>,
+        tiercache_core::backend::BusError,
+    > {
+        self.bus.subscribe(namespace).await
+    }
+
+    fn heartbeat_at_least(&self, every: Duration) {
+        self.bus.heartbeat_at_least(every);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_stuck_longer_than_it_heartbeats_keeps_peers_capped() {
+    let clock = MockClock::new();
+    let tier = InProcessSharedTier::default().with_clock(clock.clone());
+    let bus = InProcessBus::new();
+    let bound = Duration::from_millis(300);
+    let name = ns();
+    let writer_bus = Arc::new(StuckPublisher {
+        bus: bus.clone(),
+        stuck: std::sync::atomic::AtomicBool::new(false),
+    });
+    let w: Cache<u64, String> = Cache::builder(name.as_str())
+        .shared_tier(tier.clone())
+        .bus_arc(writer_bus.clone() as Arc<dyn tiercache_core::backend::Bus>)
+        .clock(clock.clone())
+        .staleness_bound(bound)
+        .build()
+        .unwrap();
+    let r: Cache<u64, String> = isolated(&name, &tier, &bus)
+        .clock(clock.clone())
+        .staleness_bound(bound)
+        .build()
+        .unwrap();
+    settle().await;
+    let origin = Arc::new(std::sync::Mutex::new(HashMap::<u64, String>::new()));
+    let load = |k: u64| {
+        let origin = Arc::clone(&origin);
+        move || async move { origin.lock().unwrap().get(&k).cloned() }
+    };
+    origin.lock().unwrap().insert(1, "v1".into());
+    w.invalidate(&1).await;
+    settle().await;
+    assert!(r.local_trusted());
+
+    // The writer's queue sticks: it goes silent, then past the time an
+    // origin heartbeats after its last message.
+    writer_bus.stuck.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !r.local_trusted(),
+        "a lapsed origin may still have messages stuck: local life stays capped"
+    );
+    // The reader fills key 2; the writer changes it, its message stuck.
+    origin.lock().unwrap().insert(2, "old".into());
+    assert_eq!(
+        r.get_or_load(&2, load(2))
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("old")
+    );
+    origin.lock().unwrap().insert(2, "new".into());
+    w.invalidate(&2).await;
+    // Past the bound the reader's copy is gone (capped), whatever the bus.
+    tokio::time::sleep(bound + Duration::from_millis(50)).await;
+    assert_eq!(
+        r.get_or_load(&2, load(2))
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("new"),
+        "no read later than the bound after a write returns the old value"
+    );
+
+    // The queue drains: the writer is heard again, trusted again.
+    writer_bus.stuck.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(r.local_trusted(), "heard again");
+
+    // A writer dropped while active says farewell: its silence is not
+    // taken for a stuck queue.
+    w.invalidate(&1).await;
+    settle().await;
+    drop(w);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        r.local_trusted(),
+        "a writer that said farewell is not lapsed"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn bloom_guard_rejects_absent_keys_and_never_existing_ones() {
     let clock = MockClock::new();

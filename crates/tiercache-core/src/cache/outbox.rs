@@ -59,6 +59,26 @@ struct Queue {
     tx: mpsc::Sender<Pending>,
     /// When the message being sent now was queued (`None`: none is).
     head: Head,
+    /// Encodes this origin's heartbeats and its farewell.
+    beat: Beat,
+}
+
+impl Drop for Queue {
+    /// The cache is dropped: an origin still active says farewell behind
+    /// what it has queued (the publishing task drains the queue before it
+    /// ends), so its peers need not take its silence for a stuck queue
+    /// (see `coherence`'s lapsed origins).
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let (seq, active) = *state;
+        if active.is_some() {
+            let _ = self.tx.try_send(Pending {
+                payload: (self.beat)(seq, true),
+                queued_at: tokio::time::Instant::now(),
+                first: None,
+            });
+        }
+    }
 }
 
 /// When the message the publishing task holds was queued.
@@ -95,8 +115,9 @@ impl Outbox {
             state: Mutex::new((0, None)),
             tx,
             head,
+            beat,
         });
-        rt.spawn(heartbeats(Arc::downgrade(&shared), heartbeat, beat));
+        rt.spawn(heartbeats(Arc::downgrade(&shared), heartbeat));
         Self { shared }
     }
 
@@ -144,7 +165,7 @@ impl Outbox {
 /// Heartbeats while the origin is active, then a farewell; ends with the
 /// cache. A heartbeat is queued only behind an empty queue: a queue that
 /// does not drain would not carry it anyway.
-async fn heartbeats(queue: Weak<Queue>, every: Duration, beat: Beat) {
+async fn heartbeats(queue: Weak<Queue>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(q) = queue.upgrade() else { return };
@@ -158,7 +179,7 @@ async fn heartbeats(queue: Weak<Queue>, every: Duration, beat: Beat) {
             continue;
         }
         let _ = q.tx.try_send(Pending {
-            payload: beat(*seq, farewell),
+            payload: (q.beat)(*seq, farewell),
             queued_at: tokio::time::Instant::now(),
             first: None,
         });
