@@ -10,6 +10,7 @@ use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use crate::breaker::Breaker;
 use crate::conn::{self, Connector, Link, Target, TlsCa};
 use crate::error::BuildError;
+use crate::replica::{self, ReplicaTarget, Replicas};
 use crate::report::Reporter;
 use crate::tier::{Inner, RedisSharedTier, Settings};
 
@@ -42,6 +43,7 @@ pub struct RedisSharedTierBuilder {
     version_retention: Duration,
     log_interval: Duration,
     lazy: bool,
+    read_from_replicas: bool,
 }
 
 impl Default for RedisSharedTierBuilder {
@@ -61,6 +63,7 @@ impl Default for RedisSharedTierBuilder {
             version_retention: Duration::from_secs(600),
             log_interval: Duration::from_secs(10),
             lazy: false,
+            read_from_replicas: false,
         }
     }
 }
@@ -199,6 +202,31 @@ impl RedisSharedTierBuilder {
         self
     }
 
+    /// Send the plain value reads ([`get`](tiercache_core::backend::SharedTier::get),
+    /// [`get_many`](tiercache_core::backend::SharedTier::get_many)) to
+    /// replicas (default off): on Sentinel to the replicas Sentinel reports
+    /// up (in turn), on Cluster to a random replica of each slot
+    /// (`READONLY`). Writes, invalidations, fills (leases and versions), tag
+    /// versions and clear epochs stay on the masters.
+    ///
+    /// Each replica value is checked against the key's version read from
+    /// the master in the same batch, and read again from the master when
+    /// they differ or the replica has none, so a lagging replica never
+    /// hands out a value the master already invalidated; the master still
+    /// answers one small `MGET` per batch. When no replica is usable, or a
+    /// replica read fails, the master serves the read (never an error the
+    /// master could have avoided). See [`RedisSharedTier::replica_stats`].
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build) fails with a config error naming
+    /// `read_from_replicas` for a standalone [`url`](Self::url): it names no
+    /// replicas.
+    pub fn read_from_replicas(mut self, on: bool) -> Self {
+        self.read_from_replicas = on;
+        self
+    }
+
     fn redis_settings(&self, base: &RedisConnectionInfo) -> RedisConnectionInfo {
         let mut r = base.clone();
         if let Some(u) = &self.username {
@@ -325,33 +353,90 @@ impl RedisSharedTierBuilder {
                     .iter()
                     .map(|u| Self::parse(field, u))
                     .collect::<Result<Vec<_>, _>>()?;
-                let mut b = ClusterClient::builder(nodes)
-                    .connection_timeout(self.connect_timeout)
-                    .response_timeout(self.connect_timeout.max(Duration::from_secs(1)))
-                    .retries(3)
-                    .min_retry_wait(10)
-                    .max_retry_wait(200);
-                if let Some(u) = &self.username {
-                    b = b.username(u);
-                }
-                if let Some(p) = &self.password {
-                    b = b.password(p);
-                }
-                #[cfg(feature = "tls")]
-                if self.tls {
-                    conn::ensure_crypto_provider();
-                    b = b.tls(redis::cluster::TlsMode::Secure);
-                    if let Some(pem) = tls_ca {
-                        b = b.certs(redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem.to_vec()),
-                        });
-                    }
-                }
-                let client = b.build().map_err(|e| {
-                    BuildError::config_from(field, "cannot build the cluster client", e)
-                })?;
+                let client = self.cluster_client(field, nodes.clone(), false, tls_ca)?;
                 Ok(Target::Cluster(Box::new(client)))
+            }
+        }
+    }
+
+    /// A cluster client for `nodes`; with `replicas`, one whose read-only
+    /// commands go to a random replica of the slot (`READONLY`).
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn cluster_client(
+        &self,
+        field: &'static str,
+        nodes: Vec<ConnectionInfo>,
+        replicas: bool,
+        tls_ca: Option<&[u8]>,
+    ) -> Result<ClusterClient, BuildError> {
+        let mut b = ClusterClient::builder(nodes)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.connect_timeout.max(Duration::from_secs(1)))
+            .retries(if replicas { 1 } else { 3 })
+            .min_retry_wait(10)
+            .max_retry_wait(200);
+        if replicas {
+            // Each shard's reads rotate over its replicas.
+            b = b.read_routing_strategy(
+                redis::cluster_read_routing::RoundRobinReplicaStrategy::default(),
+            );
+        }
+        if let Some(u) = &self.username {
+            b = b.username(u);
+        }
+        if let Some(p) = &self.password {
+            b = b.password(p);
+        }
+        #[cfg(feature = "tls")]
+        if self.tls {
+            conn::ensure_crypto_provider();
+            b = b.tls(redis::cluster::TlsMode::Secure);
+            if let Some(pem) = tls_ca {
+                b = b.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                });
+            }
+        }
+        b.build()
+            .map_err(|e| BuildError::config_from(field, "cannot build the cluster client", e))
+    }
+
+    /// Where replica reads go, when they are on.
+    fn replica_target(
+        &self,
+        target: &Target,
+        tls_ca: Option<&[u8]>,
+    ) -> Result<Option<ReplicaTarget>, BuildError> {
+        if !self.read_from_replicas {
+            return Ok(None);
+        }
+        match target {
+            Target::Standalone(_) => Err(BuildError::config(
+                "read_from_replicas",
+                "needs `sentinel` or `cluster`: a standalone `url` names no replicas",
+            )),
+            Target::Sentinel {
+                sentinels,
+                master_name,
+                redis,
+                tls,
+            } => Ok(Some(ReplicaTarget::Sentinel {
+                sentinels: sentinels.clone(),
+                master_name: master_name.clone(),
+                redis: redis.clone(),
+                tls: *tls,
+            })),
+            Target::Cluster(_) => {
+                let Some((field, Topology::Cluster(urls))) = self.topologies.first() else {
+                    return Ok(None);
+                };
+                let nodes = urls
+                    .iter()
+                    .map(|u| Self::parse(field, u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = self.cluster_client(field, nodes, true, tls_ca)?;
+                Ok(Some(ReplicaTarget::Cluster(Box::new(client))))
             }
         }
     }
@@ -361,6 +446,7 @@ impl RedisSharedTierBuilder {
     /// task that keeps the connection. Must be called within a Tokio runtime.
     pub async fn build(self) -> Result<RedisSharedTier, BuildError> {
         let (target, tls_ca) = self.validate()?;
+        let replica_target = self.replica_target(&target, tls_ca.as_deref())?;
         let tls_ca_set = tls_ca.is_some();
         let cluster = matches!(target, Target::Cluster(_));
         let connector = Connector {
@@ -390,8 +476,13 @@ impl RedisSharedTierBuilder {
                 version_retention: self.version_retention,
                 cluster,
             },
+            replicas: replica_target.as_ref().map(|_| Replicas::new()),
         });
-        conn::start(&inner, connector, first);
-        Ok(RedisSharedTier { inner })
+        conn::start(&inner, connector.clone(), first);
+        let tier = RedisSharedTier { inner };
+        if let Some(target) = replica_target {
+            replica::start(&tier, target, connector, self.health_interval).await;
+        }
+        Ok(tier)
     }
 }

@@ -288,7 +288,7 @@ pub(crate) trait HasLink: Send + Sync + 'static {
     fn link(&self) -> &Link;
 }
 
-fn tcp_info(
+pub(crate) fn tcp_info(
     host: &str,
     port: u16,
     tls: bool,
@@ -304,7 +304,7 @@ fn tcp_info(
     Ok(info.set_redis_settings(redis.clone()))
 }
 
-fn io_error(msg: String) -> redis::RedisError {
+pub(crate) fn io_error(msg: String) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, msg))
 }
 
@@ -315,7 +315,10 @@ impl Connector {
             .set_response_timeout(Some(self.connect_timeout.max(Duration::from_secs(1))))
     }
 
-    async fn open_single(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {
+    pub(crate) async fn open_single(
+        &self,
+        info: ConnectionInfo,
+    ) -> RedisResult<MultiplexedConnection> {
         let client = make_client(info, self.tls_ca.as_deref())?;
         let config = self.conn_config();
         let fut = client.get_multiplexed_async_connection_with_config(&config);

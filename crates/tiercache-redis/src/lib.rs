@@ -74,6 +74,13 @@
 //!   `MOVED`/`ASK` and refreshes slots after a failover. A monitor pings every
 //!   master each second: `Disconnected` when one stops answering,
 //!   `FailedOver` when all answer again.
+//! - **Replica reads** (Sentinel and Cluster, opt-in with
+//!   [`read_from_replicas`](RedisSharedTierBuilder::read_from_replicas)):
+//!   `get`/`get_many` take values from replicas, each checked against the
+//!   key's version read from the master in the same batch; everything else
+//!   stays on the masters, and the master serves any read no replica can.
+//!   Counted in [`RedisSharedTier::replica_stats`] and
+//!   `tiercache_replica_reads_total`.
 //!
 //! # Failure behaviour
 //!
@@ -115,6 +122,7 @@ mod conn;
 mod error;
 mod inspect;
 mod keys;
+mod replica;
 mod report;
 mod scripts;
 mod tier;
@@ -125,4 +133,5 @@ pub use error::BuildError;
 #[allow(deprecated)]
 pub use error::RedisError;
 pub use inspect::KeyInspection;
+pub use replica::ReplicaStats;
 pub use tier::RedisSharedTier;

@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::config::RedisSharedTierBuilder;
 use crate::conn::{Conn, HasLink, Link};
 use crate::keys::{EntryKeys, clear_key, tag_clock_key, tag_key, value_key};
+use crate::replica::{self, ReplicaStats, Replicas};
 use crate::scripts::{ABORT_FILL, BEGIN_FILL, CLEAR, COMMIT_FILL, INVALIDATE, INVALIDATE_TAGS};
 
 /// Fixed settings of one tier.
@@ -28,6 +29,8 @@ pub(crate) struct Settings {
 pub(crate) struct Inner {
     pub(crate) link: Link,
     pub(crate) settings: Settings,
+    /// The replica side, when [`read_from_replicas`](RedisSharedTierBuilder::read_from_replicas) is on.
+    pub(crate) replicas: Option<Replicas>,
 }
 
 impl HasLink for Inner {
@@ -53,6 +56,10 @@ impl std::fmt::Debug for RedisSharedTier {
             .field("cluster", &self.inner.settings.cluster)
             .field("connected", &self.is_connected())
             .field("breaker_open", &self.breaker_open())
+            .field(
+                "replicas",
+                &self.inner.replicas.as_ref().map(Replicas::addrs),
+            )
             .finish()
     }
 }
@@ -124,6 +131,76 @@ impl RedisSharedTier {
     /// Whether the circuit breaker is refusing calls (open or half-open).
     pub fn breaker_open(&self) -> bool {
         self.inner.link.breaker.is_open()
+    }
+
+    /// How replica reads went so far (counted per key), or `None` when
+    /// [`read_from_replicas`](RedisSharedTierBuilder::read_from_replicas)
+    /// is off. The same counts go to the `tiercache_replica_reads_total`
+    /// counter (labels `backend`, `outcome`).
+    pub fn replica_stats(&self) -> Option<ReplicaStats> {
+        self.inner.replicas.as_ref().map(Replicas::stats)
+    }
+
+    /// The replicas value reads go to now: `host:port` of each on Sentinel;
+    /// on Cluster, one entry listing every replica of the slot map the read
+    /// connection routes by (comma-separated), while that connection is up.
+    /// Empty when the setting is off or no replica is usable (reads then
+    /// go to the master).
+    pub fn replicas_in_use(&self) -> Vec<String> {
+        self.inner
+            .replicas
+            .as_ref()
+            .map(Replicas::addrs)
+            .unwrap_or_default()
+    }
+
+    /// The values under the Redis keys `value_keys`, read from the master
+    /// (`GET` for one, `MGET` for more).
+    pub(crate) async fn master_values(
+        &self,
+        op: &'static str,
+        value_keys: Vec<String>,
+    ) -> Result<Vec<Option<Bytes>>, SharedError> {
+        let n = value_keys.len();
+        let got = self
+            .call(op, |mut c| async move {
+                if let [one] = value_keys.as_slice() {
+                    redis::cmd("GET")
+                        .arg(one)
+                        .query_async::<Option<Bytes>>(&mut c)
+                        .await
+                        .mapped()
+                        .map(|v| vec![v])
+                } else {
+                    // MGET: on Cluster, redis-rs splits it by slot and reassembles.
+                    redis::cmd("MGET")
+                        .arg(&value_keys)
+                        .query_async::<Vec<Option<Bytes>>>(&mut c)
+                        .await
+                        .mapped()
+                }
+            })
+            .await?;
+        if got.len() != n {
+            return Err(SharedError::server(format!(
+                "MGET answered {} values for {n} keys",
+                got.len()
+            )));
+        }
+        Ok(got)
+    }
+
+    /// The values under `value_keys`: from a replica (checked against the
+    /// master's versions) when replica reads are on, else from the master.
+    async fn values(
+        &self,
+        op: &'static str,
+        value_keys: Vec<String>,
+    ) -> Result<Vec<Option<Bytes>>, SharedError> {
+        match &self.inner.replicas {
+            Some(r) => replica::read(self, r, op, value_keys).await,
+            None => self.master_values(op, value_keys).await,
+        }
     }
 
     /// Runs one Redis interaction under the breaker and the time budget,
@@ -223,40 +300,16 @@ fn begin_reply(v: Value) -> Result<(u64, bool, bool), SharedError> {
 #[async_trait]
 impl SharedTier for RedisSharedTier {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, SharedError> {
-        let k = value_key(key);
-        self.call("get", |mut c| async move {
-            redis::cmd("GET")
-                .arg(&k)
-                .query_async::<Option<Bytes>>(&mut c)
-                .await
-                .mapped()
-        })
-        .await
+        let got = self.values("get", vec![value_key(key)]).await?;
+        Ok(got.into_iter().next().flatten())
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, SharedError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ks: Vec<String> = keys.iter().map(|k| value_key(k)).collect();
-        let n = ks.len();
-        let got = self
-            .call("get_many", |mut c| async move {
-                // MGET: on Cluster, redis-rs splits it by slot and reassembles.
-                redis::cmd("MGET")
-                    .arg(&ks)
-                    .query_async::<Vec<Option<Bytes>>>(&mut c)
-                    .await
-                    .mapped()
-            })
-            .await?;
-        if got.len() != n {
-            return Err(SharedError::server(format!(
-                "MGET answered {} values for {n} keys",
-                got.len()
-            )));
-        }
-        Ok(got)
+        self.values("get_many", keys.iter().map(|k| value_key(k)).collect())
+            .await
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), SharedError> {

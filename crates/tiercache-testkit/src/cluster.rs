@@ -9,7 +9,7 @@ use crate::binaries;
 use crate::error::{Result, TestkitError};
 use crate::process::{READY_TIMEOUT, run_command};
 use crate::redis::{RedisServer, Spec};
-use crate::resp::{info_field, text_command};
+use crate::resp::{Resp, info_field, redis_command, text_command};
 
 const NODES: usize = 6;
 const SLOTS: usize = 16384;
@@ -29,6 +29,9 @@ pub struct RedisCluster {
 /// One line of `CLUSTER NODES`.
 #[derive(Debug)]
 struct NodeLine {
+    id: String,
+    /// The master's id for a replica, `-` for a master.
+    master: String,
     port: u16,
     flags: Vec<String>,
     slots: usize,
@@ -225,6 +228,119 @@ impl RedisCluster {
             .unwrap_or_else(|| TestkitError::Command("no cluster node is running".to_owned())))
     }
 
+    /// The ports of the running replicas, as a running node's `CLUSTER
+    /// NODES` reports them, sorted.
+    pub fn replica_ports(&self) -> Result<Vec<u16>> {
+        let node = self.running_node()?;
+        let mut ports: Vec<u16> = cluster_nodes(node)?
+            .iter()
+            .filter(|l| l.has_flag("slave") && !l.failing())
+            .map(|l| l.port)
+            .collect();
+        ports.sort_unstable();
+        Ok(ports)
+    }
+
+    /// Makes the replica on `port` stop following its master while it goes
+    /// on answering reads (`READONLY`) with what it has: replication lag on
+    /// demand (the replica fails to authenticate to its master until
+    /// [`resume_replication`](Self::resume_replication)).
+    pub fn pause_replication(&self, port: u16) -> Result<()> {
+        crate::sentinel::pause_replication(port)
+    }
+
+    /// Lets the replica on `port` follow its master again and waits until
+    /// it is back in sync (`master_link_status:up`).
+    pub fn resume_replication(&self, port: u16, timeout: Duration) -> Result<()> {
+        crate::sentinel::resume_replication(port, timeout)
+    }
+
+    /// Removes the master on `port` from the cluster: moves its slots, keys
+    /// included, to the other masters (in equal shares, with
+    /// [`move_slots`](Self::move_slots)), points its replicas at another
+    /// master, stops it, has every other node `CLUSTER FORGET` it, and waits
+    /// until the cluster is healthy and agrees without it. The node is
+    /// dropped from this cluster (its port is no longer in
+    /// [`ports`](Self::ports)).
+    pub fn remove_master(&mut self, port: u16) -> Result<()> {
+        let masters = self.master_ports()?;
+        if !masters.contains(&port) {
+            return Err(TestkitError::Command(format!(
+                "port {port} is not a master serving slots (masters: {masters:?})"
+            )));
+        }
+        let others: Vec<u16> = masters.into_iter().filter(|p| *p != port).collect();
+        if others.is_empty() {
+            return Err(TestkitError::Command(format!(
+                "the master on port {port} is the only one: its slots have nowhere to go"
+            )));
+        }
+        let id = text_command(port, &["CLUSTER", "MYID"])?.trim().to_owned();
+        let slots = self.slots_of(port)?;
+        let share = slots / others.len();
+        for (i, to) in others.iter().enumerate() {
+            let count = if i + 1 == others.len() {
+                slots - share * i
+            } else {
+                share
+            };
+            if count > 0 {
+                self.move_slots(Some(port), *to, count)?;
+            }
+        }
+        if self.slots_of(port)? != 0 {
+            return Err(TestkitError::Command(format!(
+                "the master on port {port} still serves slots after the moves"
+            )));
+        }
+        // Its replicas (and itself, which Redis may have made a replica of
+        // the node that took its last slot) follow another master.
+        let lines = cluster_nodes(others[0])?;
+        let heir = lines
+            .iter()
+            .find(|l| l.port == others[0])
+            .map(|l| l.id.clone())
+            .ok_or_else(|| {
+                TestkitError::Command(format!("node {} does not list itself", others[0]))
+            })?;
+        for line in lines {
+            if line.master == id && line.port != port {
+                let reply = redis_command(line.port, &["CLUSTER", "REPLICATE", &heir])?;
+                if reply.is_error() {
+                    return Err(TestkitError::Command(format!(
+                        "CLUSTER REPLICATE on replica {}: {reply:?}",
+                        line.port
+                    )));
+                }
+            }
+        }
+        if let Some(node) = self.node_mut(port) {
+            node.stop();
+        }
+        self.nodes.retain(|n| n.port() != port);
+        // FORGET bans the id for 60 s on each node: done on all of them well
+        // within that, gossip cannot bring it back.
+        for node in self.nodes.iter().filter(|n| n.started()) {
+            let reply = redis_command(node.port(), &["CLUSTER", "FORGET", &id])?;
+            if reply.is_error() && !matches!(&reply, Resp::Error(e) if e.contains("Unknown node")) {
+                return Err(TestkitError::Command(format!(
+                    "CLUSTER FORGET on node {}: {reply:?}",
+                    node.port()
+                )));
+            }
+        }
+        self.wait_for_state_ok(READY_TIMEOUT)?;
+        self.wait_for_agreement(READY_TIMEOUT)
+    }
+
+    fn running_node(&self) -> Result<u16> {
+        self.nodes
+            .iter()
+            .find(|n| n.started())
+            .map(RedisServer::port)
+            .ok_or_else(|| TestkitError::Command("no cluster node is running".to_owned()))
+    }
+
     /// Kills (SIGKILL) the node on `port`; does nothing for an unknown port.
     pub fn kill_node(&mut self, port: u16) {
         if let Some(node) = self.node_mut(port) {
@@ -362,6 +478,8 @@ fn parse_node_line(line: &str) -> Option<NodeLine> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let address = fields.get(1)?.split(['@', ',']).next()?;
     let port = address.rsplit(':').next()?.parse::<u16>().ok()?;
+    let id = (*fields.first()?).to_owned();
+    let master = (*fields.get(3)?).to_owned();
     let flags = fields.get(2)?.split(',').map(str::to_owned).collect();
     let slots = fields
         .iter()
@@ -375,7 +493,13 @@ fn parse_node_line(line: &str) -> Option<NodeLine> {
             None => usize::from(range.parse::<usize>().is_ok()),
         })
         .sum();
-    Some(NodeLine { port, flags, slots })
+    Some(NodeLine {
+        id,
+        master,
+        port,
+        flags,
+        slots,
+    })
 }
 
 #[cfg(test)]

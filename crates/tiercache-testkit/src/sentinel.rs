@@ -138,6 +138,31 @@ impl RedisSentinelSet {
         }
     }
 
+    /// The ports of the replicas: the data nodes that report
+    /// `role:slave` (after a failover, the old master among them).
+    pub fn replica_ports(&self) -> Vec<u16> {
+        self.servers
+            .iter()
+            .filter(|s| s.started())
+            .map(RedisServer::port)
+            .filter(|p| role(*p).as_deref() == Some("slave"))
+            .collect()
+    }
+
+    /// Makes the replica on `port` stop following its master while it goes
+    /// on answering reads with what it has: replication lag on demand (see
+    /// [`pause_replication`]). Undo with
+    /// [`resume_replication`](Self::resume_replication).
+    pub fn pause_replication(&self, port: u16) -> Result<()> {
+        pause_replication(port)
+    }
+
+    /// Lets the replica on `port` follow its master again and waits until
+    /// it is back in sync (`master_link_status:up`).
+    pub fn resume_replication(&self, port: u16, timeout: Duration) -> Result<()> {
+        resume_replication(port, timeout)
+    }
+
     /// The data node or Sentinel listening on `port`.
     pub fn server_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
         self.servers
@@ -201,6 +226,64 @@ impl RedisSentinelSet {
             }
             thread::sleep(POLL);
         }
+    }
+}
+
+/// The user a paused replica tries to authenticate to its master as.
+const NO_SUCH_USER: &str = "tiercache-testkit-replication-paused";
+
+/// Makes the replica on `port` lose its link to its master and fail every
+/// reconnect (it authenticates as a user the master does not have), while
+/// it goes on serving reads with the data it has (Redis's default
+/// `replica-serve-stale-data yes`): a replica lagging behind its master,
+/// as far behind as the pause lasts. Its `ROLE` says `connect`/`connecting`
+/// and `INFO` `master_link_status:down` meanwhile. Works on Sentinel and
+/// Cluster replicas alike.
+pub(crate) fn pause_replication(port: u16) -> Result<()> {
+    for args in [
+        &["CONFIG", "SET", "masteruser", NO_SUCH_USER][..],
+        &["CONFIG", "SET", "masterauth", "paused"][..],
+        &["CLIENT", "KILL", "TYPE", "master"][..],
+    ] {
+        let reply = redis_command(port, args)?;
+        if reply.is_error() {
+            return Err(TestkitError::Command(format!(
+                "{args:?} on port {port}: {reply:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`pause_replication`]: the replica reconnects (Redis retries
+/// every second), catches up, and this returns once `master_link_status`
+/// is `up`.
+pub(crate) fn resume_replication(port: u16, timeout: Duration) -> Result<()> {
+    for args in [
+        &["CONFIG", "SET", "masteruser", ""][..],
+        &["CONFIG", "SET", "masterauth", ""][..],
+    ] {
+        let reply = redis_command(port, args)?;
+        if reply.is_error() {
+            return Err(TestkitError::Command(format!(
+                "{args:?} on port {port}: {reply:?}"
+            )));
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let link = text_command(port, &["INFO", "replication"])
+            .ok()
+            .and_then(|info| info_field(&info, "master_link_status"));
+        if link.as_deref() == Some("up") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(TestkitError::Command(format!(
+                "replica on port {port} not back in sync within {timeout:?} (master_link_status {link:?})"
+            )));
+        }
+        thread::sleep(POLL);
     }
 }
 
