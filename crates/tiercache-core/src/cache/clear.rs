@@ -47,6 +47,12 @@ pub(crate) struct KnownEpochs {
     /// Loss signals so far: a read that began before one does not make the
     /// epochs ready.
     suspects: AtomicU64,
+    /// One read of the epochs at a time for callers that need them ready
+    /// ([`Inner::epochs_ready`]): a fresh instance's first burst of shared
+    /// reads sends one, not one per caller.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Reads of the epochs for [`Inner::epochs_ready`] finished so far.
+    attempts: AtomicU64,
 }
 
 impl KnownEpochs {
@@ -281,7 +287,24 @@ where
     /// Whether shared-tier values can be judged: the epochs were read at
     /// least once since the last loss signal (read now if not).
     pub(super) async fn epochs_ready(&self) -> bool {
-        self.epochs.is_ready() || (self.refresh_epochs().await && self.epochs.is_ready())
+        if self.epochs.is_ready() {
+            return true;
+        }
+        // Callers arriving together share one read: the others wait for
+        // it, and take its outcome (a failed read is not repeated by each
+        // waiter in turn, which under an outage would queue them behind one
+        // call timeout each).
+        let seen = self.epochs.attempts.load(Ordering::Acquire);
+        let _one = self.epochs.refreshing.lock().await;
+        if self.epochs.is_ready() {
+            return true;
+        }
+        if self.epochs.attempts.load(Ordering::Acquire) != seen {
+            return false;
+        }
+        let ok = self.refresh_epochs().await;
+        self.epochs.attempts.fetch_add(1, Ordering::AcqRel);
+        ok && self.epochs.is_ready()
     }
 
     /// How long until the epochs are read again: a clear whose message was
