@@ -379,6 +379,9 @@ impl Sidecar {
             SourceKind::Notify => source::notify::run(self, &shutdown).await,
             SourceKind::Logical => source::logical::run(self, &shutdown).await,
         };
+        // Stopping is not a crash: tell the instances, so that they do not
+        // take this origin's silence for a stuck outbox.
+        self.sinks.farewell().await;
         self.status.set_connected(false);
         result
     }

@@ -381,6 +381,40 @@ impl Sinks {
         self.instance_id
     }
 
+    /// Says farewell in every namespace this sidecar is active in (it
+    /// published there within the last few seconds and still heartbeats),
+    /// behind what its outbox holds, and waits up to [`FAREWELL_WAIT`] for
+    /// the farewells to go out. Called when the sidecar stops: without it,
+    /// the instances take its silence for a stuck outbox, bypass their
+    /// local tiers for a while and then cap local life until its queued
+    /// messages would have been given up (minutes). A farewell that cannot
+    /// go out (its outbox stuck) leaves them doing so, which is then right.
+    /// Returns how many namespaces were told.
+    pub async fn farewell(&self) -> usize {
+        let Some(outbox) = self.outbox.get() else {
+            return 0;
+        };
+        let sent: Vec<_> = {
+            let mut seqs = self.seqs.lock().await;
+            seqs.iter_mut()
+                .filter_map(|(namespace, (seq, active))| {
+                    active.take()?;
+                    let msg = Invalidation::farewell(self.instance_id, namespace.as_str(), *seq);
+                    Some(outbox.push(namespace.clone(), Bytes::from(self.codec.encode(&msg))))
+                })
+                .collect()
+        };
+        let told = sent.len();
+        let all = futures::future::join_all(sent);
+        if tokio::time::timeout(FAREWELL_WAIT, all).await.is_err() {
+            tracing::warn!(
+                namespaces = told,
+                "farewell not out in time; instances will treat this sidecar's silence as a stuck outbox"
+            );
+        }
+        told
+    }
+
     /// The shared tier, if any.
     pub fn shared(&self) -> Option<&Arc<dyn SharedTier>> {
         self.shared.as_ref()
@@ -568,6 +602,9 @@ impl Sinks {
 /// How long the sidecar heartbeats in a namespace after its last message
 /// there, before it says farewell (the engine's origins do the same).
 const ORIGIN_ACTIVE_FOR: Duration = Duration::from_secs(5);
+
+/// How long [`Sinks::farewell`] waits for its farewells to go out.
+pub const FAREWELL_WAIT: Duration = Duration::from_secs(2);
 
 /// The heartbeat pace: what the engine asks of its bus at the default
 /// staleness bound (a fifth of four fifths of it).

@@ -136,8 +136,21 @@ async fn update_with_real_sinks(kind: &str, bus: &str) {
         .await
         .unwrap();
     assert!(v.iter().all(|v| *v > 0), "tags bumped in Redis: {v:?}");
+    assert!(
+        inbox.farewell(Duration::from_millis(500)).await.is_none(),
+        "no farewell while active"
+    );
+    // Stopping is not a crash: the sidecar says farewell behind its last
+    // message, so that instances do not take its silence for a stuck
+    // outbox (and cap their local tiers for minutes).
     trigger.trigger();
     task.await.unwrap().unwrap();
+    let bye = inbox
+        .farewell(Duration::from_millis(100))
+        .await
+        .expect("a farewell, out before run returned");
+    assert_eq!(bye.sender_instance, sidecar.sinks().instance_id());
+    assert_eq!((bye.namespace.as_str(), bye.seq), ("products", m.seq));
 }
 
 #[tokio::test(flavor = "multi_thread")]

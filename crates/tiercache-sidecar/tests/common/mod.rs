@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tiercache_core::backend::{
-    Bus, BusEvent, InProcessBus, InProcessSharedTier, Invalidation, MessageCodec, SharedTier,
+    Bus, BusEvent, InProcessBus, InProcessSharedTier, Invalidation, MessageCodec, OriginSignal,
+    SharedTier,
 };
 use tiercache_sidecar::config::RetryConfig;
 use tiercache_sidecar::{Config, Shutdown, ShutdownTrigger, Sidecar, Sinks};
@@ -165,6 +166,8 @@ impl Running {
 /// The invalidations published on a namespace (origin heartbeats left out).
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Invalidation>,
+    /// The farewells, apart.
+    farewells: mpsc::UnboundedReceiver<Invalidation>,
     _task: JoinHandle<()>,
 }
 
@@ -172,13 +175,17 @@ impl Inbox {
     pub async fn subscribe(bus: &dyn Bus, namespace: &str, codec: MessageCodec) -> Self {
         let mut stream = bus.subscribe(namespace).await.unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
+        let (farewell_tx, farewells) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Some(ev) = stream.next().await {
                 if let BusEvent::Message(bytes) = ev {
                     match codec.decode(&bytes) {
                         // Origin heartbeats and farewells say the sidecar
                         // is alive, not what changed.
-                        Ok(m) if m.signal() != tiercache_core::backend::OriginSignal::Changes => {}
+                        Ok(m) if m.signal() == OriginSignal::Farewell => {
+                            let _ = farewell_tx.send(m);
+                        }
+                        Ok(m) if m.signal() == OriginSignal::Heartbeat => {}
                         Ok(m) => {
                             if tx.send(m).is_err() {
                                 break;
@@ -189,7 +196,19 @@ impl Inbox {
                 }
             }
         });
-        Inbox { rx, _task: task }
+        Inbox {
+            rx,
+            farewells,
+            _task: task,
+        }
+    }
+
+    /// The next farewell, or None after `timeout`.
+    pub async fn farewell(&mut self, timeout: Duration) -> Option<Invalidation> {
+        tokio::time::timeout(timeout, self.farewells.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next message, or None after `timeout`.
