@@ -136,6 +136,8 @@ counters! {
     bus_disconnects: Plain => "tiercache_bus_disconnects_total"; "Times the bus connection was lost."
     bus_silences: Plain => "tiercache_bus_silences_total"; "Times the bus went quiet past the liveness bound."
     local_flushes: Plain => "tiercache_local_flushes_total"; "Whole-local-tier flushes (bus reconnect, loss, shared failover)."
+    local_parks: Plain => "tiercache_local_parks_total"; "Bus disconnects that kept the local tier (stale, not flushed) until the bus replays what it missed."
+    local_revivals: Plain => "tiercache_local_revivals_total"; "Kept local tiers made fresh again: the bus resumed and replayed everything it had missed."
 }
 
 /// What kind of shared-tier failure (the `kind` label of

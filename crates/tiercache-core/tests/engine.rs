@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tiercache_core::backend::{
-    ClearEpochs, FillTicket, InProcessBus, InProcessSharedTier, SharedError, SharedTier,
+    BusEvent, ClearEpochs, FillTicket, InProcessBus, InProcessSharedTier, Invalidation,
+    MessageCodec, SharedError, SharedTier,
 };
 use tiercache_core::fuzz_targets::envelope_format;
 use tiercache_core::{
@@ -665,7 +666,7 @@ async fn messages_of_another_namespace_or_signed_with_another_key_are_dropped() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn bus_disconnect_flushes_and_caps_then_reconnect_flushes() {
+async fn bus_disconnect_keeps_the_local_tier_stale_and_caps_then_reconnect_flushes() {
     let clock = MockClock::new();
     let tier = InProcessSharedTier::default().with_clock(clock.clone());
     let bus = InProcessBus::new();
@@ -679,13 +680,20 @@ async fn bus_disconnect_flushes_and_caps_then_reconnect_flushes() {
     c.get_or_load(&1, || async { Some("v".to_string()) })
         .await
         .unwrap();
+    let flushes = c.stats().local_flushes;
     bus.disconnect();
     settle().await;
     assert!(!c.local_trusted());
+    assert_eq!(c.stats().local_flushes, flushes, "kept on disconnect");
+    assert_eq!(c.stats().local_parks, 1);
+    let f = c
+        .fetch(&1, || async { Ok::<_, OriginDown>(None) })
+        .await
+        .unwrap();
     assert_eq!(
-        c.local_entry_count(),
-        0,
-        "the local tier was flushed on disconnect"
+        f.outcome,
+        Outcome::Hit(Tier::Shared),
+        "but stale: not served from the local tier"
     );
     // Filled while down: lives at most unsynced_local_ttl locally.
     let f = c
@@ -710,15 +718,155 @@ async fn bus_disconnect_flushes_and_caps_then_reconnect_flushes() {
         Outcome::Hit(Tier::Shared),
         "the capped local copy expired; the shared tier answers"
     );
+    // Back, but what was published meanwhile is gone (`resumed: false`).
     bus.reconnect();
     settle().await;
     assert!(c.local_trusted());
-    assert!(
-        c.stats().local_flushes >= 2,
-        "flushed on disconnect and on reconnect: {:?}",
-        c.stats()
-    );
+    assert_eq!(c.stats().local_flushes, flushes + 1, "flushed on reconnect");
+    assert_eq!(c.stats().local_revivals, 0);
     assert_eq!(c.stats().bus_disconnects, 1);
+}
+
+/// A bus whose subscription delivers what the test sends: a replaying
+/// transport's events (JetStream's, in order) without its servers; the
+/// real one is in `tiercache-e2e`'s `nats_cluster` test.
+struct ScriptedBus {
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BusEvent>>>,
+}
+
+#[async_trait::async_trait]
+impl tiercache_core::backend::Bus for ScriptedBus {
+    async fn publish(&self, _: &str, _: Bytes) -> Result<(), tiercache_core::backend::BusError> {
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        _: &str,
+    ) -> Result<futures::stream::BoxStream<'static, BusEvent>, tiercache_core::backend::BusError>
+    {
+        let rx = self.events.lock().unwrap().take().unwrap();
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|ev| (ev, rx))
+        })))
+    }
+}
+
+/// A cache on a scripted bus (a long bound: nothing goes silent unless the
+/// test waits for it), with keys 1 and 2 in its local tier, then
+/// disconnected while origin 77 was active, and resumed after a replay of
+/// origin 77's invalidation of key 2.
+async fn resumed_after_a_replay() -> (
+    Cache<u64, String>,
+    tokio::sync::mpsc::UnboundedSender<BusEvent>,
+    impl Fn(Invalidation) -> BusEvent,
+    String,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = ns();
+    let clock = MockClock::new();
+    let c: Cache<u64, String> = Cache::builder(&name)
+        .clock(clock.clone())
+        .shared_tier(InProcessSharedTier::default().with_clock(clock))
+        .bus(ScriptedBus {
+            events: std::sync::Mutex::new(Some(rx)),
+        })
+        .staleness_bound(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let codec = MessageCodec::unsigned();
+    let message = move |m: Invalidation| BusEvent::Message(Bytes::from(codec.encode(&m)));
+    tx.send(BusEvent::Connected { resumed: false }).unwrap();
+    settle().await;
+    assert!(c.local_trusted());
+    for k in [1, 2] {
+        c.get_or_load(&k, || async { Some("v".to_string()) })
+            .await
+            .unwrap();
+    }
+    tx.send(message(Invalidation::heartbeat(77, name.as_str(), 1)))
+        .unwrap();
+    settle().await;
+    let flushes = c.stats().local_flushes;
+    tx.send(BusEvent::Disconnected).unwrap();
+    settle().await;
+    assert!(!c.local_trusted());
+    assert_eq!(c.stats().local_flushes, flushes, "kept while away");
+    // The replay, then the resume.
+    tx.send(message(Invalidation {
+        keys: vec!["2".into()],
+        seq: 2,
+        ..Invalidation::heartbeat(77, name.as_str(), 0)
+    }))
+    .unwrap();
+    tx.send(BusEvent::Connected { resumed: true }).unwrap();
+    settle().await;
+    assert!(
+        !c.local_trusted(),
+        "capped until origin 77's heartbeat is heard live"
+    );
+    assert_eq!(
+        c.stats().local_flushes,
+        flushes,
+        "no flush across the resume"
+    );
+    assert_eq!(
+        c.stats().local_revivals,
+        0,
+        "not fresh again before origin 77 is heard live"
+    );
+    (c, tx, message, name)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_bus_keeps_the_local_tier_and_trusts_it_once_the_active_origins_are_heard() {
+    let (c, tx, message, name) = resumed_after_a_replay().await;
+    // An invalidation from origin 77 says nothing of what may be queued
+    // behind it.
+    tx.send(message(Invalidation {
+        keys: vec!["5".into()],
+        seq: 3,
+        ..Invalidation::heartbeat(77, name.as_str(), 0)
+    }))
+    .unwrap();
+    settle().await;
+    assert_eq!(c.stats().local_revivals, 0);
+    // Its heartbeat, queued only behind an empty queue: whatever it had
+    // stuck came first.
+    tx.send(message(Invalidation::heartbeat(77, name.as_str(), 3)))
+        .unwrap();
+    settle().await;
+    assert_eq!(c.stats().local_revivals, 1);
+    assert!(c.local_trusted());
+    let down = || async { Err::<Option<Entry<String>>, _>(OriginDown) };
+    let f = c.fetch(&1, down).await.unwrap();
+    assert_eq!(f.outcome, Outcome::Hit(Tier::Local), "kept and fresh again");
+    let f = c.fetch(&2, down).await.map(|f| f.outcome);
+    assert!(
+        !matches!(f, Ok(Outcome::Hit(Tier::Local))),
+        "evicted by the replayed invalidation: {f:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_bus_flushes_when_an_active_origin_stays_silent() {
+    let (c, tx, _message, _) = resumed_after_a_replay().await;
+    let flushes = c.stats().local_flushes;
+    // The bus is live (its heartbeats), but origin 77 is not heard within
+    // the window (8 s of a 10 s bound): its messages may be stuck on its
+    // side.
+    for _ in 0..9 {
+        tx.send(BusEvent::Heartbeat).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(c.stats().local_flushes > flushes);
+    assert_eq!(c.stats().local_revivals, 0);
+    let down = || async { Err::<Option<Entry<String>>, _>(OriginDown) };
+    let f = c.fetch(&1, down).await.map(|f| f.outcome);
+    assert!(
+        !matches!(f, Ok(Outcome::Hit(Tier::Local))),
+        "flushed: {f:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

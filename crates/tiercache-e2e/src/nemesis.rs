@@ -58,7 +58,9 @@ use tiercache_redis::RedisSharedTier;
 use tiercache_sidecar::{Shutdown, ShutdownTrigger, Sidecar};
 use tiercache_testkit::{NatsServer, Postgres, RedisServer};
 
-use crate::postgres::{assert_tiers_match_postgres, bump, create_kv, pg, version_of};
+use crate::postgres::{
+    assert_tiers_match_postgres, bump, create_kv, pg, tiers_match_postgres, version_of,
+};
 
 /// How often a run prints its progress line.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -564,6 +566,44 @@ pub async fn run(source: Source, kinds: &[Fault], run_for: Duration) -> Report {
     }
     nats.lock().unwrap().resume();
     redis.lock().unwrap().resume();
+    // Quiescence first, then the sidecar stops: its farewell goes out on a
+    // bus it has reconnected to. Stopped while it still reconnects after
+    // the last fault (a NATS client backs off up to 2 s), its farewell may
+    // not go out within `FAREWELL_WAIT`, and the instances then rightly
+    // cap local life for minutes (a stuck outbox, as far as they know).
+    let faults_so_far = faults.clone();
+    await_trusted(&instances, move || {
+        faults_so_far
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{:?} from {:.3} s to {:.3} s",
+                    f.fault,
+                    (f.from - start).as_secs_f64(),
+                    (f.to - start).as_secs_f64()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+    .await;
+    // And the sidecar has applied every change: one it was still retrying
+    // (Redis paused at the end, say) would be left half done by the stop,
+    // for the next sidecar to redo from the slot.
+    let converged = Instant::now();
+    loop {
+        let caches: Vec<_> = (0..INSTANCES).map(|i| current(&instances, i)).collect();
+        match tiers_match_postgres(&admin, KEYS, &ns, &redis_url, &caches).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                converged.elapsed() < Duration::from_secs(30),
+                "the tiers never converged with the sidecar running: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let SidecarRun { task, stop } = Arc::try_unwrap(sidecar)
         .ok()
         .expect("the nemesis has ended")
@@ -673,7 +713,7 @@ pub async fn run(source: Source, kinds: &[Fault], run_for: Duration) -> Report {
     for b in beyond.iter().take(10) {
         println!("  beyond the bound: {b}");
     }
-    if !beyond.is_empty() {
+    {
         for f in &faults {
             println!(
                 "  fault {:?} from {:.3} s to {:.3} s",
@@ -693,22 +733,50 @@ pub async fn run(source: Source, kinds: &[Fault], run_for: Duration) -> Report {
         beyond.len()
     );
 
+    // The last write of every key, to read a quiescence failure by.
+    let mut last: Vec<&Write> = writes_of
+        .values()
+        .filter_map(|ws| ws.last().copied())
+        .collect();
+    last.sort_by_key(|w| w.key);
+    let last: Vec<String> = last
+        .iter()
+        .map(|w| {
+            format!(
+                "{}=v{} ({} at {:.3} s)",
+                w.key,
+                w.version,
+                if w.by_sql { "SQL" } else { "app" },
+                (w.committed - start).as_secs_f64()
+            )
+        })
+        .collect();
+    println!("  last writes: {}", last.join(", "));
+
     // Quiescence: every instance's local tier and Redis equal Postgres.
-    for i in 0..INSTANCES {
-        let c = current(&instances, i);
-        let start = Instant::now();
-        while !c.local_trusted() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "instance {i} never trusted again"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    await_trusted(&instances, || "the sidecar stopped".to_owned()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let caches: Vec<_> = (0..INSTANCES).map(|i| current(&instances, i)).collect();
     assert_tiers_match_postgres(&admin, KEYS, &ns, &redis_url, &caches).await;
     report
+}
+
+/// Waits until every instance trusts its local tier again (at most 30 s
+/// each); `context` says what happened, should one never do.
+async fn await_trusted(instances: &Instances, context: impl Fn() -> String) {
+    for i in 0..INSTANCES {
+        let c = current(instances, i);
+        let start = Instant::now();
+        while !c.local_trusted() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "instance {i} never trusted again: {:?}; {}",
+                c.stats(),
+                context()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The commit-to-visible lag of every write over the run, the faults as

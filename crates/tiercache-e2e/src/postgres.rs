@@ -36,6 +36,20 @@ pub async fn assert_tiers_match_postgres(
     redis_url: &str,
     caches: &[Cache<i64, i64>],
 ) {
+    if let Err(e) = tiers_match_postgres(admin, keys, ns, redis_url, caches).await {
+        panic!("{e}");
+    }
+}
+
+/// Whether every instance's local tier, and Redis, hold the version
+/// Postgres has for each key (or nothing); the first difference if not.
+pub async fn tiers_match_postgres(
+    admin: &tokio_postgres::Client,
+    keys: i64,
+    ns: &str,
+    redis_url: &str,
+    caches: &[Cache<i64, i64>],
+) -> Result<(), String> {
     let checker: Cache<i64, i64> = Cache::builder(ns)
         .shared_tier(
             RedisSharedTier::builder()
@@ -56,17 +70,20 @@ pub async fn assert_tiers_match_postgres(
             .get(0);
         for (i, c) in caches.iter().enumerate() {
             let got = c.get(&k).await.map(|v| *v);
-            assert!(
-                got.is_none() || got == Some(truth),
-                "instance {i} holds {got:?} for key {k}, Postgres {truth}"
-            );
+            if got.is_some() && got != Some(truth) {
+                return Err(format!(
+                    "instance {i} holds {got:?} for key {k}, Postgres {truth}"
+                ));
+            }
         }
         let shared = checker.get(&k).await.map(|v| *v);
-        assert!(
-            shared.is_none() || shared == Some(truth),
-            "Redis holds {shared:?} for key {k}, Postgres {truth}"
-        );
+        if shared.is_some() && shared != Some(truth) {
+            return Err(format!(
+                "Redis holds {shared:?} for key {k}, Postgres {truth}"
+            ));
+        }
     }
+    Ok(())
 }
 
 /// Commits the next version of `key`; returns it.

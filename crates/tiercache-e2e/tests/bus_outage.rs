@@ -6,12 +6,14 @@
 //! its own bus connection, share one Redis for the shared tier (which stays
 //! up) and one bus server (which is killed). TTLs are long (600 s), so only
 //! invalidation (or the engine's outage rules) can make a value go away.
-//! While the bus is down, local life is capped at `UNSYNCED`.
+//! While the bus is down, local life is capped at `UNSYNCED` (and a window
+//! later the local tier is bypassed).
 //!
-//! Two scenarios per bus:
+//! Three scenarios per bus:
 //! - `write_during_outage`: warm, kill the bus, wait until every instance has
-//!   processed `Disconnected` (it flushed and capped), write + invalidate on
-//!   instance 0 (its publish fails; the shared tier is still invalidated),
+//!   processed `Disconnected` (its local tier kept but stale, and capped),
+//!   write + invalidate on instance 0 (its publish fails; the shared tier is
+//!   still invalidated),
 //!   read on the others: they serve the new value at the latest once the
 //!   unsynced bound has passed. Restart; once every instance trusts its
 //!   local tier again nobody serves the old value, and a new invalidation
@@ -20,6 +22,10 @@
 //!   down (capped) on instance 1 survives the write on instance 0; it is
 //!   served no longer than the unsynced bound; stats show the flushes and
 //!   the disconnect; after the restart nobody serves the old value.
+//! - `a_writer_dropped_during_an_outage_says_farewell`: a writer dropped
+//!   with an invalidation still queued; once the bus is back its queue
+//!   drains and its farewell follows (flushed out of the client before the
+//!   bus goes), so the others trust their local tiers again.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use std::sync::{Arc, Mutex};
@@ -137,7 +143,7 @@ impl Setup {
     }
 
     /// Kills the bus and waits until every instance has processed
-    /// `Disconnected` (flushed, capped). Returns when each noticed.
+    /// `Disconnected` (local tier parked, capped). Returns when each noticed.
     async fn kill_bus(&mut self) -> Vec<Duration> {
         self.bus.kill();
         self.wait_all("noticed the bus down", |c| !c.local_trusted())
@@ -293,11 +299,17 @@ async fn write_during_outage(kind: Kind) {
             st.bus_disconnects > before[i].bus_disconnects,
             "[{name}] {i}: {st:?}"
         );
-        // Flushed on Disconnected and again on Connected { resumed: false }.
+        // Kept (stale) on Disconnected, flushed on
+        // Connected { resumed: false }: what was missed is gone.
         assert!(
-            st.local_flushes >= before[i].local_flushes + 2,
+            st.local_parks > before[i].local_parks,
             "[{name}] {i}: {st:?}"
         );
+        assert!(
+            st.local_flushes > before[i].local_flushes,
+            "[{name}] {i}: {st:?}"
+        );
+        assert_eq!(st.local_revivals, before[i].local_revivals, "[{name}] {i}");
     }
 
     // A new write reaches the others over the restored bus.
@@ -334,8 +346,8 @@ async fn fill_during_outage_then_write(kind: Kind) {
     for (i, c) in s.caches.iter().enumerate() {
         let st = c.stats();
         assert!(
-            st.local_flushes > before[i].local_flushes,
-            "[{name}] {i} flushed: {st:?}"
+            st.local_parks > before[i].local_parks,
+            "[{name}] {i} kept its local tier, stale: {st:?}"
         );
         assert!(
             st.bus_disconnects > before[i].bus_disconnects,
@@ -423,4 +435,35 @@ async fn nats_fill_during_outage_then_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_pubsub_fill_during_outage_then_write() {
     fill_during_outage_then_write(Kind::RedisPubSub).await;
+}
+
+/// A writer dropped while its bus is down (a restarted process whose old
+/// self still had an invalidation queued): once the bus is back, its
+/// queue drains and its farewell follows, so the others trust their local
+/// tiers again at once, rather than capping them for minutes as they would
+/// for an origin gone silent with messages maybe stuck.
+async fn a_writer_dropped_during_an_outage_says_farewell(kind: Kind) {
+    let mut s = setup(kind).await;
+    s.set_db("v2");
+    s.caches[0].invalidate(&KEY).await.expect("published");
+    s.kill_bus().await;
+    s.set_db("v3");
+    // Queued: the bus is down.
+    let _ = s.caches[0].invalidate(&KEY).await;
+    let writer = s.caches.remove(0);
+    drop(writer);
+    let (_, trusted) = s.restart_bus().await;
+    println!("[{}] trusted again after the restart: {trusted:?}", s.name);
+    s.assert_all_read("v3", "after the dropped writer's queue drained")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_a_writer_dropped_during_an_outage_says_farewell() {
+    a_writer_dropped_during_an_outage_says_farewell(Kind::NatsCore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_pubsub_a_writer_dropped_during_an_outage_says_farewell() {
+    a_writer_dropped_during_an_outage_says_farewell(Kind::RedisPubSub).await;
 }

@@ -11,6 +11,11 @@
 //!   `Connected { resumed: true }`, it sees no gap in the writer's sequence
 //!   numbers, and every invalidation the writer made reaches every instance
 //!   (none lost across the node loss).
+//!   A keeps its local tier (stale) while away.
+//! - `nats_cluster_jetstream_keeps_the_local_tier_across_node_loss`: the
+//!   same with the stream's leader on another node, so the writer is heard
+//!   all along: A resumes without a local flush, and what it kept is fresh
+//!   again once the replay is in and the writer has been heard live.
 //! - `nats_cluster_core_flushes_after_node_loss`: core subjects. A reconnects
 //!   to another node, is told `Connected { resumed: false }` and flushes its
 //!   local tier, as DESIGN.md's rules say.
@@ -69,7 +74,17 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Core,
-    JetStream,
+    /// The stream's leader on the killed node (`true`: the stream elects a
+    /// new one, and the writer's publishes wait for it), or elsewhere.
+    JetStream {
+        leader_on_a: bool,
+    },
+}
+
+impl Mode {
+    fn jetstream(self) -> bool {
+        matches!(self, Mode::JetStream { .. })
+    }
 }
 
 /// The origin: each key's version.
@@ -154,7 +169,7 @@ async fn node_loss(mode: Mode) {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = blocking(|| match mode {
         Mode::Core => NatsCluster::start(NODES),
-        Mode::JetStream => NatsCluster::start_jetstream(NODES),
+        Mode::JetStream { .. } => NatsCluster::start_jetstream(NODES),
     })
     .unwrap();
     let redis = blocking(RedisServer::start).unwrap();
@@ -166,7 +181,7 @@ async fn node_loss(mode: Mode) {
     // is not on (found once A is connected).
     let connect = |seeds: Vec<String>, name: String| async move {
         let mut builder = NatsBus::builder().urls(seeds).name(name);
-        if mode == Mode::JetStream {
+        if mode.jetstream() {
             builder = builder.jetstream(STREAM).jetstream_replicas(REPLICAS);
         }
         builder.build().await.unwrap()
@@ -187,11 +202,18 @@ async fn node_loss(mode: Mode) {
 
     let stream_leader_on_a = match mode {
         Mode::Core => false,
-        Mode::JetStream => move_stream_leader(&cluster, &bus_a, node_a).await,
+        Mode::JetStream { leader_on_a: true } => move_stream_leader(&cluster, &bus_a, node_a).await,
+        Mode::JetStream { leader_on_a: false } => {
+            assert!(
+                move_stream_leader(&cluster, &bus_a, node_w).await,
+                "the stream's leader moved off A's node"
+            );
+            false
+        }
     };
     let meta_leader = match mode {
         Mode::Core => None,
-        Mode::JetStream => blocking(|| cluster.jetstream_meta_leader()).unwrap(),
+        Mode::JetStream { .. } => blocking(|| cluster.jetstream_meta_leader()).unwrap(),
     };
 
     // A second subscription on A's (and B's) connection records what the
@@ -350,7 +372,7 @@ async fn node_loss(mode: Mode) {
             .collect()
     };
     let quiesce = Instant::now();
-    while mode == Mode::JetStream
+    while mode.jetstream()
         && (!missing_on(A).is_empty() || !missing_on(B).is_empty())
         && quiesce.elapsed() < Duration::from_secs(10)
     {
@@ -411,7 +433,7 @@ async fn node_loss(mode: Mode) {
     let report = format!(
         "nats_cluster reconnect_ms={:.0} mode={mode:?} killed=n{node_a} (stream leader there: {stream_leader_on_a}, meta leader before: {}) A now on n{node_a_now}, B on n{node_b}, W on n{node_w}; \
          {} writes ({} publishes late/queued), {} reads ({} by A while it reconnected); stale reads beyond the bound: {}; \
-         invalidations missing after quiescence: A {}, B {}; A: disconnects +{}, flushes +{}, messages lost +{}, silences +{}; B: flushes +{}; A's bus events: {seen:?}, B's: {seen_b:?}",
+         invalidations missing after quiescence: A {}, B {}; A: disconnects +{}, flushes +{}, parks +{}, revivals +{}, messages lost +{}, silences +{}; B: flushes +{}, parks +{}, revivals +{}, silences +{}; A's bus events: {seen:?}, B's: {seen_b:?}",
         reconnect.as_secs_f64() * 1000.0,
         meta_leader.map_or("none".to_owned(), |l| format!("n{l}")),
         writes.len(),
@@ -423,9 +445,14 @@ async fn node_loss(mode: Mode) {
         missing_b.len(),
         delta(A, |s| s.bus_disconnects),
         flushes_a,
+        delta(A, |s| s.local_parks),
+        delta(A, |s| s.local_revivals),
         delta(A, |s| s.messages_lost),
         delta(A, |s| s.bus_silences),
         delta(B, |s| s.local_flushes),
+        delta(B, |s| s.local_parks),
+        delta(B, |s| s.local_revivals),
+        delta(B, |s| s.bus_silences),
     );
     eprintln!("{report}");
     for b in beyond.iter().take(10) {
@@ -450,7 +477,19 @@ async fn node_loss(mode: Mode) {
         "A's cache saw the disconnect: {report}"
     );
     match mode {
-        Mode::JetStream => {
+        Mode::JetStream { leader_on_a } => {
+            // Kept its local tier across the disconnect (stale meanwhile).
+            assert!(delta(A, |s| s.local_parks) >= 1, "{report}");
+            if !leader_on_a {
+                // The writer was heard all along: A resumed without a
+                // flush, and trusted what it had kept once the replay was
+                // in and the writer heard live.
+                assert_eq!(flushes_a, 0, "A resumed without a flush: {report}");
+                assert!(
+                    delta(A, |s| s.local_revivals) >= 1,
+                    "A's kept local tier was fresh again: {report}"
+                );
+            }
             // Resumed after its last sequence: no `resumed: false` (which
             // would flush), no gap in the writer's sequence numbers (which
             // would count lost messages and flush), nothing lost.
@@ -480,13 +519,13 @@ async fn node_loss(mode: Mode) {
         }
         Mode::Core => {
             // Whatever was published while A was away is lost to it: it is
-            // told so and flushes (on the disconnect, and again on the
-            // reconnect).
+            // told so and flushes what it kept.
             assert!(
                 seen.contains(&BusEvent::Connected { resumed: false }),
                 "{report}"
             );
-            assert!(flushes_a >= 2, "A flushed on the reconnect: {report}");
+            assert!(flushes_a >= 1, "A flushed on the reconnect: {report}");
+            assert_eq!(delta(A, |s| s.local_revivals), 0, "{report}");
         }
     }
 
@@ -510,7 +549,7 @@ async fn node_loss(mode: Mode) {
     blocking(|| {
         cluster.restart(node_a).unwrap();
         cluster.wait_for_routes(STATE_TIMEOUT).unwrap();
-        if mode == Mode::JetStream {
+        if mode.jetstream() {
             cluster
                 .wait_for_jetstream_meta_leader(STATE_TIMEOUT)
                 .unwrap();
@@ -523,7 +562,12 @@ async fn node_loss(mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_cluster_jetstream_resumes_after_node_loss() {
-    node_loss(Mode::JetStream).await;
+    node_loss(Mode::JetStream { leader_on_a: true }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_cluster_jetstream_keeps_the_local_tier_across_node_loss() {
+    node_loss(Mode::JetStream { leader_on_a: false }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

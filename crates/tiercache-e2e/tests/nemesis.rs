@@ -12,14 +12,24 @@
 
 use tiercache_e2e::nemesis::{self, Source};
 
+/// `RUST_LOG` (say `tiercache_core=info`) logs what the instances do.
+fn log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_read_beyond_the_bound_with_the_notify_source() {
+    log();
     let source = Source::Notify;
     nemesis::run(source, source.faults(), nemesis::duration_from_env()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_read_beyond_the_bound_with_the_logical_source() {
+    log();
     let source = Source::Logical;
     nemesis::run(source, source.faults(), nemesis::duration_from_env()).await;
 }

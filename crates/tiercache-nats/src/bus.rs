@@ -185,6 +185,17 @@ impl Bus for NatsBus {
         self.inner.shared.signals.ask_probe_every(every);
     }
 
+    /// Core publishes are buffered by the client: waits until the server
+    /// has them (a round trip), at most the publish timeout.
+    async fn flush(&self) -> Result<(), BusError> {
+        let s = &self.inner.shared;
+        match tokio::time::timeout(s.publish_timeout, s.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::unavailable(e)),
+            Err(_) => Err(BusError::Timeout),
+        }
+    }
+
     async fn publish(&self, namespace: &str, payload: Bytes) -> Result<(), BusError> {
         let s = &self.inner.shared;
         let subject = namespace_subject(&s.prefix, namespace);

@@ -14,6 +14,12 @@
 //! delivered has waited a whole period with no delivery at all, it reports
 //! `Disconnected` and is rebuilt after its last sequence
 //! (`Connected { resumed: true }`: nothing is lost).
+//!
+//! A resumed subscription reports `Connected { resumed: true }` only after
+//! it has delivered the replay: every message on its subject up to the
+//! newest one when the consumer was made. The engine keeps its local tier
+//! across the disconnect and trusts it again on that event, so the
+//! invalidations it missed must have come first.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -54,6 +60,11 @@ enum Kind {
         consumer_checked: tokio::time::Instant,
         /// A newer message the stream held at the last check.
         stall: Option<StallWatch>,
+        /// After a resumed link: the subject's newest sequence when it was
+        /// made. `Connected { resumed: true }` is reported once that has
+        /// been delivered, so that the subscriber has had the whole replay
+        /// of what it missed first.
+        catch_up: Option<u64>,
         /// How long the next link attempt may take: [`FIRST_LINK_ATTEMPT`],
         /// [`LINK_ATTEMPT_STEP`] more after each attempt that timed out, up
         /// to the link timeout. Short, because while a cluster elects a
@@ -153,6 +164,7 @@ impl SubStream {
                 checked: tokio::time::Instant::now(),
                 consumer_checked: tokio::time::Instant::now(),
                 stall: None,
+                catch_up: None,
                 attempt_timeout: FIRST_LINK_ATTEMPT.min(shared.link_timeout),
             }
         } else {
@@ -231,7 +243,12 @@ impl SubStream {
                 // The client was closed for good.
                 Wake::Core(None) => return None,
                 Wake::JsMessage(msg) => {
-                    if let Kind::JetStream { last_seen, .. } = &mut self.kind {
+                    if let Kind::JetStream {
+                        last_seen,
+                        catch_up,
+                        ..
+                    } = &mut self.kind
+                    {
                         match msg.info() {
                             Ok(info) => {
                                 let seq = info.stream_sequence;
@@ -240,6 +257,12 @@ impl SubStream {
                                     continue;
                                 }
                                 *last_seen = Some(seq);
+                                if catch_up.is_some_and(|newest| seq >= newest) {
+                                    // Right after this message: the replay is over.
+                                    *catch_up = None;
+                                    self.pending
+                                        .push_back(BusEvent::Connected { resumed: true });
+                                }
                             }
                             Err(e) => tracing::debug!(error = %e, "JetStream message without info"),
                         }
@@ -372,6 +395,7 @@ impl SubStream {
             last_seen,
             consumer_checked,
             stall,
+            catch_up,
             ..
         } = &mut self.kind
         else {
@@ -398,6 +422,17 @@ impl SubStream {
         };
         let newest = tokio::time::timeout(self.shared.link_timeout, newest).await;
         *consumer_checked = tokio::time::Instant::now();
+        // A replay whose last message is no longer there to be delivered
+        // (removed meanwhile) is over once nothing newer waits.
+        let replayed = match &newest {
+            Ok(Ok(Some(seq))) => *seq <= last_seen.unwrap_or(0),
+            Ok(Ok(None)) => true,
+            _ => false,
+        };
+        if replayed && catch_up.take().is_some() {
+            self.pending
+                .push_back(BusEvent::Connected { resumed: true });
+        }
         let newest = match newest {
             Ok(Ok(Some(seq))) => seq,
             // Nothing on the subject yet: nothing can be missed.
@@ -438,8 +473,12 @@ impl SubStream {
 
     /// Reports a lost link (once) and drops what depends on it.
     fn unlink(&mut self) {
-        if let Kind::JetStream { messages, .. } = &mut self.kind {
+        if let Kind::JetStream {
+            messages, catch_up, ..
+        } = &mut self.kind
+        {
             *messages = None;
+            *catch_up = None;
         }
         if std::mem::replace(&mut self.linked.connected, false) {
             self.pending.push_back(BusEvent::Disconnected);
@@ -467,7 +506,18 @@ impl SubStream {
                 connected: true,
                 epoch: state.epoch,
             };
-            self.pending.push_back(BusEvent::Connected { resumed });
+            // A resumed JetStream link with a replay to deliver reports it
+            // once the replay is over (see `catch_up`).
+            let replaying = matches!(
+                self.kind,
+                Kind::JetStream {
+                    catch_up: Some(_),
+                    ..
+                }
+            );
+            if !replaying {
+                self.pending.push_back(BusEvent::Connected { resumed });
+            }
         } else if let Kind::JetStream { messages, .. } = &mut self.kind {
             // The connection changed under us; the next wake starts over.
             *messages = None;
@@ -496,14 +546,16 @@ impl SubStream {
                 stream_created,
                 consumer_checked,
                 stall,
+                catch_up,
                 attempt_timeout,
             } => {
                 let first = last_seen.is_none();
                 let work = link_jetstream(&shared, &self.subject, last_seen, stream_created);
                 match tokio::time::timeout(*attempt_timeout, work).await {
-                    Ok(Ok((ordered, resumed))) => {
+                    Ok(Ok((ordered, resumed, newest))) => {
                         *attempt_timeout = FIRST_LINK_ATTEMPT.min(shared.link_timeout);
                         *messages = Some(Box::new(ordered));
+                        *catch_up = newest;
                         *checked = tokio::time::Instant::now();
                         *consumer_checked = tokio::time::Instant::now();
                         *stall = None;
@@ -536,12 +588,15 @@ impl SubStream {
 /// Starts an ordered consumer on the subject, right after `last_seen` when
 /// the stream still holds everything after it (`resumed: true`), otherwise
 /// at the end of the stream (`resumed: false`; `last_seen` moves there).
+/// When resumed with messages to replay: the newest sequence on the
+/// subject once the consumer exists (the replay is over when it has been
+/// delivered).
 async fn link_jetstream(
     shared: &Shared,
     subject: &str,
     last_seen: &mut Option<u64>,
     stream_created: &mut Option<StreamCreated>,
-) -> Result<(Ordered, bool), BoxError> {
+) -> Result<(Ordered, bool, Option<u64>), BoxError> {
     let js = shared.jetstream.as_ref().ok_or("not in JetStream mode")?;
     // Looked up afresh on every link: the info (first and last sequence) is current.
     let stream = ensure_stream(js).await?;
@@ -568,9 +623,20 @@ async fn link_jetstream(
         })
         .await?;
     let ordered = consumer.messages().await?;
+    // Asked after the consumer exists: everything up to it is delivered in
+    // order before anything later.
+    let newest = if resumed {
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => Some(msg.sequence).filter(|n| *n >= start),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
     *last_seen = Some(start - 1);
     *stream_created = Some(created);
-    Ok((ordered, resumed))
+    Ok((ordered, resumed, newest))
 }
 
 #[cfg(test)]

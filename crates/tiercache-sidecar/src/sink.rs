@@ -212,6 +212,10 @@ impl Outbox {
                 }
                 let _ = q.done.send(());
             }
+            // Every sender is gone and the queue drained (the farewells
+            // last): a client that buffers publishes (core NATS) hands them
+            // to the server before this last bus handle goes.
+            let _ = tokio::time::timeout(FAREWELL_WAIT, bus.flush()).await;
         });
         Self { tx, backlog, stuck }
     }
@@ -405,8 +409,17 @@ impl Sinks {
                 .collect()
         };
         let told = sent.len();
-        let all = futures::future::join_all(sent);
-        if tokio::time::timeout(FAREWELL_WAIT, all).await.is_err() {
+        let all = async {
+            futures::future::join_all(sent).await;
+            // A client that buffers publishes (core NATS) must hand the
+            // farewells to the server before the sidecar lets it go.
+            if let Some(bus) = &self.bus {
+                bus.flush().await
+            } else {
+                Ok(())
+            }
+        };
+        if !matches!(tokio::time::timeout(FAREWELL_WAIT, all).await, Ok(Ok(()))) {
             tracing::warn!(
                 namespaces = told,
                 "farewell not out in time; instances will treat this sidecar's silence as a stuck outbox"

@@ -20,9 +20,11 @@ pub enum BusEvent {
     /// A payload published on the namespace.
     Message(Bytes),
     /// Subscribed (again). `resumed` is true when nothing published while
-    /// disconnected is missing (a replaying transport caught up).
+    /// disconnected is missing: a replaying transport reports it after the
+    /// replay has been delivered (the engine then trusts the local tier it
+    /// kept across the disconnect).
     Connected {
-        /// Nothing was missed.
+        /// Nothing was missed, and what was missed has been delivered.
         resumed: bool,
     },
     /// The transport lost its connection; messages may be missed until the
@@ -48,7 +50,8 @@ pub enum BusEvent {
 ///
 /// - [`BusEvent::Disconnected`] as soon as the transport knows it is cut off;
 /// - [`BusEvent::Connected`] when it is subscribed again, with `resumed: true`
-///   only when everything published meanwhile has been (or will be) delivered;
+///   only when everything published meanwhile has been delivered, before
+///   this event;
 /// - [`BusEvent::Heartbeat`] while live, at least as often as
 ///   [`Bus::heartbeat_at_least`] asked (every few seconds by default), so
 ///   silence can be told apart from a quiet system;
@@ -74,5 +77,15 @@ pub trait Bus: Send + Sync + 'static {
     /// local tier whenever a heartbeat comes later than its liveness window.
     fn heartbeat_at_least(&self, every: std::time::Duration) {
         let _ = every;
+    }
+
+    /// Waits until everything [`publish`](Self::publish) has accepted is
+    /// with the server: called before a publisher lets its last handle
+    /// go (a dropped cache's farewell), where a client that buffers
+    /// publishes would otherwise lose what it still holds. The default
+    /// returns at once, for a bus whose `publish` returns only once the
+    /// server has the message.
+    async fn flush(&self) -> Result<(), BusError> {
+        Ok(())
     }
 }

@@ -3,9 +3,17 @@
 //! the cache so it ends when the cache is dropped.
 //!
 //! The rules (DESIGN.md, "No invalidation is lost silently"):
-//! - bus disconnected: flush the local tier and cap local life to
-//!   `unsynced_local_ttl` until it is back; on `Connected { resumed: false }`
-//!   flush again (anything filled while down may predate a missed message);
+//! - bus disconnected: keep the local tier, but stale (a copy is served
+//!   only as a stale one), and cap local life to `unsynced_local_ttl`; a
+//!   window (`bus_liveness`) later, bypass it until the bus is back (a
+//!   writer's shared-tier deletes may lag behind its stuck publishes); on
+//!   `Connected { resumed: false }` flush (anything kept or filled while
+//!   down may predate a missed message). After any reconnect,
+//!   stay capped until every active origin's heartbeat has been heard live
+//!   (an origin heartbeats only behind an empty queue: whatever it had
+//!   stuck came first); on `Connected { resumed: true }` (a replaying bus,
+//!   JetStream, delivered what was missed first) the kept entries are then
+//!   fresh again, without a flush;
 //! - a gap in an origin's sequence numbers, or a slow-consumer drop: flush;
 //! - no message or heartbeat within `bus_liveness`: stop reading the local
 //!   tier (serve through the shared tier) until the bus is heard again, then
@@ -30,19 +38,25 @@
 //! heartbeat every fifth of it, and silence for four fifths bypasses the
 //! local tier.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
 
 use super::{FlushReason, Inner, LocalMode};
 use crate::bus::BusEvent;
 use crate::clock::Instant;
 use crate::message::OriginSignal;
 use crate::shared::SharedEvent;
+use crate::stats::BusState;
+
+/// How long past an active origin's window the listener wakes to judge
+/// it (a window's end is exclusive).
+const ORIGIN_JUDGED_AFTER: Duration = Duration::from_millis(1);
 
 /// The first retry of a failed Bloom rebuild while it answers "maybe".
 const BLOOM_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -56,9 +70,10 @@ where
         let weak = Arc::downgrade(inner);
         let ns = inner.config.namespace.clone();
         bus.heartbeat_at_least(inner.config.heartbeat());
+        let span = tracing::info_span!("bus_listener", instance = inner.instance);
         rt.spawn(async move {
             match bus.subscribe(&ns).await {
-                Ok(sub) => listen(weak, sub).await,
+                Ok(sub) => listen(weak, sub).instrument(span).await,
                 Err(e) => {
                     tracing::error!(ns = %ns, error = %e, "bus subscription failed; local tier stays capped");
                 }
@@ -193,6 +208,14 @@ where
     let mut lapsed_origins: HashMap<u64, Instant> = HashMap::new();
     let mut connected = false;
     let mut silent = false;
+    // When the bus last delivered anything (the bus-silence window's start).
+    let mut last_event = clock.now();
+    // After a reconnect (its probation): the active origins whose
+    // heartbeat has not been heard live since. The tier is trusted, and
+    // what it kept across a resumed disconnect fresh again, once every one
+    // has been (an origin heartbeats only behind an empty queue: its stuck
+    // messages, if any, came first).
+    let mut awaiting: Option<HashSet<u64>> = None;
     loop {
         // Events already delivered come first. Only a listener that has
         // caught up judges an origin silent: a starved one would take its
@@ -205,10 +228,14 @@ where
                 // stuck or lost on its side while this bus is live (its own
                 // connection down). A loss signal, once; its sequence numbers are
                 // kept, so a gap still shows when it is heard again.
+                // Judged only while this bus is heard: a disconnected or
+                // silent one hears nobody.
                 let now = clock.now();
                 let went_silent: Vec<(u64, Instant)> = last_heard
                     .iter()
-                    .filter(|(_, t)| now.saturating_duration_since(**t) > liveness)
+                    .filter(|(_, t)| {
+                        connected && !silent && now.saturating_duration_since(**t) > liveness
+                    })
                     .map(|(o, t)| (*o, *t))
                     .collect();
                 if !went_silent.is_empty() {
@@ -220,11 +247,13 @@ where
                     inner.stats.bus_silences(1);
                     inner.flush_local_because(FlushReason::OriginSilent);
                     inner.set_mode(LocalMode::Bypass);
+                    awaiting = None;
                 }
                 let before = silent_origins.len();
                 silent_origins.retain(|o, t| {
                     let keep = now.saturating_duration_since(*t) <= super::outbox::ACTIVE_FOR;
                     if !keep {
+                        tracing::info!(ns = %inner.config.namespace, origin = *o, "a silent origin lapsed; local life capped until it is heard or its queue would have given up");
                         lapsed_origins.insert(*o, *t);
                     }
                     keep
@@ -239,12 +268,46 @@ where
                     // still be unheard of; if it is alive behind a stuck
                     // queue, local life stays capped (`lapsed_origins`).
                     inner.flush_local_because(FlushReason::BusHeardAgain);
-                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
+                    inner.set_mode(trust(
+                        connected,
+                        &silent_origins,
+                        &lapsed_origins,
+                        &awaiting,
+                    ));
                 } else if lapsed_before > 0 && lapsed_origins.is_empty() && !silent {
-                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
+                    inner.set_mode(trust(
+                        connected,
+                        &silent_origins,
+                        &lapsed_origins,
+                        &awaiting,
+                    ));
                 }
                 drop(inner);
-                tokio::time::timeout(liveness, sub.next()).await
+                // Woken when the bus has been quiet for the window, or
+                // when an active origin's window ends first: an origin is
+                // judged on time even while the bus delivers nothing at
+                // all (a subscription that stalls after its last event
+                // would otherwise put the judgement off by up to a window,
+                // past the bound).
+                // Once silent (or disconnected), every window from now.
+                let now = clock.now();
+                let mut silence_at = last_event + liveness;
+                if silence_at <= now {
+                    silence_at = now + liveness;
+                }
+                let wake = if connected && !silent {
+                    last_heard
+                        .values()
+                        .map(|t| *t + liveness + ORIGIN_JUDGED_AFTER)
+                        .fold(silence_at, Instant::min)
+                } else {
+                    silence_at
+                };
+                let wait = wake.saturating_duration_since(now);
+                match tokio::time::timeout(wait, sub.next()).await {
+                    Err(_) if clock.now() < silence_at => continue,
+                    next => next,
+                }
             }
         };
         let Some(inner) = weak.upgrade() else { return };
@@ -258,12 +321,24 @@ where
                 // old value past the bound. (Found by the model checker,
                 // crates/tiercache-model.)
                 inner.flights.detach_all();
-                if !silent {
+                if !silent && connected {
                     silent = true;
                     inner.stats.bus_silences(1);
                     inner.set_mode(LocalMode::Bypass);
                     inner.bloom_bus_down(true);
                     tracing::warn!(ns = %inner.config.namespace, ?liveness, "bus silent; local tier bypassed until it is heard again");
+                } else if !connected && inner.mode() != LocalMode::Bypass {
+                    // Disconnected for a window: bypassed too, not merely
+                    // capped. A writer whose publishes are stuck may hold
+                    // the shared-tier deletes of its later changes back
+                    // for up to the bound (the sidecar's `PUBLISH_HOLD`),
+                    // and a capped copy filled from the shared tier just
+                    // before such a delete would outlive the bound by that
+                    // much. The kept entries stay parked (not flushed);
+                    // the reconnect decides them.
+                    inner.set_mode(LocalMode::Bypass);
+                    inner.stats.bus_state(BusState::Disconnected);
+                    tracing::debug!(ns = %inner.config.namespace, ?liveness, "bus disconnected for a window; local tier bypassed until it is back");
                 }
                 continue;
             }
@@ -274,16 +349,35 @@ where
                 inner.bloom_bus_down(true);
                 return;
             }
-            Ok(Some(ev)) => ev,
+            Ok(Some(ev)) => {
+                last_event = clock.now();
+                ev
+            }
         };
         if silent {
             silent = false;
-            inner.flush_local_because(FlushReason::BusHeardAgain);
-            if connected {
-                inner.bloom_bus_down(false);
+            // Every active origin gets a fresh window to be heard in.
+            let now = clock.now();
+            for t in last_heard.values_mut() {
+                *t = now;
             }
-            if silent_origins.is_empty() {
-                inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
+            // The silence was a disconnect, now reported: its rules apply
+            // (the local tier is kept, stale, until the bus says whether it
+            // replayed what it missed). Otherwise nobody knows what was
+            // missed.
+            if ev != BusEvent::Disconnected {
+                inner.flush_local_because(FlushReason::BusHeardAgain);
+                if connected {
+                    inner.bloom_bus_down(false);
+                }
+                if silent_origins.is_empty() {
+                    inner.set_mode(trust(
+                        connected,
+                        &silent_origins,
+                        &lapsed_origins,
+                        &awaiting,
+                    ));
+                }
             }
         }
         match ev {
@@ -330,8 +424,29 @@ where
                     // Heard again: what it had stuck arrives from here on;
                     // a copy made meanwhile may predate it.
                     inner.flush_local_because(FlushReason::BusHeardAgain);
-                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
+                    inner.set_mode(trust(
+                        connected,
+                        &silent_origins,
+                        &lapsed_origins,
+                        &awaiting,
+                    ));
                 }
+                // A heartbeat (or farewell) proves its origin's queue was
+                // empty behind it, so every message it had stuck has been
+                // heard; its first message after a stall proves nothing of
+                // the ones behind it.
+                if signal != OriginSignal::Changes
+                    && let Some(a) = &mut awaiting
+                {
+                    a.remove(&msg.sender_instance);
+                }
+                end_probation_once_heard(
+                    &inner,
+                    &mut awaiting,
+                    connected,
+                    &silent_origins,
+                    &lapsed_origins,
+                );
                 if signal != OriginSignal::Changes {
                     continue;
                 }
@@ -404,9 +519,29 @@ where
                     *t = now;
                 }
                 connected = true;
+                // On probation until every active origin's heartbeat has
+                // been heard live (at once, if none is): capped meanwhile,
+                // so that one whose messages are still stuck on its side
+                // does not find this tier trusted and then distrusted a
+                // window later. Resumed, the kept entries are fresh again
+                // then.
+                awaiting = Some(last_heard.keys().copied().collect());
+                tracing::info!(ns = %inner.config.namespace, resumed, awaiting = last_heard.len(), silent = silent_origins.len(), lapsed = lapsed_origins.len(), "bus connected; capped until every active origin's heartbeat is heard");
                 if silent_origins.is_empty() {
-                    inner.set_mode(trust(connected, &silent_origins, &lapsed_origins));
+                    inner.set_mode(trust(
+                        connected,
+                        &silent_origins,
+                        &lapsed_origins,
+                        &awaiting,
+                    ));
                 }
+                end_probation_once_heard(
+                    &inner,
+                    &mut awaiting,
+                    connected,
+                    &silent_origins,
+                    &lapsed_origins,
+                );
                 inner.bloom_bus_down(false);
             }
             BusEvent::Disconnected => {
@@ -414,7 +549,11 @@ where
                     inner.stats.bus_disconnects(1);
                 }
                 connected = false;
-                inner.flush_local_because(FlushReason::BusDisconnected);
+                awaiting = None;
+                // Kept, stale, not flushed: a bus that replays what it
+                // missed says so when it is back (`resumed: true`); any
+                // other return flushes.
+                inner.park_local();
                 inner.set_mode(LocalMode::Capped);
                 inner.bloom_bus_down(true);
             }
@@ -427,18 +566,52 @@ where
     }
 }
 
+/// Ends a reconnect's probation once no awaited origin is left (see
+/// `listen`'s `awaiting`): the local tier kept across the disconnect (if
+/// any) is fresh again if the tier is to be trusted now, and otherwise
+/// flushed (a capped or bypassed tier must hold no entry fresh for longer
+/// than the bound, and a lapsed origin's stuck messages may still come);
+/// then the mode follows.
+fn end_probation_once_heard<K, V>(
+    inner: &Inner<K, V>,
+    awaiting: &mut Option<HashSet<u64>>,
+    connected: bool,
+    silent_origins: &HashMap<u64, Instant>,
+    lapsed_origins: &HashMap<u64, Instant>,
+) where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    if !awaiting.as_ref().is_some_and(HashSet::is_empty) {
+        return;
+    }
+    *awaiting = None;
+    let mode = trust(connected, silent_origins, lapsed_origins, awaiting);
+    tracing::info!(ns = %inner.config.namespace, ?mode, parked = inner.fence.parks(), "every active origin heard since the reconnect");
+    if mode == LocalMode::Trusted {
+        inner.revive_local();
+    } else if inner.fence.parks() {
+        inner.flush_local_because(FlushReason::BusReconnected);
+    }
+    if silent_origins.is_empty() {
+        inner.set_mode(mode);
+    }
+}
+
 /// The local tier's mode when the bus is not silent: trusted when
 /// connected and every active origin is accounted for; capped while
-/// disconnected or while a lapsed origin may still have messages stuck;
-/// bypassed while an active origin is silent.
+/// disconnected, on a reconnect's probation (`awaiting`), or while a
+/// lapsed origin may still have messages stuck; bypassed while an active
+/// origin is silent.
 fn trust(
     connected: bool,
     silent_origins: &HashMap<u64, Instant>,
     lapsed_origins: &HashMap<u64, Instant>,
+    awaiting: &Option<HashSet<u64>>,
 ) -> LocalMode {
     if !silent_origins.is_empty() {
         LocalMode::Bypass
-    } else if connected && lapsed_origins.is_empty() {
+    } else if connected && lapsed_origins.is_empty() && awaiting.is_none() {
         LocalMode::Trusted
     } else {
         LocalMode::Capped

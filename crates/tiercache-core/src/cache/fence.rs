@@ -38,8 +38,13 @@ use crate::sync_shim::{AtomicU64, Mutex, MutexGuard, RwLock};
 pub(crate) struct Fence {
     clock: AtomicU64,
     all: AtomicU64,
-    /// Soft clears so far (see [`Fence::soft_clear`]).
+    /// The generations a local entry is fresh in (see
+    /// [`Fence::generations`]): the current one in the low 32 bits, and
+    /// one revived by [`Fence::revive`] in the high 32 (equal to the
+    /// current one when none is).
     soft: AtomicU64,
+    /// The generation parked by [`Fence::park`], plus one (0: none).
+    parked: AtomicU64,
     /// The wall-clock ms of the latest key or tag invalidation recorded.
     latest_ms: AtomicU64,
     /// Fills check and insert under the read side; invalidations record
@@ -84,6 +89,24 @@ const HOLD_AT_MOST: Duration = Duration::from_secs(300);
 /// Records are never pruned below this many.
 const PRUNE_FLOOR: usize = 8192;
 
+/// The soft-clear generations a local entry is fresh in (see
+/// [`Fence::generations`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Generations {
+    /// New loads carry this one.
+    pub(crate) current: u32,
+    /// Revived after a park (equal to `current` when none is).
+    pub(crate) revived: u32,
+}
+
+impl Generations {
+    /// Whether an entry of generation `g` may be fresh.
+    #[inline]
+    pub(crate) fn admits(self, g: u32) -> bool {
+        g == self.current || g == self.revived
+    }
+}
+
 /// What a load remembers from when it began.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FenceMark {
@@ -99,6 +122,7 @@ impl Fence {
             clock: AtomicU64::new(0),
             all: AtomicU64::new(0),
             soft: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             latest_ms: AtomicU64::new(0),
             gate: RwLock::new(()),
             records: Mutex::new(Records::default()),
@@ -117,7 +141,7 @@ impl Fence {
         FenceMark {
             at: self.clock.load(SeqCst),
             began: self.time.now(),
-            generation: self.generation(),
+            generation: self.generations().current,
         }
     }
 
@@ -222,18 +246,82 @@ impl Fence {
 
     /// Everything is stale (a soft clear): a local entry filled by a load
     /// that began before now carries an older generation, and is served only
-    /// as a stale copy.
+    /// as a stale copy. A parked generation is not revived after it.
     pub(crate) fn soft_clear(&self) {
         let _closed = self.close_gate();
-        self.soft.fetch_add(1, SeqCst);
+        self.next_generation();
     }
 
-    /// The soft-clear generation: a local entry is fresh only while it
-    /// carries this one. Cut to 32 bits (an entry has room for that much);
+    /// Moves to a new generation that alone is fresh; returns the one left.
+    fn next_generation(&self) -> u32 {
+        let old = self.soft.load(SeqCst) as u32;
+        let new = u64::from(old.wrapping_add(1));
+        self.soft.store(new << 32 | new, SeqCst);
+        old
+    }
+
+    /// Everything is stale for now, but kept (the bus disconnected, and may
+    /// replay what it misses): as [`soft_clear`](Self::soft_clear), except
+    /// that [`revive`](Self::revive) can make the entries of the current
+    /// generation fresh again. Parking while parked (no soft clear since)
+    /// changes nothing.
+    pub(crate) fn park(&self) {
+        let _closed = self.close_gate();
+        let current = self.soft.load(SeqCst) as u32;
+        let parked = self.parked.load(SeqCst);
+        if parked != 0 && ((parked - 1) as u32).wrapping_add(1) == current {
+            return;
+        }
+        let old = self.next_generation();
+        self.parked.store(u64::from(old) + 1, SeqCst);
+    }
+
+    /// The entries parked by the last [`park`](Self::park) are fresh again
+    /// (the bus replayed everything it had missed, and the replayed
+    /// invalidations evicted what changed), unless a soft clear or another
+    /// park came since. Returns whether they were.
+    pub(crate) fn revive(&self) -> bool {
+        let _closed = self.close_gate();
+        let parked = self.parked.swap(0, SeqCst);
+        let current = self.soft.load(SeqCst) as u32;
+        if parked == 0 || ((parked - 1) as u32).wrapping_add(1) != current {
+            return false;
+        }
+        self.soft
+            .store((parked - 1) << 32 | u64::from(current), SeqCst);
+        true
+    }
+
+    /// Whether entries of generation `g` are parked (kept across a bus
+    /// disconnect, not yet revived): neither fresh nor fit to serve as a
+    /// stale copy, since an invalidation of theirs may not have been
+    /// replayed yet.
+    pub(crate) fn is_parked(&self, g: u32) -> bool {
+        let parked = self.parked.load(Acquire);
+        parked != 0 && (parked - 1) as u32 == g
+    }
+
+    /// Whether a generation is parked.
+    pub(crate) fn parks(&self) -> bool {
+        self.parked.load(Acquire) != 0
+    }
+
+    /// Forgets a parked generation (its entries were flushed, or may have
+    /// missed invalidations for good).
+    pub(crate) fn unpark(&self) {
+        self.parked.store(0, SeqCst);
+    }
+
+    /// The generations a local entry is fresh in: it carries the one its
+    /// load began in. Cut to 32 bits (an entry has room for that much);
     /// only equality is ever asked.
     #[inline]
-    pub(crate) fn generation(&self) -> u32 {
-        self.soft.load(Acquire) as u32
+    pub(crate) fn generations(&self) -> Generations {
+        let v = self.soft.load(Acquire);
+        Generations {
+            current: v as u32,
+            revived: (v >> 32) as u32,
+        }
     }
 
     /// Everything is invalid (the local tier was flushed).

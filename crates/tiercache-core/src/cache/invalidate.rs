@@ -237,6 +237,7 @@ where
             self.epochs_suspect();
         }
         self.fence.invalidate_all();
+        self.fence.unpark();
         // Loads in flight are detached when invalidations may have been
         // missed while they ran (the bus) or the user asked: no caller from
         // now on joins one. A shared-tier reconnect or failover loses no
@@ -257,6 +258,28 @@ where
         )
         .increment(1);
         tracing::debug!(ns = %self.config.namespace, reason = reason.as_str(), "local tier flushed");
+    }
+
+    /// The bus disconnected, and may replay what it misses: every local
+    /// entry is stale (served only as a stale copy) but kept, and no caller
+    /// joins a load in flight. A later `Connected { resumed: true }` makes
+    /// them fresh again ([`revive_local`](Self::revive_local)); anything
+    /// else that says messages were missed flushes them.
+    pub(crate) fn park_local(&self) {
+        self.fence.park();
+        self.flights.detach_all();
+        self.stats.local_parks(1);
+        tracing::debug!(ns = %self.config.namespace, "local tier kept while the bus is away");
+    }
+
+    /// The bus resumed after replaying everything it had missed (and the
+    /// replayed invalidations evicted what changed): the entries kept by
+    /// [`park_local`](Self::park_local) are fresh again.
+    pub(crate) fn revive_local(&self) {
+        if self.fence.revive() {
+            self.stats.local_revivals(1);
+            tracing::debug!(ns = %self.config.namespace, "kept local tier fresh again: the bus replayed what it missed");
+        }
     }
 
     /// A loss signal for the Bloom guard (see [`BloomGuard::suspect`]).

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::clock::Instant;
 
 use super::config::MAX_LIFE;
+use super::fence::Generations;
 use crate::envelope::Times;
 use crate::key::{KeyHash, KeyHashBuilder, TagHash};
 use crate::stats::Stats;
@@ -118,12 +119,12 @@ pub(crate) fn tier<V: Send + Sync + 'static>(
 }
 
 impl<V> LocalData<V> {
-    /// Until when this entry is fresh, given the current soft-clear
-    /// `generation`: a soft clear since it was filled makes it stale now
-    /// (its write time is never later than now).
+    /// Until when this entry is fresh, given the soft-clear `generations`
+    /// that are fresh: a soft clear (or a park) since it was filled makes it
+    /// stale now (its write time is never later than now).
     #[inline]
-    pub(crate) fn fresh_until(&self, generation: u32) -> Instant {
-        if self.generation == generation {
+    pub(crate) fn fresh_until(&self, generations: Generations) -> Instant {
+        if generations.admits(self.generation) {
             self.fresh
         } else {
             self.written.min(self.fresh)

@@ -82,7 +82,6 @@ pub(crate) enum FlushReason {
     BusHeardAgain,
     SequenceGap,
     BusReconnected,
-    BusDisconnected,
     MessagesDropped,
     OriginSilent,
 }
@@ -90,7 +89,7 @@ pub(crate) enum FlushReason {
 impl FlushReason {
     /// Every reason (each is registered at 0 when a cache is built, so a
     /// scrape shows the series before the first flush).
-    const ALL: [FlushReason; 10] = [
+    const ALL: [FlushReason; 9] = [
         FlushReason::Requested,
         FlushReason::Cleared,
         FlushReason::SharedFailover,
@@ -98,7 +97,6 @@ impl FlushReason {
         FlushReason::BusHeardAgain,
         FlushReason::SequenceGap,
         FlushReason::BusReconnected,
-        FlushReason::BusDisconnected,
         FlushReason::MessagesDropped,
         FlushReason::OriginSilent,
     ];
@@ -112,7 +110,6 @@ impl FlushReason {
             FlushReason::BusHeardAgain => "bus_heard_after_silence",
             FlushReason::SequenceGap => "sequence_gap",
             FlushReason::BusReconnected => "bus_reconnected",
-            FlushReason::BusDisconnected => "bus_disconnected",
             FlushReason::MessagesDropped => "messages_dropped",
             FlushReason::OriginSilent => "origin_silent",
         }

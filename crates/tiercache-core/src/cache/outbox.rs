@@ -72,12 +72,20 @@ impl Drop for Queue {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let (seq, active) = *state;
         if active.is_some() {
-            let _ = self.tx.try_send(Pending {
-                payload: (self.beat)(seq, true),
-                queued_at: tokio::time::Instant::now(),
-                first: None,
-            });
+            self.send_beat(seq, true);
         }
+    }
+}
+
+impl Queue {
+    /// Queues this origin's heartbeat (`false`) or farewell (`true`) at
+    /// `seq`, unless the queue is full.
+    fn send_beat(&self, seq: u64, farewell: bool) {
+        let _ = self.tx.try_send(Pending {
+            payload: (self.beat)(seq, farewell),
+            queued_at: tokio::time::Instant::now(),
+            first: None,
+        });
     }
 }
 
@@ -178,11 +186,7 @@ async fn heartbeats(queue: Weak<Queue>, every: Duration) {
         } else if q.tx.capacity() < q.tx.max_capacity() {
             continue;
         }
-        let _ = q.tx.try_send(Pending {
-            payload: (q.beat)(*seq, farewell),
-            queued_at: tokio::time::Instant::now(),
-            first: None,
-        });
+        q.send_beat(*seq, farewell);
     }
 }
 
@@ -237,6 +241,14 @@ async fn run(
             }
         }
         set_head(None);
+    }
+    // The cache is gone and its queue drained (its farewell last): hand
+    // what the client may still buffer to the server before the bus goes.
+    if !matches!(
+        tokio::time::timeout(attempt_timeout, bus.flush()).await,
+        Ok(Ok(()))
+    ) {
+        tracing::debug!(ns = %namespace, "bus flush after the last publish failed");
     }
 }
 

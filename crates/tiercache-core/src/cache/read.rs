@@ -39,7 +39,7 @@ where
         inner
             .with_local_entry(&inner.keys.hash(key), |e| {
                 let now = inner.clock().now();
-                if now >= e.fresh_until(inner.fence.generation())
+                if now >= e.fresh_until(inner.fence.generations())
                     || e.soft.is_some_and(|s| now >= s)
                 {
                     return None;
@@ -107,7 +107,7 @@ where
         let mut stale = None;
         if let Some(e) = inner.local_entry(&h) {
             let now = inner.clock().now();
-            let fresh = now < e.fresh_until(inner.fence.generation());
+            let fresh = now < e.fresh_until(inner.fence.generations());
             let refresh = fresh
                 && e.soft.is_some_and(|s| now >= s)
                 && e.refreshing
@@ -130,8 +130,11 @@ where
                     clock: inner.clock().clone(),
                 });
             }
+            // A copy kept across a bus disconnect may predate an
+            // invalidation not yet replayed: no stale copy until revived.
             if let Some(value) = &e.value
                 && now < e.stale
+                && !inner.fence.is_parked(e.generation)
             {
                 stale = Some(StaleCopy {
                     value: Arc::clone(value),
@@ -206,9 +209,9 @@ where
         h: &KeyHash,
         f: impl FnOnce(&LocalData<V>) -> R,
     ) -> Option<R> {
-        let generation = self.fence.generation();
+        let generations = self.fence.generations();
         self.with_local_entry(h, |e| {
-            (self.clock().now() < e.fresh_until(generation)).then(|| f(e))
+            (self.clock().now() < e.fresh_until(generations)).then(|| f(e))
         })
         .flatten()
     }
