@@ -279,6 +279,18 @@ struct Injected {
     to: Instant,
 }
 
+impl Injected {
+    /// The fault and its span, in seconds since `start` (the run's).
+    fn describe(&self, start: Instant) -> String {
+        format!(
+            "{:?} from {:.3} s to {:.3} s",
+            self.fault,
+            (self.from - start).as_secs_f64(),
+            (self.to - start).as_secs_f64()
+        )
+    }
+}
+
 async fn instance(ns: &str, redis: &str, nats: &str) -> Cache<i64, i64> {
     let tier = RedisSharedTier::builder().url(redis).build().await.unwrap();
     let bus = NatsBus::builder()
@@ -577,14 +589,7 @@ pub async fn run(source: Source, kinds: &[Fault], run_for: Duration) -> Report {
             .lock()
             .unwrap()
             .iter()
-            .map(|f| {
-                format!(
-                    "{:?} from {:.3} s to {:.3} s",
-                    f.fault,
-                    (f.from - start).as_secs_f64(),
-                    (f.to - start).as_secs_f64()
-                )
-            })
+            .map(|f| f.describe(start))
             .collect::<Vec<_>>()
             .join(", ")
     })
@@ -713,15 +718,8 @@ pub async fn run(source: Source, kinds: &[Fault], run_for: Duration) -> Report {
     for b in beyond.iter().take(10) {
         println!("  beyond the bound: {b}");
     }
-    {
-        for f in &faults {
-            println!(
-                "  fault {:?} from {:.3} s to {:.3} s",
-                f.fault,
-                (f.from - start).as_secs_f64(),
-                (f.to - start).as_secs_f64()
-            );
-        }
+    for f in &faults {
+        println!("  fault {}", f.describe(start));
     }
     assert!(
         writes.len() > 100 && reads.len() > 1000 && !faults.is_empty(),

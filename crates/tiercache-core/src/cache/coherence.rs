@@ -439,14 +439,14 @@ where
                     && let Some(a) = &mut awaiting
                 {
                     a.remove(&msg.sender_instance);
+                    end_probation_once_heard(
+                        &inner,
+                        &mut awaiting,
+                        connected,
+                        &silent_origins,
+                        &lapsed_origins,
+                    );
                 }
-                end_probation_once_heard(
-                    &inner,
-                    &mut awaiting,
-                    connected,
-                    &silent_origins,
-                    &lapsed_origins,
-                );
                 if signal != OriginSignal::Changes {
                     continue;
                 }

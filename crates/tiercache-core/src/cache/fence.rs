@@ -267,9 +267,7 @@ impl Fence {
     /// changes nothing.
     pub(crate) fn park(&self) {
         let _closed = self.close_gate();
-        let current = self.soft.load(SeqCst) as u32;
-        let parked = self.parked.load(SeqCst);
-        if parked != 0 && ((parked - 1) as u32).wrapping_add(1) == current {
+        if self.parked_last(self.parked.load(SeqCst)).is_some() {
             return;
         }
         let old = self.next_generation();
@@ -282,14 +280,20 @@ impl Fence {
     /// park came since. Returns whether they were.
     pub(crate) fn revive(&self) -> bool {
         let _closed = self.close_gate();
-        let parked = self.parked.swap(0, SeqCst);
-        let current = self.soft.load(SeqCst) as u32;
-        if parked == 0 || ((parked - 1) as u32).wrapping_add(1) != current {
+        let Some(parked) = self.parked_last(self.parked.swap(0, SeqCst)) else {
             return false;
-        }
+        };
+        let current = self.soft.load(SeqCst) as u32;
         self.soft
-            .store((parked - 1) << 32 | u64::from(current), SeqCst);
+            .store(u64::from(parked) << 32 | u64::from(current), SeqCst);
         true
+    }
+
+    /// The generation `parked` (a value of `self.parked`) names, if it is
+    /// the one just before the current one (no soft clear or park since).
+    fn parked_last(&self, parked: u64) -> Option<u32> {
+        let g = (parked.checked_sub(1)?) as u32;
+        (g.wrapping_add(1) == self.soft.load(SeqCst) as u32).then_some(g)
     }
 
     /// Whether entries of generation `g` are parked (kept across a bus
