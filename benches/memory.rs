@@ -16,26 +16,49 @@
 //!   tasks on two workers;
 //! - raw moka (`moka::sync::Cache<u64, Arc<String>>`, bounded by entry
 //!   count to as many entries as the engine kept), filled with the same
-//!   keys and values from two threads, so it churns as the engine's tier
-//!   does; and moka configured as the engine's tier is (a 128-bit key, a
+//!   keys and values from two threads, each key read before its insert (a
+//!   miss) and after it, as the engine's callers read it, so moka's
+//!   frequency sketch sees the reads the engine's tier sees and admits and
+//!   evicts as it does (with inserts alone its sketch sees no reads, and its
+//!   churn differs); and moka configured as the engine's tier is (a 128-bit key, a
 //!   weigher, a TTL, an entry of the engine's entry's size), to show which
 //!   part of the overhead is moka's own.
 //!
 //! Reported: the engine's resident growth against the capacity (target:
 //! at most 1.5x, plus a fixed base), and bytes per entry beyond the value's
-//! own bytes, the engine's against moka's (target: at most 1.5x).
+//! own bytes, the engine's against moka's (target: at most 1.5x). Beside
+//! the resident figures, each child's live heap per entry (bytes the
+//! allocator handed out and has not taken back, counted by `stats_alloc`):
+//! what the entries themselves hold, apart from the free memory the
+//! allocator keeps around them.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
+use std::alloc::System;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tiercache_core::Cache;
 
 const CHILD: &str = "MEMORY_BENCH_CHILD";
 /// Keys of the runs that measure the fixed base.
 const FEW: u64 = 2000;
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The system allocator, counting what it hands out and takes back: a
+/// child's live heap, beside its resident set, tells the bytes its entries
+/// hold from what the allocator keeps around them (free chunks, arenas).
+#[global_allocator]
+static ALLOC: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Heap bytes in use (requested sizes, without the allocator's headers).
+fn live() -> u64 {
+    // A reallocation counts its growth as allocated, its shrinking as
+    // deallocated.
+    let s = ALLOC.stats();
+    (s.bytes_allocated as u64).saturating_sub(s.bytes_deallocated as u64)
+}
 
 /// Resident bytes of this process.
 fn resident() -> u64 {
@@ -50,9 +73,16 @@ fn value(k: u64, len: usize) -> String {
     s
 }
 
-/// What a child prints: resident bytes before and after, and entries held.
-fn report(before: u64, after: u64, entries: u64) {
-    println!("{before} {after} {entries}");
+/// Resident and live heap bytes now.
+fn snapshot() -> (u64, u64) {
+    (resident(), live())
+}
+
+/// What a child prints: resident bytes before and after, entries held, and
+/// live heap bytes before and after.
+fn report(before: (u64, u64), entries: u64) {
+    let (after, live_after) = snapshot();
+    println!("{} {after} {entries} {} {live_after}", before.0, before.1);
 }
 
 fn engine_child(capacity: u64, keys: u64, len: usize) {
@@ -61,7 +91,7 @@ fn engine_child(capacity: u64, keys: u64, len: usize) {
         .enable_all()
         .build()
         .unwrap();
-    let before = resident();
+    let before = snapshot();
     let cache: Cache<u64, String> = {
         let _guard = rt.enter();
         Cache::builder("memory")
@@ -98,32 +128,39 @@ fn engine_child(capacity: u64, keys: u64, len: usize) {
     // Let moka finish its pending evictions before the reading.
     std::thread::sleep(Duration::from_millis(200));
     let entries = cache.local_entry_count();
-    report(before, resident(), entries);
+    report(before, entries);
     drop(cache);
 }
 
 fn moka_child(entries: u64, keys: u64, len: usize) {
-    let before = resident();
+    let before = snapshot();
     let cache: moka::sync::Cache<u64, Arc<String>> =
         moka::sync::Cache::builder().max_capacity(entries).build();
-    two_threads(keys, |k| cache.insert(k, Arc::new(value(k, len))));
+    two_threads(keys, |k| {
+        assert!(cache.get(&k).is_none());
+        cache.insert(k, Arc::new(value(k, len)));
+        cache.get(&k);
+    });
     cache.run_pending_tasks();
-    report(before, resident(), cache.entry_count());
+    report(before, cache.entry_count());
     drop(cache);
 }
 
 fn moka_like_child(entries: u64, keys: u64, len: usize) {
-    let before = resident();
+    let before = snapshot();
     let cache: moka::sync::Cache<u128, ([u64; 11], Arc<String>)> = moka::sync::Cache::builder()
         .max_capacity(entries * 100)
         .weigher(|_, _| 100)
         .time_to_live(Duration::from_secs(3600))
         .build();
     two_threads(keys, |k| {
-        cache.insert(u128::from(k), ([0; 11], Arc::new(value(k, len))));
+        let k = u128::from(k);
+        assert!(cache.get(&k).is_none());
+        cache.insert(k, ([0; 11], Arc::new(value(k as u64, len))));
+        cache.get(&k);
     });
     cache.run_pending_tasks();
-    report(before, resident(), cache.entry_count());
+    report(before, cache.entry_count());
     drop(cache);
 }
 
@@ -144,8 +181,18 @@ fn two_threads(keys: u64, f: impl Fn(u64) + Sync) {
     });
 }
 
+/// What one child measured.
+struct Growth {
+    /// Resident growth, bytes.
+    resident: f64,
+    /// Live heap growth, bytes.
+    live: f64,
+    /// Entries held at the end.
+    held: f64,
+}
+
 /// Runs this binary as a child for one case; its report.
-fn child(args: &str) -> (u64, u64, u64) {
+fn child(args: &str) -> Growth {
     let out = Command::new(std::env::current_exe().unwrap())
         .env(CHILD, args)
         .output()
@@ -161,7 +208,11 @@ fn child(args: &str) -> (u64, u64, u64) {
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
-    (v[0], v[1], v[2])
+    Growth {
+        resident: v[1].saturating_sub(v[0]) as f64,
+        live: v[4].saturating_sub(v[3]) as f64,
+        held: v[2] as f64,
+    }
 }
 
 fn main() {
@@ -196,28 +247,35 @@ fn main() {
             // (the runtime's threads, moka's table, the hot slots) and those
             // keys; the marginal cost of an entry is what the full run adds.
             let growth = |kind: u8, entries: u64, keys: u64| {
-                let (before, after, held) = child(&format!("{kind},{entries},{keys},{len}"));
-                (after.saturating_sub(before) as f64, held as f64)
+                child(&format!("{kind},{entries},{keys},{len}"))
             };
-            let (engine_bytes, held) = growth(0, capacity, keys);
-            let (engine_base, few) = growth(0, capacity, FEW);
-            let per = |(full, n): (f64, f64), (base, k): (f64, f64)| {
-                (full - base) / (n - k).max(1.0) - len as f64
+            let engine = growth(0, capacity, keys);
+            let engine_base = growth(0, capacity, FEW);
+            // Bytes per entry beyond the value, resident and live heap: the
+            // full run's growth over the few-keys run's, per entry added.
+            let per = |full: &Growth, base: &Growth| {
+                let n = (full.held - base.held).max(1.0);
+                (
+                    (full.resident - base.resident) / n - len as f64,
+                    (full.live - base.live) / n - len as f64,
+                )
             };
-            let engine_per = per((engine_bytes, held), (engine_base, few));
-            let n = held as u64;
-            let moka_per = per(growth(1, n, keys), growth(1, FEW, FEW));
-            let like_per = per(growth(2, n, keys), growth(2, FEW, FEW));
+            let (engine_per, engine_live) = per(&engine, &engine_base);
+            let n = engine.held as u64;
+            let (moka_per, moka_live) = per(&growth(1, n, keys), &growth(1, FEW, FEW));
+            let (like_per, like_live) = per(&growth(2, n, keys), &growth(2, FEW, FEW));
             println!(
                 "  {label}: engine holds {n} entries in {:.1} MiB ({:.2}x capacity; base {:.1} MiB), \
                  {engine_per:.0} B/entry beyond the value; moka {moka_per:.0} B/entry ({:.2}x); \
-                 moka configured as the engine's tier {like_per:.0} B/entry",
-                engine_bytes / MIB,
-                engine_bytes / capacity as f64,
-                engine_base / MIB,
+                 moka configured as the engine's tier {like_per:.0} B/entry; \
+                 live heap per entry: engine {engine_live:.0}, moka {moka_live:.0}, \
+                 moka as the engine's tier {like_live:.0}",
+                engine.resident / MIB,
+                engine.resident / capacity as f64,
+                engine_base.resident / MIB,
                 engine_per / moka_per
             );
-            capacity_ratios.push(engine_bytes / capacity as f64);
+            capacity_ratios.push(engine.resident / capacity as f64);
             overhead_ratios.push(engine_per / moka_per);
         }
         let summary = |mut v: Vec<f64>| {
