@@ -623,11 +623,26 @@ pub const FAREWELL_WAIT: Duration = Duration::from_secs(2);
 /// staleness bound (a fifth of four fifths of it).
 const ORIGIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
+/// How often the sidecar, once it has said farewell in a namespace, says
+/// it again there while it stays quiet, until [`FAREWELL_AGAIN_FOR`] has
+/// passed: a bus that delivers at most once (core NATS, Redis pub/sub)
+/// drops what is published while a receiver is reconnecting, and a
+/// farewell said once and lost there would leave that receiver taking the
+/// quiet sidecar for a stuck one (local life capped for minutes).
+const FAREWELL_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a farewell is said again: as long as the engine's instances
+/// hold a quiet origin's messages possibly stuck (its outbox's give-up
+/// time).
+const FAREWELL_AGAIN_FOR: Duration = Duration::from_secs(300);
+
 /// Origin heartbeats, per namespace the sidecar published in within
-/// [`ORIGIN_ACTIVE_FOR`], then a farewell: a receiver whose bus is live
-/// but does not hear this origin (its own bus connection down, its
-/// publishes stuck) flushes rather than keeping copies the sidecar's stuck
-/// messages would evict. Queued only behind an empty outbox.
+/// [`ORIGIN_ACTIVE_FOR`], then a farewell, said again every
+/// [`FAREWELL_AGAIN_EVERY`] while the sidecar stays quiet there: a
+/// receiver whose bus is live but does not hear this origin (its own bus
+/// connection down, its publishes stuck) flushes rather than keeping
+/// copies the sidecar's stuck messages would evict. Queued only behind an
+/// empty outbox (a first farewell excepted).
 async fn origin_heartbeats(
     seqs: Seqs,
     tx: mpsc::UnboundedSender<Queued>,
@@ -636,6 +651,9 @@ async fn origin_heartbeats(
     sender_instance: u64,
     shutdown: Shutdown,
 ) {
+    // Per namespace, after its farewell: when to say it again, and until
+    // when.
+    let mut again: HashMap<String, (tokio::time::Instant, tokio::time::Instant)> = HashMap::new();
     loop {
         if !shutdown.sleep(ORIGIN_HEARTBEAT).await {
             return;
@@ -645,14 +663,32 @@ async fn origin_heartbeats(
         // Read once a tick: each heartbeat queued below adds to the backlog,
         // and must not keep the next namespace's from going out.
         let idle = backlog.load(Ordering::Acquire) == 0;
+        again.retain(|namespace, (_, end)| {
+            now < *end
+                && seqs
+                    .get(namespace)
+                    .is_some_and(|(_, active)| active.is_none())
+        });
         for (namespace, (seq, active)) in seqs.iter_mut() {
-            let Some(until) = *active else { continue };
-            let farewell = now >= until;
-            if farewell {
-                *active = None;
-            } else if !idle {
-                continue;
-            }
+            let farewell = match *active {
+                Some(until) if now >= until => {
+                    *active = None;
+                    again.insert(
+                        namespace.clone(),
+                        (now + FAREWELL_AGAIN_EVERY, now + FAREWELL_AGAIN_FOR),
+                    );
+                    true
+                }
+                Some(_) if idle => false,
+                Some(_) => continue,
+                None => match again.get_mut(namespace) {
+                    Some((next, _)) if idle && now >= *next => {
+                        *next = now + FAREWELL_AGAIN_EVERY;
+                        true
+                    }
+                    _ => continue,
+                },
+            };
             let msg = if farewell {
                 Invalidation::farewell(sender_instance, namespace.as_str(), *seq)
             } else {

@@ -504,3 +504,38 @@ fn binary_reports_the_bad_field() {
     assert!(!out.status.success());
     assert!(err.contains("namepsace") && err.contains("line"), "{err}");
 }
+
+/// A sidecar that goes quiet says farewell after its heartbeats, and says it
+/// again about once a second: on an at-most-once bus, an instance
+/// reconnecting when the first one went out would otherwise take the quiet
+/// sidecar for a stuck one (local life capped for minutes; found by the
+/// nemesis, a farewell published just before the instances resubscribed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_sidecar_says_farewell_again() {
+    let sv = start_all().await;
+    let config = Config::parse(&real_config("notify", &sv, "nats", "")).unwrap();
+    setup(&sv.pg, &config);
+    let app_bus = app_bus(&sv, "nats").await;
+    let mut inbox = Inbox::subscribe(app_bus.as_ref(), "products", MessageCodec::signed(KEY)).await;
+    let running = Running::from_config(config).await;
+    running.connected(1).await;
+    psql(
+        &sv.pg,
+        "UPDATE products SET category = 'games' WHERE id = 1",
+    );
+    let m = inbox.wait_for(WAIT, |m| m.keys == s(&["1"])).await;
+    // Quiet from here: heartbeats for 5 s, then the farewell.
+    let first = inbox
+        .farewell(Duration::from_secs(8))
+        .await
+        .expect("a farewell once quiet");
+    let again = inbox
+        .farewell(Duration::from_secs(3))
+        .await
+        .expect("the farewell said again");
+    for bye in [&first, &again] {
+        assert_eq!(bye.sender_instance, running.sidecar.sinks().instance_id());
+        assert_eq!((bye.namespace.as_str(), bye.seq), ("products", m.seq));
+    }
+    running.stop().await;
+}

@@ -32,6 +32,14 @@ pub(super) const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 /// says farewell and goes quiet.
 pub(super) const ACTIVE_FOR: Duration = Duration::from_secs(5);
 
+/// How often an origin that has said farewell says it again, while it
+/// stays quiet and its queue is empty, until [`GIVE_UP_AFTER`] has passed.
+/// A bus that delivers at most once (core NATS, Redis pub/sub) drops what
+/// is published while a receiver is reconnecting, and a farewell said once
+/// and lost there would leave that receiver taking this quiet origin for a
+/// stuck one (its lapsed origins: local life capped for minutes).
+pub(super) const FAREWELL_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
 /// Encodes an origin heartbeat (`false`) or farewell (`true`) at a sequence
 /// number.
 pub(super) type Beat = Box<dyn Fn(u64, bool) -> Bytes + Send + Sync>;
@@ -170,20 +178,40 @@ impl Outbox {
     }
 }
 
-/// Heartbeats while the origin is active, then a farewell; ends with the
-/// cache. A heartbeat is queued only behind an empty queue: a queue that
-/// does not drain would not carry it anyway.
+/// Heartbeats while the origin is active, then a farewell, said again
+/// every [`FAREWELL_AGAIN_EVERY`] (or every heartbeat, if slower) while
+/// the origin stays quiet (for [`GIVE_UP_AFTER`]); ends with the cache. A heartbeat or a repeated
+/// farewell is queued only behind an empty queue: a queue that does not
+/// drain would not carry it anyway.
 async fn heartbeats(queue: Weak<Queue>, every: Duration) {
+    // After a farewell: when to say it again, and until when.
+    let mut again: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(every).await;
         let Some(q) = queue.upgrade() else { return };
         let mut state = q.state.lock().unwrap_or_else(|p| p.into_inner());
         let (seq, active) = &mut *state;
-        let Some(until) = *active else { continue };
-        let farewell = tokio::time::Instant::now() >= until;
+        let now = tokio::time::Instant::now();
+        let idle = q.tx.capacity() == q.tx.max_capacity();
+        let Some(until) = *active else {
+            if let Some((next, end)) = again
+                && now >= next
+            {
+                if now >= end {
+                    again = None;
+                } else if idle {
+                    again = Some((now + FAREWELL_AGAIN_EVERY, end));
+                    q.send_beat(*seq, true);
+                }
+            }
+            continue;
+        };
+        again = None;
+        let farewell = now >= until;
         if farewell {
             *active = None;
-        } else if q.tx.capacity() < q.tx.max_capacity() {
+            again = Some((now + FAREWELL_AGAIN_EVERY, now + GIVE_UP_AFTER));
+        } else if !idle {
             continue;
         }
         q.send_beat(*seq, farewell);
@@ -262,18 +290,21 @@ mod tests {
     use super::*;
     use crate::bus::BusEvent;
 
-    /// A bus whose publishes fail while `down` is set.
+    /// A bus whose publishes fail while `down` is set, and that records
+    /// what goes out.
     #[derive(Default)]
     struct Flaky {
         down: AtomicBool,
+        sent: Mutex<Vec<Bytes>>,
     }
 
     #[async_trait]
     impl Bus for Flaky {
-        async fn publish(&self, _: &str, _: Bytes) -> Result<(), BusError> {
+        async fn publish(&self, _: &str, payload: Bytes) -> Result<(), BusError> {
             if self.down.load(Ordering::SeqCst) {
                 Err(BusError::Timeout)
             } else {
+                self.sent.lock().unwrap().push(payload);
                 Ok(())
             }
         }
@@ -282,18 +313,26 @@ mod tests {
         }
     }
 
+    /// An outbox on `bus` (10 ms attempts) heartbeating every `heartbeat`.
+    fn start(bus: &Arc<Flaky>, heartbeat: Duration, beat: Beat) -> Outbox {
+        Outbox::start(
+            Arc::clone(bus) as Arc<dyn Bus>,
+            "ns".into(),
+            Duration::from_millis(10),
+            heartbeat,
+            beat,
+            &tokio::runtime::Handle::current(),
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_backlog_counts_what_is_not_out_and_ages_the_oldest() {
         let bus = Arc::new(Flaky::default());
         bus.down.store(true, Ordering::SeqCst);
-        let beat: Beat = Box::new(|_, _| Bytes::new());
-        let outbox = Outbox::start(
-            Arc::clone(&bus) as Arc<dyn Bus>,
-            "ns".into(),
-            Duration::from_millis(10),
+        let outbox = start(
+            &bus,
             Duration::from_secs(3600),
-            beat,
-            &tokio::runtime::Handle::current(),
+            Box::new(|_, _| Bytes::new()),
         );
         assert_eq!(outbox.backlog(), (0, None), "nothing queued");
         for _ in 0..3 {
@@ -312,5 +351,47 @@ mod tests {
         bus.down.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(outbox.backlog(), (0, None), "all out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_origin_says_farewell_again_until_its_messages_would_be_given_up() {
+        let bus = Arc::new(Flaky::default());
+        let beat: Beat =
+            Box::new(|_, farewell| Bytes::from_static(if farewell { b"F" } else { b"H" }));
+        let outbox = start(&bus, Duration::from_millis(100), beat);
+        let farewells = || {
+            bus.sent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| &b[..] == b"F")
+                .count()
+        };
+        let sent = outbox
+            .publish(|_| Bytes::from_static(b"m"), Duration::from_secs(1))
+            .await;
+        assert!(matches!(sent, Sent::Out(1)));
+        // Heartbeats while active, then the farewell.
+        tokio::time::sleep(ACTIVE_FOR + Duration::from_millis(150)).await;
+        assert_eq!(farewells(), 1);
+        assert!(bus.sent.lock().unwrap().iter().any(|b| &b[..] == b"H"));
+        // Said again about once a second while quiet: a receiver that
+        // missed it (reconnecting on an at-most-once bus) hears it again.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let again = farewells() - 1;
+        assert!((9..=11).contains(&again), "{again} farewells again in 10 s");
+        // Active again: heartbeats, no farewell until it is quiet again.
+        let before = farewells();
+        let sent = outbox
+            .publish(|_| Bytes::from_static(b"m"), Duration::from_secs(1))
+            .await;
+        assert!(matches!(sent, Sent::Out(2)));
+        tokio::time::sleep(ACTIVE_FOR - Duration::from_millis(200)).await;
+        assert_eq!(farewells(), before, "no farewell while active");
+        // And none once its messages would have been given up.
+        tokio::time::sleep(GIVE_UP_AFTER + ACTIVE_FOR).await;
+        let after = farewells();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(farewells(), after, "quiet for good");
     }
 }

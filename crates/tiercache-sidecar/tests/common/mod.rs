@@ -130,8 +130,16 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: Config, sinks: Sinks) -> Self {
+        Self::spawn(Sidecar::new(config, sinks).unwrap())
+    }
+
+    /// A sidecar with the sinks `config` names (real servers).
+    pub async fn from_config(config: Config) -> Self {
+        Self::spawn(Sidecar::from_config(config).await.unwrap())
+    }
+
+    fn spawn(sidecar: Sidecar) -> Self {
         init_tracing();
-        let sidecar = Sidecar::new(config, sinks).unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let s = sidecar.clone();
         let task = tokio::spawn(async move { s.run(shutdown).await });
