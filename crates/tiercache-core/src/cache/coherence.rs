@@ -193,29 +193,14 @@ where
     let mut last_seq: HashMap<u64, u64> = HashMap::new();
     // When each active origin was last heard (a message or its heartbeat).
     let mut last_heard: HashMap<u64, Instant> = HashMap::new();
-    // Active origins gone silent, with when they were last heard: while
-    // any is (for at most ACTIVE_FOR after it was last heard, as long as an
-    // origin heartbeats after its last message), the local tier is bypassed.
-    let mut silent_origins: HashMap<u64, Instant> = HashMap::new();
-    // Silent origins past ACTIVE_FOR, with when they were last heard. One
-    // that crashed is never heard again; one alive behind a stuck queue (its
-    // bus unreachable for it alone, a JetStream stream electing a leader)
-    // keeps writing, each write extending its activity, and its messages
-    // arrive once the queue drains, which can be much later. Until it is
-    // heard again, says farewell, or its queue would have given its
-    // messages up, local life stays capped to the bound: a copy filled
-    // meanwhile cannot outlive a stuck invalidation by more than that.
-    let mut lapsed_origins: HashMap<u64, Instant> = HashMap::new();
-    let mut connected = false;
+    // Whether the bus is connected and which origins are accounted for:
+    // the local tier's mode follows from them (`Origins::mode`).
+    let mut origins = Origins::default();
+    // Whether the bus itself has delivered nothing for a window (not one
+    // origin: `origins.silent`).
     let mut silent = false;
     // When the bus last delivered anything (the bus-silence window's start).
     let mut last_event = clock.now();
-    // After a reconnect (its probation): the active origins whose
-    // heartbeat has not been heard live since. The tier is trusted, and
-    // what it kept across a resumed disconnect fresh again, once every one
-    // has been (an origin heartbeats only behind an empty queue: its stuck
-    // messages, if any, came first).
-    let mut awaiting: Option<HashSet<u64>> = None;
     loop {
         // Events already delivered come first. Only a listener that has
         // caught up judges an origin silent: a starved one would take its
@@ -234,7 +219,9 @@ where
                 let went_silent: Vec<(u64, Instant)> = last_heard
                     .iter()
                     .filter(|(_, t)| {
-                        connected && !silent && now.saturating_duration_since(**t) > liveness
+                        origins.connected
+                            && !silent
+                            && now.saturating_duration_since(**t) > liveness
                     })
                     .map(|(o, t)| (*o, *t))
                     .collect();
@@ -242,45 +229,35 @@ where
                     tracing::warn!(ns = %inner.config.namespace, origins = went_silent.len(), "an active origin went silent; local tier flushed and bypassed until it is heard again");
                     for (o, t) in went_silent {
                         last_heard.remove(&o);
-                        silent_origins.insert(o, t);
+                        origins.silent.insert(o, t);
                     }
                     inner.stats.bus_silences(1);
                     inner.flush_local_because(FlushReason::OriginSilent);
                     inner.set_mode(LocalMode::Bypass);
-                    awaiting = None;
+                    origins.awaiting = None;
                 }
-                let before = silent_origins.len();
-                silent_origins.retain(|o, t| {
+                let before = origins.silent.len();
+                origins.silent.retain(|o, t| {
                     let keep = now.saturating_duration_since(*t) <= super::outbox::ACTIVE_FOR;
                     if !keep {
                         tracing::info!(ns = %inner.config.namespace, origin = *o, "a silent origin lapsed; local life capped until it is heard or its queue would have given up");
-                        lapsed_origins.insert(*o, *t);
+                        origins.lapsed.insert(*o, *t);
                     }
                     keep
                 });
-                let lapsed_before = lapsed_origins.len();
-                lapsed_origins.retain(|_, t| {
+                let lapsed_before = origins.lapsed.len();
+                origins.lapsed.retain(|_, t| {
                     now.saturating_duration_since(*t) <= super::outbox::GIVE_UP_AFTER
                 });
-                if before > 0 && silent_origins.is_empty() && !silent {
+                if before > 0 && origins.silent.is_empty() && !silent {
                     // Gone for longer than an origin heartbeats after its
                     // last message: if it crashed, none of its messages can
                     // still be unheard of; if it is alive behind a stuck
-                    // queue, local life stays capped (`lapsed_origins`).
+                    // queue, local life stays capped (`Origins::lapsed`).
                     inner.flush_local_because(FlushReason::BusHeardAgain);
-                    inner.set_mode(trust(
-                        connected,
-                        &silent_origins,
-                        &lapsed_origins,
-                        &awaiting,
-                    ));
-                } else if lapsed_before > 0 && lapsed_origins.is_empty() && !silent {
-                    inner.set_mode(trust(
-                        connected,
-                        &silent_origins,
-                        &lapsed_origins,
-                        &awaiting,
-                    ));
+                    inner.set_mode(origins.mode());
+                } else if lapsed_before > 0 && origins.lapsed.is_empty() && !silent {
+                    inner.set_mode(origins.mode());
                 }
                 drop(inner);
                 // Woken when the bus has been quiet for the window, or
@@ -295,7 +272,7 @@ where
                 if silence_at <= now {
                     silence_at = now + liveness;
                 }
-                let wake = if connected && !silent {
+                let wake = if origins.connected && !silent {
                     last_heard
                         .values()
                         .map(|t| *t + liveness + ORIGIN_JUDGED_AFTER)
@@ -321,13 +298,13 @@ where
                 // old value past the bound. (Found by the model checker,
                 // crates/tiercache-model.)
                 inner.flights.detach_all();
-                if !silent && connected {
+                if !silent && origins.connected {
                     silent = true;
                     inner.stats.bus_silences(1);
                     inner.set_mode(LocalMode::Bypass);
                     inner.bloom_bus_down(true);
                     tracing::warn!(ns = %inner.config.namespace, ?liveness, "bus silent; local tier bypassed until it is heard again");
-                } else if !connected && inner.mode() != LocalMode::Bypass {
+                } else if !origins.connected && inner.mode() != LocalMode::Bypass {
                     // Disconnected for a window: bypassed too, not merely
                     // capped. A writer whose publishes are stuck may hold
                     // the shared-tier deletes of its later changes back
@@ -367,16 +344,11 @@ where
             // missed.
             if ev != BusEvent::Disconnected {
                 inner.flush_local_because(FlushReason::BusHeardAgain);
-                if connected {
+                if origins.connected {
                     inner.bloom_bus_down(false);
                 }
-                if silent_origins.is_empty() {
-                    inner.set_mode(trust(
-                        connected,
-                        &silent_origins,
-                        &lapsed_origins,
-                        &awaiting,
-                    ));
+                if origins.silent.is_empty() {
+                    inner.set_mode(origins.mode());
                 }
             }
         }
@@ -415,37 +387,26 @@ where
                 } else {
                     last_heard.insert(msg.sender_instance, clock.now());
                 }
-                let was_silent = silent_origins.remove(&msg.sender_instance).is_some();
-                let was_lapsed = lapsed_origins.remove(&msg.sender_instance).is_some();
+                let was_silent = origins.silent.remove(&msg.sender_instance).is_some();
+                let was_lapsed = origins.lapsed.remove(&msg.sender_instance).is_some();
                 if (was_silent || was_lapsed)
-                    && silent_origins.is_empty()
-                    && lapsed_origins.is_empty()
+                    && origins.silent.is_empty()
+                    && origins.lapsed.is_empty()
                 {
                     // Heard again: what it had stuck arrives from here on;
                     // a copy made meanwhile may predate it.
                     inner.flush_local_because(FlushReason::BusHeardAgain);
-                    inner.set_mode(trust(
-                        connected,
-                        &silent_origins,
-                        &lapsed_origins,
-                        &awaiting,
-                    ));
+                    inner.set_mode(origins.mode());
                 }
                 // A heartbeat (or farewell) proves its origin's queue was
                 // empty behind it, so every message it had stuck has been
                 // heard; its first message after a stall proves nothing of
                 // the ones behind it.
                 if signal != OriginSignal::Changes
-                    && let Some(a) = &mut awaiting
+                    && let Some(a) = &mut origins.awaiting
                 {
                     a.remove(&msg.sender_instance);
-                    end_probation_once_heard(
-                        &inner,
-                        &mut awaiting,
-                        connected,
-                        &silent_origins,
-                        &lapsed_origins,
-                    );
+                    origins.end_probation_once_heard(&inner);
                 }
                 if signal != OriginSignal::Changes {
                     continue;
@@ -518,38 +479,27 @@ where
                 for t in last_heard.values_mut() {
                     *t = now;
                 }
-                connected = true;
+                origins.connected = true;
                 // On probation until every active origin's heartbeat has
                 // been heard live (at once, if none is): capped meanwhile,
                 // so that one whose messages are still stuck on its side
                 // does not find this tier trusted and then distrusted a
                 // window later. Resumed, the kept entries are fresh again
                 // then.
-                awaiting = Some(last_heard.keys().copied().collect());
-                tracing::info!(ns = %inner.config.namespace, resumed, awaiting = last_heard.len(), silent = silent_origins.len(), lapsed = lapsed_origins.len(), "bus connected; capped until every active origin's heartbeat is heard");
-                if silent_origins.is_empty() {
-                    inner.set_mode(trust(
-                        connected,
-                        &silent_origins,
-                        &lapsed_origins,
-                        &awaiting,
-                    ));
+                origins.awaiting = Some(last_heard.keys().copied().collect());
+                tracing::info!(ns = %inner.config.namespace, resumed, awaiting = last_heard.len(), silent = origins.silent.len(), lapsed = origins.lapsed.len(), "bus connected; capped until every active origin's heartbeat is heard");
+                if origins.silent.is_empty() {
+                    inner.set_mode(origins.mode());
                 }
-                end_probation_once_heard(
-                    &inner,
-                    &mut awaiting,
-                    connected,
-                    &silent_origins,
-                    &lapsed_origins,
-                );
+                origins.end_probation_once_heard(&inner);
                 inner.bloom_bus_down(false);
             }
             BusEvent::Disconnected => {
-                if connected {
+                if origins.connected {
                     inner.stats.bus_disconnects(1);
                 }
-                connected = false;
-                awaiting = None;
+                origins.connected = false;
+                origins.awaiting = None;
                 // Kept, stale, not flushed: a bus that replays what it
                 // missed says so when it is back (`resumed: true`); any
                 // other return flushes.
@@ -566,55 +516,77 @@ where
     }
 }
 
-/// Ends a reconnect's probation once no awaited origin is left (see
-/// `listen`'s `awaiting`): the local tier kept across the disconnect (if
-/// any) is fresh again if the tier is to be trusted now, and otherwise
-/// flushed (a capped or bypassed tier must hold no entry fresh for longer
-/// than the bound, and a lapsed origin's stuck messages may still come);
-/// then the mode follows.
-fn end_probation_once_heard<K, V>(
-    inner: &Inner<K, V>,
-    awaiting: &mut Option<HashSet<u64>>,
+/// What the bus listener knows of the bus and of the origins it hears:
+/// the local tier's mode follows from it ([`mode`](Self::mode)) whenever
+/// the bus is not silent.
+#[derive(Default)]
+struct Origins {
+    /// Whether the bus is connected.
     connected: bool,
-    silent_origins: &HashMap<u64, Instant>,
-    lapsed_origins: &HashMap<u64, Instant>,
-) where
-    K: Send + Sync + 'static,
-    V: Send + Sync + 'static,
-{
-    if !awaiting.as_ref().is_some_and(HashSet::is_empty) {
-        return;
-    }
-    *awaiting = None;
-    let mode = trust(connected, silent_origins, lapsed_origins, awaiting);
-    tracing::info!(ns = %inner.config.namespace, ?mode, parked = inner.fence.parks(), "every active origin heard since the reconnect");
-    if mode == LocalMode::Trusted {
-        inner.revive_local();
-    } else if inner.fence.parks() {
-        inner.flush_local_because(FlushReason::BusReconnected);
-    }
-    if silent_origins.is_empty() {
-        inner.set_mode(mode);
-    }
+    /// Active origins gone silent, with when they were last heard: while
+    /// any is (for at most ACTIVE_FOR after it was last heard, as long as
+    /// an origin heartbeats after its last message), the local tier is
+    /// bypassed.
+    silent: HashMap<u64, Instant>,
+    /// Silent origins past ACTIVE_FOR, with when they were last heard. One
+    /// that crashed is never heard again; one alive behind a stuck queue
+    /// (its bus unreachable for it alone, a JetStream stream electing a
+    /// leader) keeps writing, each write extending its activity, and its
+    /// messages arrive once the queue drains, which can be much later.
+    /// Until it is heard again, says farewell, or its queue would have
+    /// given its messages up, local life stays capped to the bound: a copy
+    /// filled meanwhile cannot outlive a stuck invalidation by more than
+    /// that.
+    lapsed: HashMap<u64, Instant>,
+    /// After a reconnect (its probation): the active origins whose
+    /// heartbeat has not been heard live since. The tier is trusted, and
+    /// what it kept across a resumed disconnect fresh again, once every
+    /// one has been (an origin heartbeats only behind an empty queue: its
+    /// stuck messages, if any, came first).
+    awaiting: Option<HashSet<u64>>,
 }
 
-/// The local tier's mode when the bus is not silent: trusted when
-/// connected and every active origin is accounted for; capped while
-/// disconnected, on a reconnect's probation (`awaiting`), or while a
-/// lapsed origin may still have messages stuck; bypassed while an active
-/// origin is silent.
-fn trust(
-    connected: bool,
-    silent_origins: &HashMap<u64, Instant>,
-    lapsed_origins: &HashMap<u64, Instant>,
-    awaiting: &Option<HashSet<u64>>,
-) -> LocalMode {
-    if !silent_origins.is_empty() {
-        LocalMode::Bypass
-    } else if connected && lapsed_origins.is_empty() && awaiting.is_none() {
-        LocalMode::Trusted
-    } else {
-        LocalMode::Capped
+impl Origins {
+    /// The local tier's mode when the bus is not silent: trusted when
+    /// connected and every active origin is accounted for; capped while
+    /// disconnected, on a reconnect's probation, or while a lapsed origin
+    /// may still have messages stuck; bypassed while an active origin is
+    /// silent.
+    fn mode(&self) -> LocalMode {
+        if !self.silent.is_empty() {
+            LocalMode::Bypass
+        } else if self.connected && self.lapsed.is_empty() && self.awaiting.is_none() {
+            LocalMode::Trusted
+        } else {
+            LocalMode::Capped
+        }
+    }
+
+    /// Ends a reconnect's probation once no awaited origin is left: the
+    /// local tier kept across the disconnect (if any) is fresh again if the
+    /// tier is to be trusted now, and otherwise flushed (a capped or
+    /// bypassed tier must hold no entry fresh for longer than the bound,
+    /// and a lapsed origin's stuck messages may still come); then the mode
+    /// follows.
+    fn end_probation_once_heard<K, V>(&mut self, inner: &Inner<K, V>)
+    where
+        K: Send + Sync + 'static,
+        V: Send + Sync + 'static,
+    {
+        if !self.awaiting.as_ref().is_some_and(HashSet::is_empty) {
+            return;
+        }
+        self.awaiting = None;
+        let mode = self.mode();
+        tracing::info!(ns = %inner.config.namespace, ?mode, parked = inner.fence.parks(), "every active origin heard since the reconnect");
+        if mode == LocalMode::Trusted {
+            inner.revive_local();
+        } else if inner.fence.parks() {
+            inner.flush_local_because(FlushReason::BusReconnected);
+        }
+        if self.silent.is_empty() {
+            inner.set_mode(mode);
+        }
     }
 }
 
