@@ -201,15 +201,21 @@ async fn w2_engine(tier: &RedisSharedTier, ns: &str, n: u64, len: usize, batch: 
 
 /// A local fill without Redis: for each key, a moka `get` (a miss) and an
 /// `insert` of a fresh copy of the value, on moka configured as the
-/// engine's local tier is (a 128-bit key, a weigher, a TTL, an entry of the
-/// engine's entry's size). What any design that fills moka on a shared hit
-/// pays on top of the `GET`.
+/// engine's local tier is (a 128-bit key, a weigher, a TTL, an eviction
+/// listener, an entry of the engine's entry's size). What any design that
+/// fills moka on a shared hit pays on top of the `GET`.
 async fn w2_moka_fill(n: u64, value: &str) -> Duration {
     type Entry = ([u64; 11], Arc<String>);
+    let evicted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let moka: moka::sync::Cache<u128, Entry> = moka::sync::Cache::builder()
         .max_capacity(512 * 1024 * 1024)
         .weigher(|_, e: &Entry| u32::try_from(e.1.len() + 512).unwrap_or(u32::MAX))
         .time_to_live(Duration::from_secs(3600))
+        .eviction_listener(move |_, _, cause| {
+            if cause == moka::notification::RemovalCause::Size {
+                evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
         .build();
     let value = value.to_owned();
     concurrent(n, move |k| {

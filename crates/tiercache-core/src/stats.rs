@@ -127,7 +127,7 @@ counters! {
     corrupt_values: Plain => "tiercache_corrupt_values_total"; "Shared-tier values that failed to decode (deleted)."
     shared_superseded: Plain => "tiercache_shared_superseded_total"; "Shared-tier values ignored because they were written before an invalidation applied here (their delete failed in the shared tier)."
     foreign_versions: Plain => "tiercache_foreign_versions_total"; "Shared-tier values written by a newer format version (left alone)."
-    evictions: Plain => "tiercache_local_evictions_total"; "Local fills that found the local tier full, each displacing entries of about its weight (an estimate of evictions for size)."
+    evictions: Plain => "tiercache_local_evictions_total"; "Local entries evicted for size."
     invalidations_sent: Plain => "tiercache_invalidations_sent_total"; "Invalidations published by this instance."
     invalidations_unsent: Plain => "tiercache_invalidations_unsent_total"; "Invalidations the bus failed to publish."
     invalidations_received: Plain => "tiercache_invalidations_received_total"; "Invalidations from other instances applied here."

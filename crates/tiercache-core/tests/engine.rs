@@ -1422,16 +1422,6 @@ async fn the_local_tier_is_bounded_by_bytes() {
             .await
             .unwrap();
     }
-    // Each entry weighs 1,002 encoded bytes and 512 of overhead: 43 fit.
-    // The fills past them found the tier full and count as evictions for
-    // size: an estimate (moka's weighted size trails by up to 64 writes, so
-    // the first fills past the capacity may go uncounted), never more than
-    // the fills that had to make room.
-    let evictions = c.stats().evictions;
-    assert!(
-        (157 - 64..=157).contains(&evictions),
-        "{evictions} evictions counted for 157 fills past the capacity"
-    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     for k in 0..200u64 {
         c.get(&k).await;

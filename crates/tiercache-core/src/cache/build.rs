@@ -100,6 +100,7 @@ where
             local::tier(
                 config.local_capacity,
                 config.ttl.max(config.negative_ttl) + config.grace,
+                Arc::clone(&stats),
             )
         });
         let shared: Option<Arc<dyn SharedTier>> = match self.shared {

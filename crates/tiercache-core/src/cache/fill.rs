@@ -16,7 +16,7 @@ use crate::shared::FillTicket;
 
 use super::config::{self};
 use super::fence::FenceMark;
-use super::local::{self, LocalData};
+use super::local::LocalData;
 use super::types::Life;
 use super::{Decoded, Entry, Inner, LocalMode, jittered, log_due, scratch};
 
@@ -338,9 +338,6 @@ where
         let admitted = self.fence.admit(mark, h, &tags, || {
             if !tags.is_empty() {
                 self.index_tags(h, &tags);
-            }
-            if local::displaces(local, data.weight) {
-                self.stats.evictions(1);
             }
             local.insert(h, data);
             self.hot.changed(&h);
