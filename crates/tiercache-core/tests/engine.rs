@@ -838,10 +838,9 @@ async fn a_resumed_bus_keeps_the_local_tier_and_trusts_it_once_the_active_origin
     settle().await;
     assert_eq!(c.stats().local_revivals, 1);
     assert!(c.local_trusted());
-    let down = || async { Err::<Option<Entry<String>>, _>(OriginDown) };
-    let f = c.fetch(&1, down).await.unwrap();
-    assert_eq!(f.outcome, Outcome::Hit(Tier::Local), "kept and fresh again");
-    let f = c.fetch(&2, down).await.map(|f| f.outcome);
+    let f = fetch_with_origin_down(&c, 1).await;
+    assert_eq!(f, Ok(Outcome::Hit(Tier::Local)), "kept and fresh again");
+    let f = fetch_with_origin_down(&c, 2).await;
     assert!(
         !matches!(f, Ok(Outcome::Hit(Tier::Local))),
         "evicted by the replayed invalidation: {f:?}"
@@ -861,12 +860,21 @@ async fn a_resumed_bus_flushes_when_an_active_origin_stays_silent() {
     }
     assert!(c.stats().local_flushes > flushes);
     assert_eq!(c.stats().local_revivals, 0);
-    let down = || async { Err::<Option<Entry<String>>, _>(OriginDown) };
-    let f = c.fetch(&1, down).await.map(|f| f.outcome);
+    let f = fetch_with_origin_down(&c, 1).await;
     assert!(
         !matches!(f, Ok(Outcome::Hit(Tier::Local))),
         "flushed: {f:?}"
     );
+}
+
+/// How `fetch` answers for `key` while the origin is down (a local hit, or
+/// the origin's error).
+async fn fetch_with_origin_down(c: &Cache<u64, String>, key: u64) -> Result<Outcome, String> {
+    let down = || async { Err::<Option<Entry<String>>, _>(OriginDown) };
+    c.fetch(&key, down)
+        .await
+        .map(|f| f.outcome)
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test(start_paused = true)]

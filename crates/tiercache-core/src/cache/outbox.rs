@@ -38,7 +38,7 @@ pub(super) const ACTIVE_FOR: Duration = Duration::from_secs(5);
 /// is published while a receiver is reconnecting, and a farewell said once
 /// and lost there would leave that receiver taking this quiet origin for a
 /// stuck one (its lapsed origins: local life capped for minutes).
-pub(super) const FAREWELL_AGAIN_EVERY: Duration = Duration::from_secs(1);
+const FAREWELL_AGAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// Encodes an origin heartbeat (`false`) or farewell (`true`) at a sequence
 /// number.
@@ -180,9 +180,9 @@ impl Outbox {
 
 /// Heartbeats while the origin is active, then a farewell, said again
 /// every [`FAREWELL_AGAIN_EVERY`] (or every heartbeat, if slower) while
-/// the origin stays quiet (for [`GIVE_UP_AFTER`]); ends with the cache. A heartbeat or a repeated
-/// farewell is queued only behind an empty queue: a queue that does not
-/// drain would not carry it anyway.
+/// the origin stays quiet (for [`GIVE_UP_AFTER`]); ends with the cache. A
+/// heartbeat or a repeated farewell is queued only behind an empty queue:
+/// a queue that does not drain would not carry it anyway.
 async fn heartbeats(queue: Weak<Queue>, every: Duration) {
     // After a farewell: when to say it again, and until when.
     let mut again: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
